@@ -1,0 +1,343 @@
+"""Helpers shared by pyprune's benchmarks.
+
+* :func:`machine_info`: CPU/GPU model, cores, memory, library versions, thread count and date.
+* :func:`time_call`: warm-up runs, then the median of repeated timed runs (CUDA-synchronised).
+* :class:`PeakMemory`: peak *extra* memory of a block: resident-set high-water mark on CPU (Linux
+  ``/proc/self/clear_refs`` resets it, so the block is measured alone), ``torch.cuda.max_memory_allocated``
+  on CUDA.
+* :func:`run_isolated`: run a function in a fresh ``spawn`` subprocess, so each measurement starts from a
+  clean allocator and its peak memory is its own.
+* :func:`markdown_table`, :func:`write_results`: reports as JSON plus Markdown under ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gc
+import json
+import math
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+MIB = 1024.0**2
+
+
+# --------------------------------------------------------------------------------------------- metadata
+
+
+def package_version(distribution: str) -> str | None:
+    """Installed version of a distribution, or None when it is not installed."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpuinfo() -> dict[str, str]:
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            key, sep, value = line.partition(":")
+            if not sep:
+                if fields:  # the first processor block is enough
+                    break
+                continue
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _meminfo_gib() -> float | None:
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024**2, 1)
+    return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """Everything needed to interpret a timing: hardware, versions, threads, date."""
+    import numpy
+    import scipy
+
+    cpu = _cpuinfo()
+    flags = set(cpu.get("flags", "").split())
+    try:
+        cores_available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores_available = os.cpu_count()
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "cpu_model": cpu.get("model name") or platform.processor() or "unknown",
+        "cpu_flags": sorted(flags & {"avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"}),
+        "logical_cores": os.cpu_count(),
+        "cores_available": cores_available,
+        "memory_gib": _meminfo_gib(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_mkl": torch.backends.mkl.is_available(),
+        "torch_num_threads": torch.get_num_threads(),
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "pyprune": package_version("pyprune"),
+        "torch_cka": package_version("torch-cka"),
+        "git_commit": _git_commit(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda_runtime"] = torch.version.cuda
+        info["cupy"] = package_version("cupy-cuda12x") or package_version("cupy")
+    return info
+
+
+def format_machine(info: dict[str, Any]) -> str:
+    """Machine info as a Markdown bullet list."""
+    lines = [
+        f"- date: {info['date']}",
+        f"- CPU: {info['cpu_model']} ({info['cores_available']} cores available, {info['logical_cores']} "
+        f"logical; flags {', '.join(info['cpu_flags']) or 'n/a'}); memory {info['memory_gib']} GiB",
+    ]
+    if "gpu" in info:
+        lines.append(f"- GPU: {info['gpu']} (CUDA {info['cuda_runtime']}, CuPy {info['cupy']})")
+    lines += [
+        f"- torch {info['torch']} (MKL: {info['torch_mkl']}, torch.get_num_threads() = "
+        f"{info['torch_num_threads']}), numpy {info['numpy']}, scipy {info['scipy']}",
+        f"- pyprune {info['pyprune']} (git {info['git_commit']}), torch-cka {info['torch_cka']}",
+        f"- Python {info['python']} on {info['platform']}",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- timing
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], Any], device: str) -> tuple[float, Any]:
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def time_call(
+    fn: Callable[[], Any],
+    *,
+    repeats: int = 3,
+    warmup: int = 1,
+    device: str = "cpu",
+    budget_s: float | None = None,
+) -> dict[str, Any]:
+    """Run ``fn`` ``warmup`` times untimed-for-the-median, then ``repeats`` times timed.
+
+    With ``budget_s``, a slow ``fn`` gets fewer repeats (at least one): as many as fit in the budget at the
+    speed of the last warm-up run. Returns ``median_s``, ``min_s``, ``times_s``, ``warmup_s``, ``repeats``
+    and ``result`` (the value of the last call).
+    """
+    warm: list[float] = []
+    result = None
+    for _ in range(warmup):
+        elapsed, result = _timed(fn, device)
+        warm.append(elapsed)
+    runs = repeats
+    if budget_s is not None and warm:
+        runs = max(1, min(repeats, int(budget_s // max(warm[-1], 1e-9))))
+    times: list[float] = []
+    for _ in range(runs):
+        elapsed, result = _timed(fn, device)
+        times.append(elapsed)
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "times_s": times,
+        "warmup_s": warm,
+        "repeats": runs,
+        "result": result,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- memory
+
+
+def _status_kib(key: str) -> int | None:
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def current_rss_bytes() -> int:
+    kib = _status_kib("VmRSS")
+    if kib is None:  # not Linux: the best we have is the high-water mark
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return kib * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's resident-set high-water mark (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+class PeakMemory:
+    """Peak memory a block adds over what the process held when it started.
+
+    CPU: ``VmHWM - VmRSS`` with the high-water mark reset at entry (falls back to ``ru_maxrss``, an upper
+    bound, where the reset is not allowed). CUDA: ``max_memory_allocated - memory_allocated`` (torch's caching
+    allocator only; CuPy's pool is not seen).
+    """
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+        self.baseline_bytes = 0
+        self.peak_extra_bytes = 0
+        self.method = ""
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.baseline_bytes = torch.cuda.memory_allocated()
+            self.method = "torch.cuda.max_memory_allocated - memory_allocated"
+        else:
+            exact = reset_peak_rss()
+            self.baseline_bytes = current_rss_bytes()
+            self.method = "VmHWM - VmRSS (clear_refs reset)" if exact else "ru_maxrss - VmRSS (upper bound)"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            hwm = _status_kib("VmHWM")
+            peak = hwm * 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.peak_extra_bytes = max(0, peak - self.baseline_bytes)
+
+
+# ------------------------------------------------------------------------------------------- isolation
+
+
+def run_isolated(fn: Callable[..., Any], *args: Any, isolate: bool = True) -> Any:
+    """``fn(*args)`` in a fresh spawned interpreter (``fn`` must be importable), or here if not ``isolate``."""
+    if not isolate:
+        return fn(*args)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
+
+
+# ---------------------------------------------------------------------------------------------- reports
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    if seconds >= 100:
+        return f"{seconds:.0f}"
+    if seconds >= 1:
+        return f"{seconds:.2f}"
+    if seconds >= 0.01:
+        return f"{seconds:.3f}"
+    return f"{seconds:.2e}"
+
+
+def fmt_mib(num_bytes: float | None) -> str:
+    return "—" if num_bytes is None else f"{num_bytes / MIB:,.0f}"
+
+
+def fmt_ratio(ratio: float | None) -> str:
+    return "—" if ratio is None or not math.isfinite(ratio) else f"{ratio:.2f}×"
+
+
+def fmt_float(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if math.isnan(value):
+        return "NaN"
+    return f"{value:.1e}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table; cells are converted with ``str``."""
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # NumPy arrays and scalars
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _nan_to_none(value: Any) -> Any:
+    """JSON has no NaN/Inf: write them as null (strings keep the information where it matters)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def write_results(stem: str, payload: dict[str, Any], markdown: str, out_dir: Path | None = None) -> list[Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` atomically (via ``.tmp`` files); returns the two paths."""
+    out_dir = Path(out_dir or RESULTS_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_nan_to_none(json.loads(json.dumps(payload, default=_json_default))), indent=2)
+    paths = []
+    for suffix, content in ((".json", text + "\n"), (".md", markdown.rstrip() + "\n")):
+        path = out_dir / f"{stem}{suffix}"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(content)
+        tmp.replace(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,822 @@
+"""Benchmark: a layer-by-layer CKA heatmap between two CNNs (10 conv/linear layers each).
+
+What is timed, all on the SAME activations (captured once with forward hooks; the forward is timed apart):
+
+1. ``pyprune``: ``pyprune.similarity.cka.cka_matrix(xs, ys, kernel=..., threshold=0.5)``, backend "auto"
+   (compiled kernels), float32 activations in, float64 matrix out.
+2. ``pyprune (reference backend)``: the same call under ``use_backend("reference")`` (plain torch).
+3. ``plain torch``: the vectorised float32 CKA matrix a user would write (centre, ``Xc @ Xc.T``, stack, one
+   matmul of flattened Grams, normalise; RBF with the Kornblith/Google median convention).
+4. ``torch-cka`` 0.21 (AntixK): ``CKA(...).compare(loader)`` then ``.export()``. It runs the forwards itself,
+   so those are timed alone as well and "CKA part = total - forward" is reported. Linear kernel only; its
+   estimator is minibatch *unbiased* CKA (mean HSIC_1 over batches), so it is compared with a float64
+   reference of that estimator.
+5. ``GEMM floor``: only ``torch.mm(x, x.T)`` (float32) for every layer of both models.
+
+Every measurement runs in a fresh ``spawn`` subprocess: warm-up, then the median of ``--repeats`` runs, and
+the peak extra resident memory of the process over that (``/proc/self/clear_refs`` + ``VmHWM``). Accuracy is
+the max |difference| from a float64 computation of the same estimator on the same float32 activations.
+
+A correctness case follows: two untrained 20-layer ReLU MLPs (default init, no normalisation), whose deep
+features are constant up to a few float32 ulps. torch-cka's float32, uncentred unbiased HSIC returns NaN
+there; pyprune's values are compared with a float64 reference.
+
+Run ``python benchmarks/bench_cka_matrix.py`` (about 10 minutes on 2 cores), ``--quick`` for a smoke test.
+Results: ``benchmarks/results/cka_matrix_<device>.{json,md}`` (``_quick`` suffix for ``--quick``). When
+CUDA is available the same benchmark also runs on the GPU (``cka_matrix_cuda.*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+import time
+import traceback
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import (
+    RESULTS_DIR,
+    PeakMemory,
+    fmt_float,
+    fmt_mib,
+    fmt_ratio,
+    fmt_seconds,
+    format_machine,
+    machine_info,
+    markdown_table,
+    run_isolated,
+    time_call,
+    write_results,
+)
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+INPUT_SHAPE = (3, 32, 32)
+INPUT_SEED = 0
+MODEL_SEEDS = {"vgg": 1, "allconv": 2}
+IMPLEMENTATIONS = ("pyprune", "pyprune-reference", "plain-torch", "torch-cka", "gemm-floor")
+LABELS = {
+    "pyprune": "pyprune `cka_matrix` (auto: C++ kernels)",
+    "pyprune-reference": 'pyprune, `use_backend("reference")`',
+    "plain-torch": "plain torch, float32 (vectorised)",
+    "torch-cka": "torch-cka 0.21, total (forward + CKA)",
+    "torch-cka-part": "torch-cka 0.21, CKA part (total − forward)",
+    "gemm-floor": "GEMM floor: `torch.mm(x, x.T)` per layer",
+}
+SLOW_PEER_BUDGET_S = 120.0  # torch-cka gets fewer repeats when they would take longer than this
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1)
+
+
+def vgg_net() -> nn.Sequential:
+    """VGG-like, max pooling: flattened features 4096, 4096, 4096, 2048, 2048, 1024, 1024, 512, 64, 10."""
+    layers: list[tuple[str, nn.Module]] = []
+    plan = [(3, 4, True), (4, 16, False), (16, 16, True), (16, 32, False), (32, 32, True)]
+    plan += [(32, 64, False), (64, 64, True), (64, 128, False)]
+    for i, (c_in, c_out, pool) in enumerate(plan, start=1):
+        layers += [(f"conv{i}", _conv(c_in, c_out)), (f"relu{i}", nn.ReLU())]
+        if pool:
+            layers.append((f"pool{i}", nn.MaxPool2d(2)))
+    layers += [("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten())]
+    layers += [("fc1", nn.Linear(128, 64)), ("relu_fc1", nn.ReLU()), ("fc2", nn.Linear(64, 10))]
+    return nn.Sequential(OrderedDict(layers))
+
+
+def allconv_net() -> nn.Sequential:
+    """All-convolutional, strided downsampling: features 2048, 4096, 1024, 2048, 512, 1024, 256, 512, 128, 10."""
+    layers: list[tuple[str, nn.Module]] = []
+    plan = [(3, 8, 2), (8, 16, 1), (16, 16, 2), (16, 32, 1), (32, 32, 2), (32, 64, 1), (64, 64, 2), (64, 128, 1)]
+    for i, (c_in, c_out, stride) in enumerate(plan, start=1):
+        layers += [(f"conv{i}", _conv(c_in, c_out, stride)), (f"relu{i}", nn.ReLU())]
+    layers += [("flatten", nn.Flatten())]
+    layers += [("fc1", nn.Linear(512, 128)), ("relu_fc1", nn.ReLU()), ("fc2", nn.Linear(128, 10))]
+    return nn.Sequential(OrderedDict(layers))
+
+
+def deep_mlp(depth: int = 20, width: int = 256) -> nn.Sequential:
+    """Untrained deep ReLU MLP with PyTorch's default init and no normalisation (deep features collapse)."""
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    d_in = math.prod(INPUT_SHAPE)
+    for i in range(1, depth + 1):
+        layers += [(f"fc{i}", nn.Linear(d_in, width)), (f"relu{i}", nn.ReLU())]
+        d_in = width
+    return nn.Sequential(OrderedDict(layers))
+
+
+def build_model(name: str, seed: int, device: str = "cpu") -> nn.Module:
+    """The benchmark nets use He init with zero biases, so their deep features are not degenerate."""
+    torch.manual_seed(seed)
+    if name == "vgg":
+        model = vgg_net()
+    elif name == "allconv":
+        model = allconv_net()
+    elif name.startswith("mlp"):
+        return deep_mlp(depth=int(name[3:])).to(device).eval()  # default init on purpose
+    else:
+        raise ValueError(f"unknown model {name!r}")
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    return model.to(device).eval()
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def make_inputs(n: int, seed: int = INPUT_SEED) -> torch.Tensor:
+    return torch.randn(n, *INPUT_SHAPE, generator=torch.Generator().manual_seed(seed))
+
+
+def capture(model: nn.Module, names: Sequence[str], inputs: torch.Tensor, batch_size: int, device: str):
+    """Flattened ``(n, p)`` float32 outputs of the named modules, gathered with forward hooks."""
+    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    modules = dict(model.named_modules())
+    handles = [
+        modules[name].register_forward_hook(lambda _m, _i, out, name=name: chunks[name].append(out.flatten(1)))
+        for name in names
+    ]
+    try:
+        with torch.no_grad():
+            for start in range(0, inputs.shape[0], batch_size):
+                model(inputs[start : start + batch_size].to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [torch.cat(chunks[name]) for name in names]
+
+
+# ------------------------------------------------------------------------------ CKA implementations
+
+
+def _median(values: torch.Tensor) -> torch.Tensor:
+    """Median of all entries, NumPy convention (mean of the two middle values for an even count)."""
+    flat = values.reshape(-1)
+    k = flat.numel()
+    upper = flat.kthvalue(k // 2 + 1).values
+    return upper if k % 2 else 0.5 * (flat.kthvalue(k // 2).values + upper)
+
+
+def plain_grams(
+    layers: Sequence[torch.Tensor], kernel: str, threshold: float, dtype: torch.dtype, unbiased: bool = False
+) -> torch.Tensor:
+    """Stacked Gram matrices ``(L, n, n)``: centred (biased CKA) or with a zero diagonal (unbiased HSIC)."""
+    grams = []
+    for x in layers:
+        x = x.to(dtype)
+        xc = x - x.mean(dim=0, keepdim=True)
+        k = xc @ xc.T
+        if kernel == "rbf":
+            sq_norms = k.diagonal()
+            sq_dist = sq_norms[:, None] + sq_norms[None, :] - 2 * k
+            k = torch.exp(sq_dist / (-2 * threshold**2 * _median(sq_dist)))
+            if not unbiased:
+                k = k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
+        if unbiased:
+            k.fill_diagonal_(0)
+        grams.append(k)
+    return torch.stack(grams)
+
+
+def plain_cka_matrix(
+    xs: Sequence[torch.Tensor],
+    ys: Sequence[torch.Tensor],
+    kernel: str = "linear",
+    threshold: float = 0.5,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Biased CKA matrix the vectorised way: ``<K_i, L_j>`` for all pairs by one matmul of flattened Grams."""
+    kx = plain_grams(xs, kernel, threshold, dtype).flatten(1)
+    ky = plain_grams(ys, kernel, threshold, dtype).flatten(1)
+    cross = kx @ ky.T
+    norms_x, norms_y = torch.linalg.vector_norm(kx, dim=1), torch.linalg.vector_norm(ky, dim=1)
+    return (cross / (norms_x[:, None] * norms_y[None, :])).double()
+
+
+def unbiased_hsic_terms(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], dtype=torch.float64):
+    """``n(n-3) HSIC_1`` (Song et al. 2012, linear kernel) of all pairs and of each layer with itself.
+
+    HSIC_1 is invariant to centring the features, which is done first so float64 keeps every digit even
+    for the near-constant features of the correctness case.
+    """
+    n = xs[0].shape[0]
+    kx = plain_grams(xs, "linear", 0.0, dtype, unbiased=True)
+    ky = plain_grams(ys, "linear", 0.0, dtype, unbiased=True)
+    rows_x, rows_y = kx.sum(dim=2), ky.sum(dim=2)
+    sums_x, sums_y = rows_x.sum(dim=1), rows_y.sum(dim=1)
+    a, b = 2.0 / (n - 2), 1.0 / ((n - 1) * (n - 2))
+    cross = kx.flatten(1) @ ky.flatten(1).T + b * torch.outer(sums_x, sums_y) - a * rows_x @ rows_y.T
+    self_x = kx.flatten(1).square().sum(1) + b * sums_x.square() - a * rows_x.square().sum(1)
+    self_y = ky.flatten(1).square().sum(1) + b * sums_y.square() - a * rows_y.square().sum(1)
+    return cross, self_x, self_y
+
+
+def unbiased_cka_reference(xs, ys, batch_size: int | None = None) -> torch.Tensor:
+    """Float64 (minibatch) unbiased CKA: mean HSIC_1 over batches, then normalised (torch-cka's estimator);
+    NaN where a self-HSIC is negative, as in torch-cka."""
+    n = xs[0].shape[0]
+    batch_size = batch_size or n
+    totals = None
+    for start in range(0, n, batch_size):
+        bx = [x[start : start + batch_size] for x in xs]
+        by = [y[start : start + batch_size] for y in ys]
+        nb = bx[0].shape[0]
+        terms = [t / (nb * (nb - 3)) for t in unbiased_hsic_terms(bx, by)]
+        totals = terms if totals is None else [a + t for a, t in zip(totals, terms, strict=True)]
+    cross, self_x, self_y = totals
+    return (cross / torch.sqrt(self_x[:, None] * self_y[None, :])).cpu()
+
+
+def gemm_floor(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> None:
+    for x in (*xs, *ys):
+        torch.mm(x, x.T)
+
+
+# ------------------------------------------------------------------------------------- measurement workers
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+
+
+def _warning_texts(caught: list[warnings.WarningMessage]) -> list[str]:
+    return sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+
+
+def measure_worker(task: dict[str, Any]) -> dict[str, Any]:
+    """One implementation on one (n, kernel): timing, peak extra memory, and its result matrix."""
+    torch.set_num_threads(task["threads"])
+    if task["impl"] == "torch-cka":
+        return _torch_cka_worker(task)
+    device, kernel, threshold = task["device"], task["kernel"], task["threshold"]
+    try:
+        # Import (and load the C++ module) before measuring, so only the computation is counted.
+        import scipy.linalg  # noqa: F401  (pyprune's CPU Gram uses SciPy's BLAS)
+
+        from pyprune.backend import cpu_kernels, use_backend, use_kernel
+        from pyprune.similarity.cka import cka_matrix
+
+        cpu_kernels()
+    except Exception as exc:
+        if task["impl"].startswith("pyprune"):
+            return _error(exc)
+        use_backend = use_kernel = cka_matrix = None
+    data = torch.load(task["activations"], weights_only=True)
+    xs = [x.to(device) for x in data["xs"]]
+    ys = [y.to(device) for y in data["ys"]]
+    del data
+    impl = task["impl"]
+    if impl == "pyprune":
+
+        def fn():
+            with use_backend("auto"):
+                return cka_matrix(xs, ys, kernel=kernel, threshold=threshold)
+
+    elif impl == "pyprune-reference":
+
+        def fn():
+            with use_backend("reference"):
+                return cka_matrix(xs, ys, kernel=kernel, threshold=threshold)
+
+    elif impl == "plain-torch":
+
+        def fn():
+            return plain_cka_matrix(xs, ys, kernel, threshold)
+
+    elif impl == "gemm-floor":
+
+        def fn():
+            return gemm_floor(xs, ys)
+
+    else:
+        return {"error": f"unknown implementation {impl!r}"}
+    out: dict[str, Any] = {}
+    if use_kernel is not None and impl == "pyprune":
+        out["pyprune_kernel"] = use_kernel(xs[0].device)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with PeakMemory(device) as memory:
+                timing = time_call(fn, repeats=task["repeats"], warmup=task["warmup"], device=device)
+    except Exception as exc:
+        return _error(exc)
+    matrix = timing.pop("result")
+    out.update(timing=timing, peak_extra_bytes=memory.peak_extra_bytes, memory_method=memory.method)
+    out["warnings"] = _warning_texts(caught)
+    out["matrix"] = None if matrix is None else matrix.detach().double().cpu()
+    return out
+
+
+def _torch_cka_worker(task: dict[str, Any]) -> dict[str, Any]:
+    """torch-cka through its own API, plus the same forward passes alone (same models, hooks, grad mode)."""
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        import torch_cka
+    except ImportError as exc:
+        return _error(exc)
+    device = task["device"]
+    n_used = task["n_used"]
+    inputs = make_inputs(task["n"])[:n_used]
+    model_x, model_y = build_model("vgg", MODEL_SEEDS["vgg"]), build_model("allconv", MODEL_SEEDS["allconv"])
+    names_x, names_y = layer_names(model_x), layer_names(model_y)
+    loader = DataLoader(TensorDataset(inputs), batch_size=task["batch_size"], shuffle=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            cka = torch_cka.CKA(
+                model_x,
+                model_y,
+                model1_name="vgg",
+                model2_name="allconv",
+                model1_layers=names_x,
+                model2_layers=names_y,
+                device=device,
+            )
+
+            def compare():
+                cka.compare(loader, loader)
+                return cka.export()["CKA"]
+
+            def forwards():  # what compare() runs besides the CKA arithmetic
+                for x1, x2 in zip(loader, loader, strict=True):
+                    model_x(x1[0].to(device))
+                    model_y(x2[0].to(device))
+
+            with PeakMemory(device) as memory:
+                timing = time_call(
+                    compare, repeats=task["repeats"], warmup=task["warmup"], device=device, budget_s=task["budget_s"]
+                )
+            forward = time_call(forwards, repeats=max(3, timing["repeats"]), warmup=1, device=device)
+        except Exception as exc:
+            return _error(exc)
+    matrix = timing.pop("result")
+    forward.pop("result")
+    return {
+        "timing": timing,
+        "forward_timing": forward,
+        "peak_extra_bytes": memory.peak_extra_bytes,
+        "memory_method": memory.method,
+        "warnings": _warning_texts(caught),
+        "matrix": matrix.detach().double().cpu(),
+    }
+
+
+def run_measurement(task: dict[str, Any], isolate: bool) -> dict[str, Any]:
+    start = time.perf_counter()
+    try:
+        result = run_isolated(measure_worker, task, isolate=isolate)
+    except BrokenProcessPool as exc:  # killed, e.g. out of memory
+        result = {"error": f"worker process died: {exc}"}
+    result["wall_s"] = time.perf_counter() - start
+    return result
+
+
+# ------------------------------------------------------------------------------------------- benchmark
+
+
+def max_abs_diff(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
+    if a is None or b is None:
+        return None
+    diff = (a.double().cpu() - b.double().cpu()).abs()
+    return float("nan") if diff.isnan().any() else float(diff.max())
+
+
+def benchmark_device(args: argparse.Namespace, device: str, workdir: Path) -> dict[str, Any]:
+    """All (n, kernel, implementation) measurements on one device."""
+    model_x = build_model("vgg", MODEL_SEEDS["vgg"], device)
+    model_y = build_model("allconv", MODEL_SEEDS["allconv"], device)
+    names_x, names_y = layer_names(model_x), layer_names(model_y)
+    sizes: dict[str, dict[str, int]] = {}
+    records: list[dict[str, Any]] = []
+    forward_info: dict[int, dict[str, float]] = {}
+    torch_cka_seconds_per_sample: float | None = None
+    for n in args.n:
+        batch = min(args.batch_size, n)
+        inputs = make_inputs(n)
+        capture(model_x, names_x, inputs[:batch], batch, device)  # warm-up
+        start = time.perf_counter()
+        xs = capture(model_x, names_x, inputs, batch, device)
+        ys = capture(model_y, names_y, inputs, batch, device)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        forward_info[n] = {"capture_s": time.perf_counter() - start, "batch_size": batch}
+        sizes = {
+            "vgg": {k: x.shape[1] for k, x in zip(names_x, xs, strict=True)},
+            "allconv": {k: y.shape[1] for k, y in zip(names_y, ys, strict=True)},
+        }
+        print(f"[{device}] n={n}: captured activations in {forward_info[n]['capture_s']:.2f} s", flush=True)
+        path = workdir / f"activations_{device}_{n}.pt"
+        torch.save({"xs": [x.cpu() for x in xs], "ys": [y.cpu() for y in ys]}, path)
+        for kernel in args.kernels:
+            start = time.perf_counter()
+            reference = plain_cka_matrix(xs, ys, kernel, args.threshold, dtype=torch.float64).cpu()
+            ref_s = time.perf_counter() - start
+            minibatch_ref = None
+            if kernel == "linear" and not args.skip_peers:
+                minibatch_ref = unbiased_cka_reference(
+                    [x.double() for x in xs], [y.double() for y in ys], batch_size=batch
+                )
+            print(f"[{device}] n={n} {kernel}: float64 reference in {ref_s:.1f} s", flush=True)
+            results: dict[str, dict[str, Any]] = {}
+            for impl in IMPLEMENTATIONS:
+                if impl == "torch-cka" and (args.skip_peers or kernel != "linear"):
+                    continue
+                task = {
+                    "impl": impl,
+                    "device": device,
+                    "kernel": kernel,
+                    "threshold": args.threshold,
+                    "activations": str(path),
+                    "repeats": args.repeats,
+                    "warmup": 1,
+                    "threads": torch.get_num_threads(),
+                    "n": n,
+                    "n_used": n,
+                    "batch_size": batch,
+                    "budget_s": SLOW_PEER_BUDGET_S,
+                }
+                if impl == "torch-cka" and torch_cka_seconds_per_sample is not None:
+                    # Its cost is linear in n (fixed batch size): time a subset if the whole n would be too slow.
+                    predicted = 2 * torch_cka_seconds_per_sample * n  # warm-up + one repeat
+                    if predicted > args.peer_max_seconds:
+                        fit = int(args.peer_max_seconds / (2 * torch_cka_seconds_per_sample))
+                        task["n_used"] = max(batch, fit // batch * batch)
+                result = run_measurement(task, isolate=not args.in_process)
+                result["n_used"] = task["n_used"]
+                results[impl] = result
+                if "error" in result:
+                    print(f"[{device}] n={n} {kernel} {impl}: ERROR {result['error']}", flush=True)
+                    continue
+                median = result["timing"]["median_s"]
+                if impl == "torch-cka":
+                    torch_cka_seconds_per_sample = median / task["n_used"]
+                print(
+                    f"[{device}] n={n} {kernel} {impl}: {median:.3f} s (x{result['timing']['repeats']}), "
+                    f"peak +{result['peak_extra_bytes'] / 2**20:.0f} MiB, worker wall {result['wall_s']:.1f} s",
+                    flush=True,
+                )
+            records.extend(
+                _records(n, kernel, results, reference, minibatch_ref, device, ref_s)
+            )
+        path.unlink()
+        del xs, ys
+    return {
+        "records": records,
+        "forward": {str(k): v for k, v in forward_info.items()},
+        "layers": sizes,
+    }
+
+
+def _records(n, kernel, results, reference, minibatch_ref, device, ref_s) -> list[dict[str, Any]]:
+    base = results.get("pyprune", {})
+    base_s = base.get("timing", {}).get("median_s")
+    plain = results.get("plain-torch", {}).get("matrix")
+    records = []
+    for impl, result in results.items():
+        rec: dict[str, Any] = {"device": device, "n": n, "kernel": kernel, "impl": impl, "label": LABELS[impl]}
+        rec["float64_reference_s"] = ref_s
+        if "error" in result:
+            rec["error"] = result["error"]
+            rec["traceback"] = result.get("traceback")
+            records.append(rec)
+            continue
+        timing = result["timing"]
+        rec.update(
+            median_s=timing["median_s"],
+            times_s=timing["times_s"],
+            warmup_s=timing["warmup_s"],
+            repeats=timing["repeats"],
+            peak_extra_bytes=result["peak_extra_bytes"],
+            memory_method=result["memory_method"],
+            warnings=result["warnings"],
+            n_used=result["n_used"],
+        )
+        rec["pyprune_speedup"] = timing["median_s"] / base_s if base_s else None
+        matrix = result["matrix"]
+        if impl == "torch-cka":
+            rec["max_abs_diff_vs_f64"] = max_abs_diff(matrix, minibatch_ref) if result["n_used"] == n else None
+            rec["max_abs_diff_vs_f64_biased_full_batch"] = max_abs_diff(matrix, reference)
+            rec["reference_estimator"] = "minibatch unbiased CKA (mean HSIC_1 over batches), float64"
+            rec["matrix"] = matrix
+            forward = result["forward_timing"]
+            part = {
+                "device": device,
+                "n": n,
+                "kernel": kernel,
+                "impl": "torch-cka-part",
+                "label": LABELS["torch-cka-part"],
+                "median_s": timing["median_s"] - forward["median_s"],
+                "forward_median_s": forward["median_s"],
+                "forward_times_s": forward["times_s"],
+                "repeats": timing["repeats"],
+                "n_used": result["n_used"],
+            }
+            part["pyprune_speedup"] = part["median_s"] / base_s if base_s else None
+            records += [rec, part]
+            continue
+        if matrix is not None:
+            rec["max_abs_diff_vs_f64"] = max_abs_diff(matrix, reference)
+            rec["reference_estimator"] = "biased CKA, float64 plain torch"
+            rec["matrix"] = matrix
+        if impl == "pyprune":
+            rec["max_abs_diff_vs_plain_float32"] = max_abs_diff(matrix, plain)
+            rec["pyprune_kernel"] = result.get("pyprune_kernel")
+            rec["reference_matrix"] = reference
+        records.append(rec)
+    return records
+
+
+# --------------------------------------------------------------------------------- correctness case
+
+
+def correctness_case(n: int, depth: int, device: str, skip_peers: bool) -> dict[str, Any]:
+    """Untrained deep ReLU MLPs: pyprune and torch-cka against float64 references of the same estimators."""
+    inputs = make_inputs(n, seed=123)
+    model_x = build_model(f"mlp{depth}", 10, device)
+    model_y = build_model(f"mlp{depth}", 11, device)
+    names = layer_names(model_x)
+    xs = capture(model_x, names, inputs, n, device)
+    ys = capture(model_y, names, inputs, n, device)
+    # Relative spread of the features: std over samples / mean |value|, averaged over features.
+    spread = [float((x.std(dim=0) / x.abs().mean(dim=0).clamp_min(1e-30)).mean()) for x in xs]
+    xs64, ys64 = [x.double() for x in xs], [y.double() for y in ys]
+    out: dict[str, Any] = {"n": n, "depth": depth, "layers": names, "relative_spread_x": spread}
+    out["reference_biased"] = plain_cka_matrix(xs64, ys64, "linear", dtype=torch.float64).cpu()
+    out["reference_unbiased"] = unbiased_cka_reference(xs64, ys64)
+    try:
+        from pyprune.similarity.cka import cka_matrix
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out["pyprune_biased"] = cka_matrix(xs, ys, kernel="linear").cpu()
+            out["pyprune_unbiased"] = cka_matrix(xs, ys, kernel="linear", unbiased=True).cpu()
+        out["pyprune_warnings"] = _warning_texts(caught)
+    except Exception as exc:
+        out["pyprune_error"] = f"{type(exc).__name__}: {exc}"
+    if not skip_peers:
+        os.environ["TQDM_DISABLE"] = "1"
+        try:
+            import torch_cka
+
+            loader = DataLoader(TensorDataset(inputs), batch_size=n, shuffle=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cka = torch_cka.CKA(model_x, model_y, "mlp_a", "mlp_b", names, names, device=device)
+                try:
+                    cka.compare(loader, loader)
+                    out["torch_cka_error"] = None
+                except AssertionError as exc:  # its own NaN check; the matrix is already computed
+                    out["torch_cka_error"] = f"AssertionError: {exc}"
+            out["torch_cka"] = cka.hsic_matrix.detach().double().cpu()
+        except Exception as exc:
+            out["torch_cka_error"] = f"{type(exc).__name__}: {exc}"
+    summary = {}
+    for key, ref in (
+        ("pyprune_biased", "reference_biased"),
+        ("pyprune_unbiased", "reference_unbiased"),
+        ("torch_cka", "reference_unbiased"),
+    ):
+        if key in out:
+            summary[key] = {
+                "nan_count": int(out[key].isnan().sum()),
+                "entries": out[key].numel(),
+                "max_abs_diff_vs_reference": _nan_aware_diff(out[key], out[ref]),
+            }
+    out["summary"] = summary
+    return out
+
+
+def _nan_aware_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max |a - b| over entries where both are finite (NaNs are counted separately)."""
+    ok = a.isfinite() & b.isfinite()
+    return float((a - b).abs()[ok].max()) if bool(ok.any()) else float("nan")
+
+
+def correctness_markdown(case: dict[str, Any]) -> str:
+    lines = [
+        f"## Correctness: two untrained {case['depth']}-layer ReLU MLPs (default init), n = {case['n']}",
+        "",
+        "Deep features are constant across samples up to a few float32 ulps (relative spread below). "
+        "`torch-cka` works in float32 on uncentred Gram matrices, so its unbiased HSIC cancels "
+        "catastrophically. Columns: CKA(mlp_a layer i, mlp_b layer i); references are float64 on the "
+        "same float32 activations; torch-cka's estimator (one batch of n) is unbiased CKA.",
+        "",
+    ]
+    if "pyprune_error" in case:
+        lines += [f"pyprune failed: `{case['pyprune_error']}`", ""]
+    if case.get("torch_cka_error"):
+        lines += [f"torch-cka: `{case['torch_cka_error']}`", ""]
+    headers = ["layer", "rel. spread", "pyprune biased", "f64 biased", "pyprune unbiased", "f64 unbiased"]
+    has_peer = "torch_cka" in case
+    if has_peer:
+        headers.append("torch-cka")
+    rows = []
+    for i, name in enumerate(case["layers"]):
+        row = [name, f"{case['relative_spread_x'][i]:.1e}"]
+        for key in ("pyprune_biased", "reference_biased", "pyprune_unbiased", "reference_unbiased"):
+            row.append(_fmt_cka(case[key][i, i]) if key in case else "—")
+        if has_peer:
+            row.append(_fmt_cka(case["torch_cka"][i, i]))
+        rows.append(row)
+    lines += [markdown_table(headers, rows), ""]
+    for key, s in case["summary"].items():
+        lines.append(
+            f"- {key}: {s['nan_count']} NaN of {s['entries']} entries; max |Δ| from its float64 reference "
+            f"(finite entries) {fmt_float(s['max_abs_diff_vs_reference'])}"
+        )
+    if case.get("pyprune_warnings"):
+        lines.append(f"- pyprune warnings: {'; '.join(case['pyprune_warnings'])}")
+    return "\n".join(lines)
+
+
+def _fmt_cka(value: torch.Tensor) -> str:
+    v = float(value)
+    return "NaN" if math.isnan(v) else f"{v:.6f}"
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def results_markdown(payload: dict[str, Any]) -> str:
+    device = payload["device"]
+    config = payload["config"]
+    sizes = payload["layers"]
+    lines = [
+        f"# CKA heatmap benchmark ({device}{', quick' if config['quick'] else ''})",
+        "",
+        format_machine(payload["machine"]),
+        "",
+        f"Two CNNs on {config['input_shape']} inputs (synthetic, seeded), {len(sizes.get('vgg', {}))} × "
+        f"{len(sizes.get('allconv', {}))} conv/linear layers, flattened features per example:",
+        "",
+        *[f"- {model}: {', '.join(str(p) for p in ps.values())} (sum {sum(ps.values()):,})" for model, ps in sizes.items()],
+        "",
+        f"Biased CKA (threshold {config['threshold']} for RBF), median of {config['repeats']} repeats after one "
+        "warm-up, each implementation in a fresh subprocess"
+        + (" (in-process here)" if config["in_process"] else "")
+        + ". Speed-up = implementation time / pyprune time. Peak memory = extra peak resident memory "
+        "(GPU: torch allocator) of the worker over what it held with the activations loaded. max |Δ| = "
+        "largest entrywise difference from a float64 computation of the same estimator on the same float32 "
+        "activations.",
+        "",
+    ]
+    headers = ["n", "kernel", "implementation", "time (s)", "reps", "pyprune speed-up", "peak extra MiB", "max |Δ| vs f64"]
+    rows = []
+    for rec in payload["records"]:
+        label = rec["label"]
+        if "error" in rec:
+            rows.append([rec["n"], rec["kernel"], label, f"error: {rec['error'][:80]}", "", "", "", ""])
+            continue
+        if rec.get("n_used", rec["n"]) != rec["n"]:
+            label += f" (subset n = {rec['n_used']})"
+        rows.append(
+            [
+                rec["n"],
+                rec["kernel"],
+                label,
+                fmt_seconds(rec["median_s"]),
+                rec["repeats"],
+                "1 (baseline)" if rec["impl"] == "pyprune" else fmt_ratio(rec.get("pyprune_speedup")),
+                fmt_mib(rec.get("peak_extra_bytes")),
+                fmt_float(rec.get("max_abs_diff_vs_f64")),
+            ]
+        )
+    lines += [markdown_table(headers, rows), ""]
+    lines += ["Forward passes (both models, hooks capturing every conv/linear output, `no_grad`):", ""]
+    for n, f in payload["forward"].items():
+        lines.append(f"- n = {n}: {fmt_seconds(f['capture_s'])} s (batches of {f['batch_size']})")
+    lines += ["", "Notes:", ""]
+    lines += [f"- {note}" for note in payload["notes"]]
+    if payload.get("correctness"):
+        lines += ["", correctness_markdown(payload["correctness"])]
+    return "\n".join(lines)
+
+
+def build_notes(payload: dict[str, Any]) -> list[str]:
+    notes = [
+        "torch-cka (`torch_cka.CKA(m1, m2, model1_layers=..., model2_layers=..., device=...)`, "
+        "`.compare(loader, loader)`, `.export()['CKA']`) computes *minibatch unbiased* CKA in float32 "
+        "(HSIC_1 of each batch averaged, then normalised), not the full-batch biased CKA of the other rows; "
+        "its max |Δ| is against a float64 computation of that same estimator. It supports the linear kernel "
+        "only. It runs both models' forwards itself with autograd enabled; 'CKA part' subtracts the median "
+        "time of exactly those forwards (same models, hooks, loader and grad mode). Its peak memory "
+        "includes those forwards.",
+        "torch-cka recomputes the second model's Gram matrix for every (i, j) pair and evaluates "
+        "`trace(K @ L)` and `HSIC(L, L)` with full n_b³ matrix products per pair and batch.",
+        "GEMM floor: float32 `torch.mm(x, x.T)` for all layers of both models, nothing else. pyprune forms "
+        "Grams with BLAS `syrk` (half the multiply-adds), so it can undercut this floor.",
+        "RBF: K_ab = exp(-|x_a - x_b|² / (2 t² m)), m = median squared distance over all n² pairs "
+        "(diagonal included, NumPy median), t = threshold (Kornblith et al. 2019).",
+    ]
+    for rec in payload["records"]:
+        if rec["impl"] == "pyprune" and "error" not in rec:
+            notes.append(
+                f"n = {rec['n']}, {rec['kernel']}: pyprune vs plain float32 torch max |Δ| = "
+                f"{fmt_float(rec.get('max_abs_diff_vs_plain_float32'))}; pyprune kernel path: "
+                f"{rec.get('pyprune_kernel')}"
+            )
+        if rec["impl"] == "torch-cka" and "error" not in rec:
+            notes.append(
+                f"n = {rec['n']}: torch-cka vs float64 *biased full-batch* CKA max |Δ| = "
+                f"{fmt_float(rec.get('max_abs_diff_vs_f64_biased_full_batch'))} (estimator difference)"
+            )
+        if rec.get("n_used", rec["n"]) != rec["n"]:
+            notes.append(
+                f"n = {rec['n']}: torch-cka was timed on the first {rec['n_used']} samples only (too slow for "
+                "the whole n); its cost is linear in n at a fixed batch size."
+            )
+        if rec.get("warnings"):
+            notes.append(f"n = {rec['n']}, {rec['kernel']}, {rec['impl']} warned: {'; '.join(rec['warnings'])}")
+    return notes
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (< 60 s), to smoke-test the script")
+    parser.add_argument("--n", type=int, nargs="+", default=None, help="sample counts (default: 1024 4096)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up (default 3)")
+    parser.add_argument("--kernels", nargs="+", choices=("linear", "rbf"), default=["linear", "rbf"])
+    parser.add_argument("--threshold", type=float, default=0.5, help="RBF bandwidth fraction (default 0.5)")
+    parser.add_argument("--batch-size", type=int, default=1024, help="forward / torch-cka batch size")
+    parser.add_argument("--skip-peers", action="store_true", help="do not run torch-cka")
+    parser.add_argument(
+        "--peer-max-seconds",
+        type=float,
+        default=300.0,
+        help="time torch-cka on a subset of samples when warm-up + one run would exceed this",
+    )
+    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
+    parser.add_argument("--correctness-n", type=int, default=None, help="samples for the deep-MLP case")
+    parser.add_argument("--skip-correctness", action="store_true")
+    parser.add_argument("--in-process", action="store_true", help="no subprocess per measurement (debugging)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    if args.n is None:
+        args.n = [256] if args.quick else [1024, 4096]
+    if args.correctness_n is None:
+        args.correctness_n = 256 if args.quick else 1024
+    if args.devices is None:
+        args.devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for n in args.n:
+        batch = min(args.batch_size, n)
+        if n % batch:
+            parser.error(f"--n {n} is not a multiple of --batch-size {batch}")
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TQDM_DISABLE", "1")  # torch-cka's progress bars (inherited by the workers)
+    args = parse_args(argv)
+    started = time.perf_counter()
+    for device in args.devices:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            print(f"skipping {device}: CUDA is not available")
+            continue
+        payload: dict[str, Any] = {"device": device, "machine": machine_info(device)}
+        payload["config"] = {
+            "quick": args.quick,
+            "n": args.n,
+            "kernels": args.kernels,
+            "threshold": args.threshold,
+            "repeats": args.repeats,
+            "batch_size": args.batch_size,
+            "input_shape": list(INPUT_SHAPE),
+            "models": {"vgg": "vgg_net(), He init", "allconv": "allconv_net(), He init"},
+            "in_process": args.in_process,
+            "skip_peers": args.skip_peers,
+        }
+        with tempfile.TemporaryDirectory(prefix="bench_cka_") as tmp:
+            payload.update(benchmark_device(args, device, Path(tmp)))
+        if not args.skip_correctness:
+            payload["correctness"] = correctness_case(args.correctness_n, 20, device, args.skip_peers)
+        payload["notes"] = build_notes(payload)
+        payload["wall_s"] = time.perf_counter() - started
+        markdown = results_markdown(payload)
+        stem = f"cka_matrix_{device.replace(':', '')}" + ("_quick" if args.quick else "")
+        paths = write_results(stem, payload, markdown, args.out_dir)
+        print()
+        print(markdown)
+        print()
+        print("wrote " + ", ".join(str(p) for p in paths))
+    print(f"total {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,239 @@
+// Fused HSIC statistics of many symmetric Gram matrices: the CUDA twin of csrc/cpu/gram_hsic.cpp.
+//
+// Self-contained for NVRTC (no #include); CuPy compiles it at run time (pyprune/_cuda.py).
+//
+// For A_1..A_La and B_1..B_Lb (n x n, only the lower triangle c <= r is read) it accumulates, in double:
+//   cross[i, j] = <A_i, B_j>_F = sum_{c<r} 2 A_i[r,c] B_j[r,c] + sum_r A_i[r,r] B_j[r,r]
+//   self_a[i], self_b[j]        (cross mode only; in symmetric mode they are the diagonal of cross)
+//   rows_a[i, r] = sum_c A_i[r, c] of the full symmetric matrix = lower part of row r + the strictly-lower
+//                  entries of column r (and the same for B in cross mode)
+// diag(A_i) is a strided copy and is taken by the caller with torch.
+//
+// Algorithm. The output is a small La x Lb matrix of dot products over K = n(n+1)/2 weighted entries: a
+// tall-skinny GEMM with a huge reduction dimension, done as a split-K with register tiling.
+//   * The lower triangle is cut into 64 x 64 tiles (tc <= tr), numbered row by row; tile t is decoded in-kernel.
+//   * The (La x Lb) output is cut into BM x BN groups (BM, BN in {1, 2, 4, 8}, template parameters chosen by the
+//     caller from La, Lb). Symmetric mode (B = A) uses BM == BN and only the group pairs gi <= gj.
+//   * grid = (number of group pairs, Y): blockIdx.x is the group pair (read from `meta`), blockIdx.y strides
+//     over the tiles (tile = blockIdx.y, blockIdx.y + Y, ...). x varies fastest, so the blocks that run at the
+//     same time read the same tile of every matrix and all but the first read of a tile hit L2.
+//   * block = 256 threads: thread (tx = tid % 64, ty = tid / 64) handles column c0 + tx of rows
+//     r0 + ty + 4k, k = 0..15, so 64 neighbouring threads read 64 consecutive elements of a row (coalesced).
+//     For every element it loads its BM values of A (times the weight 2 below / 1 on the diagonal) and its BN
+//     values of B, and does BM * BN double FMAs into registers. Products of floats are exact in double.
+//   * When the block is done with all its tiles, each accumulator is reduced over the warp (shuffles) and
+//     over the 8 warps (shared memory) and added to the output with one double atomicAdd (sm_60+).
+//   * Row sums and self terms: for every group of matrices exactly one "designated" block per tile also
+//     computes them, right after its cross products (the tile is still in L1/L2): A's group gi in the block
+//     with gj == gi (symmetric mode) or gj == 0 (cross mode), B's group gj in the block with gi == 0. Row
+//     parts are reduced with warp shuffles, column parts in shared memory, then 64 + 64 double atomicAdds
+//     per tile and matrix (64 on diagonal tiles, where row and column indices coincide).
+// Outputs must be zeroed by the caller. The summation order depends on scheduling, so the last bits of the
+// results may differ between runs.
+//
+// Arguments: meta is a device int64 array laid out as
+//   [ptr_a[0..La), ld_a[0..La), ptr_b[0..Lb), ld_b[0..Lb), (i0, j0) for each group pair]
+// (pointers to element (0, 0); rows are ld elements apart, columns contiguous). In symmetric mode the caller
+// passes the A entries again as the B entries and Lb == La.
+//
+// Entry point: the kernel template pyprune::gram_hsic<T, BM, BN> with T in {float, double} and BM, BN in
+// {1, 2, 4, 8}, instantiated through NVRTC name expressions such as "pyprune::gram_hsic<float, 4, 4>"
+// (pyprune/_cuda.py compiles only the instantiations it launches).
+
+#define PP_TILE 64
+#define PP_THREADS 256
+#define PP_WARPS (PP_THREADS / 32)
+#define PP_ROW_STEP (PP_THREADS / PP_TILE)           // 4 rows of a tile are in flight at once
+#define PP_ROWS_PER_THREAD (PP_TILE / PP_ROW_STEP)   // 16
+
+typedef long long pp_i64;
+
+namespace pyprune {
+namespace {
+
+__device__ __forceinline__ double pp_warp_sum(double v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Tile t (0-based, row by row over the lower triangle of tiles) -> (tr, tc) with tc <= tr.
+__device__ __forceinline__ void pp_tile_coords(pp_i64 t, pp_i64& tr, pp_i64& tc) {
+  pp_i64 r = static_cast<pp_i64>((sqrt(8.0 * static_cast<double>(t) + 1.0) - 1.0) * 0.5);
+  while (r > 0 && r * (r + 1) / 2 > t) --r;
+  while ((r + 1) * (r + 2) / 2 <= t) ++r;
+  tr = r;
+  tc = t - r * (r + 1) / 2;
+}
+
+// Row sums (symmetric completion) and the self inner product of one matrix over one tile. Called by all
+// threads of the block (it synchronises). self_acc collects this thread's part of <G, G>_F.
+template <typename T>
+__device__ __forceinline__ void pp_tile_rows(const T* __restrict__ g, pp_i64 ld, pp_i64 n, pp_i64 r0, pp_i64 c0,
+                                             double* __restrict__ rows, double& self_acc, double* s_row,
+                                             double* s_col) {
+  const int tx = threadIdx.x % PP_TILE, ty = threadIdx.x / PP_TILE;
+  const int lane = threadIdx.x % 32, half = tx / 32;
+  const pp_i64 c = c0 + tx;
+  double col = 0.0;
+#pragma unroll 4
+  for (int k = 0; k < PP_ROWS_PER_THREAD; ++k) {
+    const int dr = ty + k * PP_ROW_STEP;
+    const pp_i64 r = r0 + dr;
+    const double v = (r < n && c <= r) ? static_cast<double>(g[r * ld + c]) : 0.0;
+    const double strict = c < r ? v : 0.0;
+    col += strict;
+    self_acc += (strict + v) * v;  // 2 v^2 below the diagonal, v^2 on it
+    const double row_part = pp_warp_sum(v);
+    if (lane == 0) s_row[half * PP_TILE + dr] = row_part;
+  }
+  s_col[ty * PP_TILE + tx] = col;
+  __syncthreads();
+  if (threadIdx.x < PP_TILE) {
+    const int d = threadIdx.x;
+    const double row_sum = s_row[d] + s_row[PP_TILE + d];
+    double col_sum = 0.0;
+#pragma unroll
+    for (int q = 0; q < PP_ROW_STEP; ++q) col_sum += s_col[q * PP_TILE + d];
+    if (r0 == c0) {
+      if (r0 + d < n) atomicAdd(rows + r0 + d, row_sum + col_sum);
+    } else {
+      if (r0 + d < n) atomicAdd(rows + r0 + d, row_sum);
+      atomicAdd(rows + c0 + d, col_sum);  // c0 + d < r0 <= n - 1 on an off-diagonal tile
+    }
+  }
+  __syncthreads();
+}
+
+}  // namespace
+
+template <typename T, int BM, int BN>
+__global__ void __launch_bounds__(PP_THREADS)
+    gram_hsic(const pp_i64* __restrict__ meta, int num_a, int num_b, int same, pp_i64 n, pp_i64 num_tiles,
+              double* __restrict__ cross, double* __restrict__ self_a, double* __restrict__ self_b,
+              double* __restrict__ rows_a, double* __restrict__ rows_b) {
+  __shared__ double s_row[2 * PP_TILE];
+  __shared__ double s_col[PP_ROW_STEP * PP_TILE];
+  __shared__ double s_red[PP_WARPS][BM * BN + BM + BN];
+
+  const pp_i64* ptr_a = meta;
+  const pp_i64* ld_a = meta + num_a;
+  const pp_i64* ptr_b = meta + 2 * num_a;
+  const pp_i64* ld_b = meta + 2 * num_a + num_b;
+  const pp_i64* pairs = meta + 2 * num_a + 2 * num_b;
+  const int i0 = static_cast<int>(pairs[2 * blockIdx.x]);
+  const int j0 = static_cast<int>(pairs[2 * blockIdx.x + 1]);
+  const int count_a = num_a - i0 < BM ? num_a - i0 : BM;  // matrices of this group that exist
+  const int count_b = num_b - j0 < BN ? num_b - j0 : BN;
+  const bool rows_a_here = same ? (i0 == j0) : (j0 == 0);
+  const bool rows_b_here = !same && i0 == 0;
+
+  const T* pa[BM];
+  const T* pb[BN];
+  pp_i64 la[BM], lb[BN];
+#pragma unroll
+  for (int m = 0; m < BM; ++m) {
+    const int idx = m < count_a ? i0 + m : i0;  // missing matrices alias a real one and are masked to 0
+    pa[m] = reinterpret_cast<const T*>(ptr_a[idx]);
+    la[m] = ld_a[idx];
+  }
+#pragma unroll
+  for (int m = 0; m < BN; ++m) {
+    const int idx = m < count_b ? j0 + m : j0;
+    pb[m] = reinterpret_cast<const T*>(ptr_b[idx]);
+    lb[m] = ld_b[idx];
+  }
+
+  double acc[BM][BN];
+  double sa[BM], sb[BN];
+#pragma unroll
+  for (int i = 0; i < BM; ++i) {
+    sa[i] = 0.0;
+#pragma unroll
+    for (int j = 0; j < BN; ++j) acc[i][j] = 0.0;
+  }
+#pragma unroll
+  for (int j = 0; j < BN; ++j) sb[j] = 0.0;
+
+  const int tx = threadIdx.x % PP_TILE, ty = threadIdx.x / PP_TILE;
+  for (pp_i64 tile = blockIdx.y; tile < num_tiles; tile += gridDim.y) {
+    pp_i64 tr, tc;
+    pp_tile_coords(tile, tr, tc);
+    const pp_i64 r0 = tr * PP_TILE, c0 = tc * PP_TILE;
+    const pp_i64 c = c0 + tx;
+#pragma unroll 2
+    for (int k = 0; k < PP_ROWS_PER_THREAD; ++k) {
+      const pp_i64 r = r0 + ty + k * PP_ROW_STEP;
+      if (r < n && c <= r) {
+        const double w = c < r ? 2.0 : 1.0;
+        double a[BM], b[BN];
+#pragma unroll
+        for (int m = 0; m < BM; ++m) a[m] = m < count_a ? w * static_cast<double>(pa[m][r * la[m] + c]) : 0.0;
+#pragma unroll
+        for (int m = 0; m < BN; ++m) b[m] = m < count_b ? static_cast<double>(pb[m][r * lb[m] + c]) : 0.0;
+#pragma unroll
+        for (int i = 0; i < BM; ++i)
+#pragma unroll
+          for (int j = 0; j < BN; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
+      }
+    }
+    if (rows_a_here) {
+#pragma unroll
+      for (int m = 0; m < BM; ++m)
+        if (m < count_a) pp_tile_rows<T>(pa[m], la[m], n, r0, c0, rows_a + (i0 + m) * n, sa[m], s_row, s_col);
+    }
+    if (rows_b_here) {
+#pragma unroll
+      for (int m = 0; m < BN; ++m)
+        if (m < count_b) pp_tile_rows<T>(pb[m], lb[m], n, r0, c0, rows_b + (j0 + m) * n, sb[m], s_row, s_col);
+    }
+  }
+
+  // Block reduction: warp shuffles, then the 8 warp partials through shared memory, then atomics.
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int i = 0; i < BM; ++i) {
+#pragma unroll
+    for (int j = 0; j < BN; ++j) {
+      const double v = pp_warp_sum(acc[i][j]);
+      if (lane == 0) s_red[warp][i * BN + j] = v;
+    }
+  }
+  if (!same) {
+#pragma unroll
+    for (int i = 0; i < BM; ++i) {
+      const double v = pp_warp_sum(sa[i]);
+      if (lane == 0) s_red[warp][BM * BN + i] = v;
+    }
+#pragma unroll
+    for (int j = 0; j < BN; ++j) {
+      const double v = pp_warp_sum(sb[j]);
+      if (lane == 0) s_red[warp][BM * BN + BM + j] = v;
+    }
+  }
+  __syncthreads();
+  const int num_values = same ? BM * BN : BM * BN + BM + BN;
+  for (int p = threadIdx.x; p < num_values; p += PP_THREADS) {
+    double total = 0.0;
+#pragma unroll
+    for (int w = 0; w < PP_WARPS; ++w) total += s_red[w][p];
+    if (p < BM * BN) {
+      const int i = i0 + p / BN, j = j0 + p % BN;
+      if (i >= num_a || j >= num_b) continue;
+      if (!same) {
+        atomicAdd(cross + static_cast<pp_i64>(i) * num_b + j, total);
+      } else if (i <= j) {  // symmetric mode: the block owns the pairs i <= j of its groups and mirrors them
+        atomicAdd(cross + static_cast<pp_i64>(i) * num_b + j, total);
+        if (i < j) atomicAdd(cross + static_cast<pp_i64>(j) * num_b + i, total);
+      }
+    } else if (p < BM * BN + BM) {
+      const int i = i0 + (p - BM * BN);
+      if (rows_a_here && i < num_a) atomicAdd(self_a + i, total);
+    } else {
+      const int j = j0 + (p - BM * BN - BM);
+      if (rows_b_here && j < num_b) atomicAdd(self_b + j, total);
+    }
+  }
+}
+
+}  // namespace pyprune

@@ -1,0 +1,7 @@
+"""``python -m pyprune``: the same command line as the ``pyprune`` script."""
+
+from __future__ import annotations
+
+from pyprune.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,291 @@
+"""CUDA kernels through CuPy: ``csrc/cuda/*.cu`` compiled at run time by NVRTC, launched on torch's stream.
+
+The ``.cu`` files are plain NVRTC sources (no host code, no includes). They are looked up in the source
+checkout (``<repo>/csrc/cuda``, which an editable install uses) and then in the installed package
+(``<package>/cuda``, where CMake puts them). CuPy compiles each kernel instantiation the first time it is
+needed and caches the binary on disk (``~/.cupy/kernel_cache``); :func:`module` caches the loaded module.
+
+Tensors cross from torch to CuPy by DLPack without copies, and every launch goes on
+``torch.cuda.current_stream()``, so the kernels are ordered with the surrounding torch work exactly like a
+torch operation. CuPy is imported lazily: this module imports (and :func:`available` answers) without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pyprune.ops.reference import RBF_MEDIAN_ZERO_MESSAGE, check_grams, check_rbf_arguments
+
+#: NVRTC options for every module (CuPy adds ``-arch`` for the device it compiles for).
+NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17",)
+
+#: Register tiles (BM x BN matrices per thread block) of ``gram_hsic.cu``; all combinations are instantiated.
+GRAM_HSIC_TILES: tuple[int, ...] = (1, 2, 4, 8)
+_CTYPES = {torch.float32: "float", torch.float64: "double"}
+
+
+def gram_hsic_expression(dtype: torch.dtype, bm: int, bn: int) -> str:
+    """NVRTC name expression of one instantiation of the HSIC-terms kernel."""
+    return f"pyprune::gram_hsic<{_CTYPES[dtype]}, {bm}, {bn}>"
+
+
+def rbf_expressions(dtype: torch.dtype) -> tuple[str, str]:
+    """NVRTC name expressions of the two RBF kernels for ``dtype``."""
+    ctype = _CTYPES[dtype]
+    return f"pyprune::rbf_sq_distances<{ctype}>", f"pyprune::rbf_exp<{ctype}>"
+
+
+#: Every name expression each ``.cu`` file (by stem) must compile; the compile test instantiates all of them.
+NAME_EXPRESSIONS: dict[str, tuple[str, ...]] = {
+    "gram_hsic": tuple(
+        gram_hsic_expression(dtype, bm, bn)
+        for dtype in _CTYPES
+        for bm in GRAM_HSIC_TILES
+        for bn in GRAM_HSIC_TILES
+    ),
+    "rbf_gram": tuple(expr for dtype in _CTYPES for expr in rbf_expressions(dtype)),
+}
+
+_THREADS = 256  # block size of every kernel (matches __launch_bounds__ in the .cu files)
+_TILE = 64  # gram_hsic.cu tile edge
+_MAX_GRID = 65535
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Availability and module loading
+
+
+@functools.cache
+def _probe() -> str:
+    """Empty string if the CUDA path is usable, else the reason it is not."""
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a CuPy that fails to initialise
+        return f"CuPy is not importable ({type(exc).__name__}: {exc})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return f"CuPy finds no CUDA device ({type(exc).__name__}: {exc})"
+    if count < 1:
+        return "CuPy finds no CUDA device"
+    if not torch.cuda.is_available():
+        return "torch.cuda.is_available() is False (is this a CPU-only torch build?)"
+    return ""
+
+
+def available() -> bool:
+    """True if CuPy imports, it sees a CUDA device and torch has CUDA."""
+    return _probe() == ""
+
+
+def unavailable_reason() -> str:
+    """Why :func:`available` is False (an empty string when it is True)."""
+    return _probe()
+
+
+def _cupy() -> Any:
+    reason = _probe()
+    if reason:
+        raise RuntimeError(f"pyprune's CUDA kernels are unavailable: {reason}")
+    import cupy
+
+    return cupy
+
+
+def _source_dirs() -> list[Path]:
+    here = Path(__file__).resolve().parent
+    dirs = [here.parent / "csrc" / "cuda"]  # source checkout or editable install: the sources being edited
+    import pyprune
+
+    for entry in [
+        str(here),
+        *pyprune.__path__,
+    ]:  # installed wheel (and the build tree of an editable install)
+        candidate = Path(entry).resolve() / "cuda"
+        if candidate not in dirs:
+            dirs.append(candidate)
+    return dirs
+
+
+def cuda_sources() -> list[Path]:
+    """All ``.cu`` kernel sources, from the first directory that has any."""
+    for directory in _source_dirs():
+        found = sorted(directory.glob("*.cu"))
+        if found:
+            return found
+    return []
+
+
+def cuda_source(name: str) -> Path:
+    """The path of ``<name>.cu``."""
+    for directory in _source_dirs():
+        path = directory / f"{name}.cu"
+        if path.is_file():
+            return path
+    searched = ", ".join(str(d) for d in _source_dirs())
+    raise FileNotFoundError(f"CUDA source {name}.cu not found (searched {searched})")
+
+
+@functools.cache
+def module(name: str, name_expressions: tuple[str, ...] | None = None) -> Any:
+    """The ``cupy.RawModule`` of ``<name>.cu``, compiled with :data:`NVRTC_OPTIONS`, once per process.
+
+    ``name_expressions`` selects the template instantiations to compile (default: all of
+    :data:`NAME_EXPRESSIONS` ``[name]``); fetch them with ``module(...).get_function(expression)``.
+    """
+    cupy = _cupy()
+    if name_expressions is None:
+        name_expressions = NAME_EXPRESSIONS.get(name, ())
+    code = cuda_source(name).read_text()
+    return cupy.RawModule(code=code, options=NVRTC_OPTIONS, name_expressions=list(name_expressions) or None)
+
+
+def _function(name: str, expression: str) -> Any:
+    return module(name, (expression,)).get_function(expression)
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+class _OnTorchStream:
+    """Context: CuPy on the tensor's device and on torch's current stream there."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self) -> Any:
+        cupy = _cupy()
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        self._torch_device = torch.cuda.device(index)
+        self._torch_device.__enter__()
+        self._cupy_device = cupy.cuda.Device(index)
+        self._cupy_device.__enter__()
+        self._stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(index).cuda_stream)
+        self._stream.__enter__()
+        return cupy
+
+    def __exit__(self, *exc: object) -> None:
+        self._stream.__exit__(*exc)
+        self._cupy_device.__exit__(*exc)
+        self._torch_device.__exit__(*exc)
+
+
+def _check_cuda(tensor: torch.Tensor, where: str) -> torch.device:
+    if tensor.device.type != "cuda":
+        raise ValueError(f"{where}: expected a CUDA tensor, got one on {tensor.device}")
+    return tensor.device
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Kernels
+
+
+def _tile(count: int) -> int:
+    return (
+        next(t for t in GRAM_HSIC_TILES if t >= count)
+        if count <= GRAM_HSIC_TILES[-1]
+        else GRAM_HSIC_TILES[-1]
+    )
+
+
+def gram_hsic_terms_cuda(
+    grams_a: Sequence[torch.Tensor], grams_b: Sequence[torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """CUDA version of ``pyprune._C.gram_hsic_terms``: same arguments (torch CUDA tensors) and results.
+
+    Returns float64 CUDA tensors ``cross`` (La, Lb), ``self_a`` (La,), ``self_b`` (Lb,), ``row_sums_a`` /
+    ``diag_a`` (La, n) and ``row_sums_b`` / ``diag_b`` (Lb, n); with ``grams_b=None`` the ``*_b`` entries are
+    the ``*_a`` tensors. Only the lower triangle of each matrix is read.
+    """
+    n, dtype = check_grams(grams_a, "grams_a")
+    device = _check_cuda(grams_a[0], "grams_a[0]")
+    same = grams_b is None
+    if not same:
+        check_grams(grams_b, "grams_b", n=n, dtype=dtype, device=device)
+    list_b = list(grams_a if same else grams_b)
+    num_a, num_b = len(grams_a), len(list_b)
+    bm = _tile(num_a)
+    bn = bm if same else _tile(num_b)
+    groups_a = range(0, num_a, bm)
+    groups_b = range(0, num_b, bn)
+    pairs = [(i0, j0) for i0 in groups_a for j0 in groups_b if not same or i0 <= j0]
+
+    f64 = {"dtype": torch.float64, "device": device}
+    with _OnTorchStream(device) as cupy:
+        cross = torch.zeros((num_a, num_b), **f64)
+        rows_a = torch.zeros((num_a, n), **f64)
+        self_a = torch.zeros(num_a, **f64)
+        rows_b = rows_a if same else torch.zeros((num_b, n), **f64)
+        self_b = self_a if same else torch.zeros(num_b, **f64)
+        num_tiles = (n // _TILE + (n % _TILE > 0)) * (n // _TILE + (n % _TILE > 0) + 1) // 2
+        if n > 0:
+            meta_host = [g.data_ptr() for g in grams_a] + [g.stride(0) for g in grams_a]
+            meta_host += [g.data_ptr() for g in list_b] + [g.stride(0) for g in list_b]
+            meta_host += [index for pair in pairs for index in pair]
+            meta = torch.tensor(meta_host, dtype=torch.int64).to(device)
+            grid_y = max(1, min(num_tiles, _MAX_GRID, math.ceil(8 * _sm_count(device.index) / len(pairs))))
+            kernel = _function("gram_hsic", gram_hsic_expression(dtype, bm, bn))
+            args = [cupy.from_dlpack(meta), np.int32(num_a), np.int32(num_b), np.int32(same), np.int64(n)]
+            args += [np.int64(num_tiles)]
+            args += [cupy.from_dlpack(t) for t in (cross, self_a, self_b, rows_a, rows_b)]
+            kernel((len(pairs), grid_y), (_THREADS,), tuple(args))
+        diag_a = torch.stack([g.diagonal() for g in grams_a]).to(torch.float64)
+        diag_b = diag_a if same else torch.stack([g.diagonal() for g in list_b]).to(torch.float64)
+        if same:
+            self_a.copy_(cross.diagonal())
+    return {
+        "cross": cross,
+        "self_a": self_a,
+        "self_b": self_b,
+        "row_sums_a": rows_a,
+        "diag_a": diag_a,
+        "row_sums_b": rows_b,
+        "diag_b": diag_b,
+    }
+
+
+def _order_statistic(lower: torch.Tensor, n: int, q: int) -> float:
+    """Position q (0-based) of the sorted n*n distances, from the strictly-lower ones (each counts twice)."""
+    if q < n:
+        return 0.0  # the n zeros of the diagonal come first
+    return float(torch.kthvalue(lower, (q - n) // 2 + 1).values)
+
+
+def rbf_from_linear_gram_cuda(gram: torch.Tensor, threshold: float) -> float:
+    """CUDA version of ``pyprune._C.rbf_from_linear_gram``: in place on the lower triangle; returns m."""
+    check_grams([gram], "gram", single=True)
+    device = _check_cuda(gram, "gram")
+    n = gram.shape[0]
+    check_rbf_arguments(n, threshold)
+    with _OnTorchStream(device) as cupy:
+        sq_norms = gram.diagonal().to(torch.float64, copy=True)
+        lower = torch.empty(n * (n - 1) // 2, dtype=gram.dtype, device=device)
+        cu_gram = cupy.from_dlpack(gram)
+        ld = np.int64(gram.stride(0))
+        grid = (min(n, _MAX_GRID),)
+        sq_distances, exp_kernel = (_function("rbf_gram", e) for e in rbf_expressions(gram.dtype))
+        sq_distances(
+            grid, (_THREADS,), (cu_gram, np.int64(n), ld, cupy.from_dlpack(sq_norms), cupy.from_dlpack(lower))
+        )
+        total = n * n
+        if total % 2 == 1:
+            median = _order_statistic(lower, n, total // 2)
+        else:
+            median = 0.5 * (
+                _order_statistic(lower, n, total // 2 - 1) + _order_statistic(lower, n, total // 2)
+            )
+        all_zero = not bool(lower.any())
+        if median == 0.0 and not all_zero:
+            raise ValueError(RBF_MEDIAN_ZERO_MESSAGE)
+        scale = 0.0 if all_zero else -1.0 / (2.0 * threshold * threshold * median)
+        exp_kernel(grid, (_THREADS,), (cu_gram, np.int64(n), ld, np.float64(scale)))
+    return median
