@@ -5,6 +5,8 @@
 * :class:`PeakMemory`: peak *extra* memory of a block: resident-set high-water mark on CPU (Linux
   ``/proc/self/clear_refs`` resets it, so the block is measured alone), ``torch.cuda.max_memory_allocated``
   on CUDA.
+* :class:`OtherCpuLoad`, :func:`wait_for_idle`: how many cores other processes kept busy during a
+  measurement (timings on a shared machine are only as good as that number), and waiting for a quiet moment.
 * :func:`run_isolated`: run a function in a fresh ``spawn`` subprocess, so each measurement starts from a
   clean allocator and its peak memory is its own.
 * :func:`markdown_table`, :func:`write_results`: reports as JSON plus Markdown under ``benchmarks/results/``.
@@ -251,8 +253,67 @@ class PeakMemory:
             peak = torch.cuda.max_memory_allocated()
         else:
             hwm = _status_kib("VmHWM")
-            peak = hwm * 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            peak = (
+                hwm * 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            )
         self.peak_extra_bytes = max(0, peak - self.baseline_bytes)
+
+
+# ------------------------------------------------------------------------------------ CPU contention
+
+
+def _machine_cpu_seconds() -> float | None:
+    """Busy CPU seconds of the whole machine (all cores) since boot, from ``/proc/stat``; None if unknown."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [
+                int(v) for v in f.readline().split()[1:9]
+            ]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process plus its reaped children (finished measurement subprocesses)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+class OtherCpuLoad:
+    """Average number of cores kept busy by *other* processes during a block (machine busy time minus this
+    process's and its finished children's CPU time, over wall time). None where ``/proc/stat`` is missing."""
+
+    def __enter__(self) -> OtherCpuLoad:
+        self._machine, self._own, self._wall = _machine_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+        self.cores: float | None = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        machine = _machine_cpu_seconds()
+        wall = time.perf_counter() - self._wall
+        if machine is None or self._machine is None or wall <= 0:
+            return
+        others = (machine - self._machine) - (_own_cpu_seconds() - self._own)
+        self.cores = max(0.0, others / wall)
+
+
+def wait_for_idle(max_wait_s: float, threshold_cores: float = 0.3, window_s: float = 2.0) -> dict[str, Any]:
+    """Wait (up to ``max_wait_s``) until other processes use fewer than ``threshold_cores`` cores over a
+    ``window_s`` window. Returns ``waited_s`` and the last window's ``other_cores``."""
+    start = time.perf_counter()
+    if max_wait_s <= 0:
+        return {"waited_s": 0.0, "other_cores": None}
+    while True:
+        with OtherCpuLoad() as load:
+            time.sleep(window_s)
+        other = load.cores
+        waited = time.perf_counter() - start
+        if other is None or other < threshold_cores or waited >= max_wait_s:
+            return {"waited_s": waited, "other_cores": other}
 
 
 # ------------------------------------------------------------------------------------------- isolation
@@ -328,7 +389,9 @@ def _nan_to_none(value: Any) -> Any:
     return value
 
 
-def write_results(stem: str, payload: dict[str, Any], markdown: str, out_dir: Path | None = None) -> list[Path]:
+def write_results(
+    stem: str, payload: dict[str, Any], markdown: str, out_dir: Path | None = None
+) -> list[Path]:
     """Write ``<stem>.json`` and ``<stem>.md`` atomically (via ``.tmp`` files); returns the two paths."""
     out_dir = Path(out_dir or RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)

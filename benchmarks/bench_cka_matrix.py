@@ -29,6 +29,8 @@ CUDA is available the same benchmark also runs on the GPU (``cka_matrix_cuda.*``
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import os
 import tempfile
@@ -36,7 +38,7 @@ import time
 import traceback
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from typing import Any
 import torch
 from _common import (
     RESULTS_DIR,
+    OtherCpuLoad,
     PeakMemory,
     fmt_float,
     fmt_mib,
@@ -54,6 +57,7 @@ from _common import (
     markdown_table,
     run_isolated,
     time_call,
+    wait_for_idle,
     write_results,
 )
 from torch import nn
@@ -98,7 +102,16 @@ def vgg_net() -> nn.Sequential:
 def allconv_net() -> nn.Sequential:
     """All-convolutional, strided downsampling: features 2048, 4096, 1024, 2048, 512, 1024, 256, 512, 128, 10."""
     layers: list[tuple[str, nn.Module]] = []
-    plan = [(3, 8, 2), (8, 16, 1), (16, 16, 2), (16, 32, 1), (32, 32, 2), (32, 64, 1), (64, 64, 2), (64, 128, 1)]
+    plan = [
+        (3, 8, 2),
+        (8, 16, 1),
+        (16, 16, 2),
+        (16, 32, 1),
+        (32, 32, 2),
+        (32, 64, 1),
+        (64, 64, 2),
+        (64, 128, 1),
+    ]
     for i, (c_in, c_out, stride) in enumerate(plan, start=1):
         layers += [(f"conv{i}", _conv(c_in, c_out, stride)), (f"relu{i}", nn.ReLU())]
     layers += [("flatten", nn.Flatten())]
@@ -147,7 +160,9 @@ def capture(model: nn.Module, names: Sequence[str], inputs: torch.Tensor, batch_
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     modules = dict(model.named_modules())
     handles = [
-        modules[name].register_forward_hook(lambda _m, _i, out, name=name: chunks[name].append(out.flatten(1)))
+        modules[name].register_forward_hook(
+            lambda _m, _i, out, name=name: chunks[name].append(out.flatten(1))
+        )
         for name in names
     ]
     try:
@@ -348,7 +363,8 @@ def _torch_cka_worker(task: dict[str, Any]) -> dict[str, Any]:
             )
 
             def compare():
-                cka.compare(loader, loader)
+                with contextlib.redirect_stderr(io.StringIO()):  # its tqdm progress bar
+                    cka.compare(loader, loader)
                 return cka.export()["CKA"]
 
             def forwards():  # what compare() runs besides the CKA arithmetic
@@ -358,7 +374,11 @@ def _torch_cka_worker(task: dict[str, Any]) -> dict[str, Any]:
 
             with PeakMemory(device) as memory:
                 timing = time_call(
-                    compare, repeats=task["repeats"], warmup=task["warmup"], device=device, budget_s=task["budget_s"]
+                    compare,
+                    repeats=task["repeats"],
+                    warmup=task["warmup"],
+                    device=device,
+                    budget_s=task["budget_s"],
                 )
             forward = time_call(forwards, repeats=max(3, timing["repeats"]), warmup=1, device=device)
         except Exception as exc:
@@ -375,13 +395,18 @@ def _torch_cka_worker(task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_measurement(task: dict[str, Any], isolate: bool) -> dict[str, Any]:
+def run_measurement(task: dict[str, Any], isolate: bool, wait_idle_s: float) -> dict[str, Any]:
+    idle = wait_for_idle(wait_idle_s)
     start = time.perf_counter()
-    try:
-        result = run_isolated(measure_worker, task, isolate=isolate)
-    except BrokenProcessPool as exc:  # killed, e.g. out of memory
-        result = {"error": f"worker process died: {exc}"}
+    with OtherCpuLoad() as other:
+        try:
+            result = run_isolated(measure_worker, task, isolate=isolate)
+        except BrokenProcessPool as exc:  # killed, e.g. out of memory
+            result = {"error": f"worker process died: {exc}"}
     result["wall_s"] = time.perf_counter() - start
+    # Cores other processes kept busy meanwhile: on a shared machine, a timing is only as good as this.
+    result["other_cpu_cores"] = other.cores
+    result["waited_for_idle_s"] = idle["waited_s"]
     return result
 
 
@@ -455,7 +480,7 @@ def benchmark_device(args: argparse.Namespace, device: str, workdir: Path) -> di
                     if predicted > args.peer_max_seconds:
                         fit = int(args.peer_max_seconds / (2 * torch_cka_seconds_per_sample))
                         task["n_used"] = max(batch, fit // batch * batch)
-                result = run_measurement(task, isolate=not args.in_process)
+                result = run_measurement(task, isolate=not args.in_process, wait_idle_s=args.wait_idle)
                 result["n_used"] = task["n_used"]
                 results[impl] = result
                 if "error" in result:
@@ -466,12 +491,11 @@ def benchmark_device(args: argparse.Namespace, device: str, workdir: Path) -> di
                     torch_cka_seconds_per_sample = median / task["n_used"]
                 print(
                     f"[{device}] n={n} {kernel} {impl}: {median:.3f} s (x{result['timing']['repeats']}), "
-                    f"peak +{result['peak_extra_bytes'] / 2**20:.0f} MiB, worker wall {result['wall_s']:.1f} s",
+                    f"peak +{result['peak_extra_bytes'] / 2**20:.0f} MiB, worker wall {result['wall_s']:.1f} s, "
+                    f"other processes {_fmt_cores(result['other_cpu_cores'])} cores",
                     flush=True,
                 )
-            records.extend(
-                _records(n, kernel, results, reference, minibatch_ref, device, ref_s)
-            )
+            records.extend(_records(n, kernel, results, reference, minibatch_ref, device, ref_s))
         path.unlink()
         del xs, ys
     return {
@@ -487,8 +511,16 @@ def _records(n, kernel, results, reference, minibatch_ref, device, ref_s) -> lis
     plain = results.get("plain-torch", {}).get("matrix")
     records = []
     for impl, result in results.items():
-        rec: dict[str, Any] = {"device": device, "n": n, "kernel": kernel, "impl": impl, "label": LABELS[impl]}
+        rec: dict[str, Any] = {
+            "device": device,
+            "n": n,
+            "kernel": kernel,
+            "impl": impl,
+            "label": LABELS[impl],
+        }
         rec["float64_reference_s"] = ref_s
+        rec["other_cpu_cores"] = result.get("other_cpu_cores")
+        rec["waited_for_idle_s"] = result.get("waited_for_idle_s")
         if "error" in result:
             rec["error"] = result["error"]
             rec["traceback"] = result.get("traceback")
@@ -508,7 +540,9 @@ def _records(n, kernel, results, reference, minibatch_ref, device, ref_s) -> lis
         rec["pyprune_speedup"] = timing["median_s"] / base_s if base_s else None
         matrix = result["matrix"]
         if impl == "torch-cka":
-            rec["max_abs_diff_vs_f64"] = max_abs_diff(matrix, minibatch_ref) if result["n_used"] == n else None
+            rec["max_abs_diff_vs_f64"] = (
+                max_abs_diff(matrix, minibatch_ref) if result["n_used"] == n else None
+            )
             rec["max_abs_diff_vs_f64_biased_full_batch"] = max_abs_diff(matrix, reference)
             rec["reference_estimator"] = "minibatch unbiased CKA (mean HSIC_1 over batches), float64"
             rec["matrix"] = matrix
@@ -524,6 +558,7 @@ def _records(n, kernel, results, reference, minibatch_ref, device, ref_s) -> lis
                 "forward_times_s": forward["times_s"],
                 "repeats": timing["repeats"],
                 "n_used": result["n_used"],
+                "other_cpu_cores": result.get("other_cpu_cores"),
             }
             part["pyprune_speedup"] = part["median_s"] / base_s if base_s else None
             records += [rec, part]
@@ -577,7 +612,8 @@ def correctness_case(n: int, depth: int, device: str, skip_peers: bool) -> dict[
                 warnings.simplefilter("ignore")
                 cka = torch_cka.CKA(model_x, model_y, "mlp_a", "mlp_b", names, names, device=device)
                 try:
-                    cka.compare(loader, loader)
+                    with contextlib.redirect_stderr(io.StringIO()):  # its tqdm progress bar
+                        cka.compare(loader, loader)
                     out["torch_cka_error"] = None
                 except AssertionError as exc:  # its own NaN check; the matrix is already computed
                     out["torch_cka_error"] = f"AssertionError: {exc}"
@@ -643,6 +679,10 @@ def correctness_markdown(case: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fmt_cores(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
 def _fmt_cka(value: torch.Tensor) -> str:
     v = float(value)
     return "NaN" if math.isnan(v) else f"{v:.6f}"
@@ -663,7 +703,10 @@ def results_markdown(payload: dict[str, Any]) -> str:
         f"Two CNNs on {config['input_shape']} inputs (synthetic, seeded), {len(sizes.get('vgg', {}))} × "
         f"{len(sizes.get('allconv', {}))} conv/linear layers, flattened features per example:",
         "",
-        *[f"- {model}: {', '.join(str(p) for p in ps.values())} (sum {sum(ps.values()):,})" for model, ps in sizes.items()],
+        *[
+            f"- {model}: {', '.join(str(p) for p in ps.values())} (sum {sum(ps.values()):,})"
+            for model, ps in sizes.items()
+        ],
         "",
         f"Biased CKA (threshold {config['threshold']} for RBF), median of {config['repeats']} repeats after one "
         "warm-up, each implementation in a fresh subprocess"
@@ -674,12 +717,22 @@ def results_markdown(payload: dict[str, Any]) -> str:
         "activations.",
         "",
     ]
-    headers = ["n", "kernel", "implementation", "time (s)", "reps", "pyprune speed-up", "peak extra MiB", "max |Δ| vs f64"]
+    headers = [
+        "n",
+        "kernel",
+        "implementation",
+        "time (s)",
+        "reps",
+        "pyprune speed-up",
+        "peak extra MiB",
+        "max |Δ| vs f64",
+        "others' CPU",
+    ]
     rows = []
     for rec in payload["records"]:
         label = rec["label"]
         if "error" in rec:
-            rows.append([rec["n"], rec["kernel"], label, f"error: {rec['error'][:80]}", "", "", "", ""])
+            rows.append([rec["n"], rec["kernel"], label, f"error: {rec['error'][:80]}", "", "", "", "", ""])
             continue
         if rec.get("n_used", rec["n"]) != rec["n"]:
             label += f" (subset n = {rec['n_used']})"
@@ -693,6 +746,7 @@ def results_markdown(payload: dict[str, Any]) -> str:
                 "1 (baseline)" if rec["impl"] == "pyprune" else fmt_ratio(rec.get("pyprune_speedup")),
                 fmt_mib(rec.get("peak_extra_bytes")),
                 fmt_float(rec.get("max_abs_diff_vs_f64")),
+                _fmt_cores(rec.get("other_cpu_cores")),
             ]
         )
     lines += [markdown_table(headers, rows), ""]
@@ -722,6 +776,15 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
         "RBF: K_ab = exp(-|x_a - x_b|² / (2 t² m)), m = median squared distance over all n² pairs "
         "(diagonal included, NumPy median), t = threshold (Kornblith et al. 2019).",
     ]
+    others = [r["other_cpu_cores"] for r in payload["records"] if r.get("other_cpu_cores") is not None]
+    if others:
+        cores = payload["machine"]["cores_available"] or 1
+        notes.append(
+            "'others' CPU' = cores kept busy by other processes during the measurement (machine busy time "
+            f"from /proc/stat minus the worker's own CPU time, over wall time): {min(others):.2f} to "
+            f"{max(others):.2f} here, on {cores} cores. Where it is not near 0 the BLAS threads were "
+            "competing with other work and the timing is inflated (unevenly across rows)."
+        )
     for rec in payload["records"]:
         if rec["impl"] == "pyprune" and "error" not in rec:
             notes.append(
@@ -740,7 +803,9 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
                 "the whole n); its cost is linear in n at a fixed batch size."
             )
         if rec.get("warnings"):
-            notes.append(f"n = {rec['n']}, {rec['kernel']}, {rec['impl']} warned: {'; '.join(rec['warnings'])}")
+            notes.append(
+                f"n = {rec['n']}, {rec['kernel']}, {rec['impl']} warned: {'; '.join(rec['warnings'])}"
+            )
     return notes
 
 
@@ -762,11 +827,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
     parser.add_argument("--correctness-n", type=int, default=None, help="samples for the deep-MLP case")
     parser.add_argument("--skip-correctness", action="store_true")
-    parser.add_argument("--in-process", action="store_true", help="no subprocess per measurement (debugging)")
+    parser.add_argument(
+        "--in-process",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure in this process instead of a fresh subprocess each (default: only with --quick)",
+    )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=None,
+        help="before each measurement wait up to this many seconds for other processes to leave the CPU "
+        "idle (default 30, 0 with --quick)",
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     if args.n is None:
         args.n = [256] if args.quick else [1024, 4096]
+    if args.in_process is None:
+        args.in_process = args.quick
+    if args.wait_idle is None:
+        args.wait_idle = 0.0 if args.quick else 30.0
     if args.correctness_n is None:
         args.correctness_n = 256 if args.quick else 1024
     if args.devices is None:
@@ -800,6 +881,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "models": {"vgg": "vgg_net(), He init", "allconv": "allconv_net(), He init"},
             "in_process": args.in_process,
             "skip_peers": args.skip_peers,
+            "wait_idle_s": args.wait_idle,
         }
         with tempfile.TemporaryDirectory(prefix="bench_cka_") as tmp:
             payload.update(benchmark_device(args, device, Path(tmp)))

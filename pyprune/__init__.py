@@ -8,9 +8,28 @@ Similarity: :func:`cka`, :func:`cka_matrix`, :class:`MinibatchCKA`, :func:`cca`,
 
 from importlib import metadata as _metadata
 
+from pyprune.activations import capture, iterate_activations
 from pyprune.backend import get_backend, set_backend, use_backend
-from pyprune.info import format_info, info
-from pyprune.similarity import HsicTerms, MinibatchCKA, cka, cka_matrix, flatten_activations, hsic, hsic_terms
+from pyprune.compare import LayerSimilarity, compare_models
+from pyprune.plot import plot_similarity
+from pyprune.similarity import (
+    HsicTerms,
+    MinibatchCKA,
+    cca,
+    cka,
+    cka_matrix,
+    flatten_activations,
+    hsic,
+    hsic_terms,
+    mean_cca,
+    nbs,
+    nbs_kernel,
+    pwcca,
+    r2_cca,
+    svcca,
+    svd_reduce,
+)
+from pyprune.system_info import format_info, info
 
 try:
     __version__ = _metadata.version("pyprune")
@@ -19,16 +38,29 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
 
 __all__ = [
     "HsicTerms",
+    "LayerSimilarity",
     "MinibatchCKA",
     "__version__",
+    "capture",
+    "cca",
     "cka",
     "cka_matrix",
+    "compare_models",
     "flatten_activations",
     "format_info",
     "get_backend",
     "hsic",
     "hsic_terms",
     "info",
+    "iterate_activations",
+    "mean_cca",
+    "nbs",
+    "nbs_kernel",
+    "plot_similarity",
+    "pwcca",
+    "r2_cca",
     "set_backend",
+    "svcca",
+    "svd_reduce",
     "use_backend",
 ]

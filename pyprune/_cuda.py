@@ -269,7 +269,7 @@ def rbf_from_linear_gram_cuda(gram: torch.Tensor, threshold: float) -> float:
     with _OnTorchStream(device) as cupy:
         sq_norms = gram.diagonal().to(torch.float64, copy=True)
         lower = torch.empty(n * (n - 1) // 2, dtype=gram.dtype, device=device)
-        cu_gram = cupy.from_dlpack(gram)
+        cu_gram = cupy.from_dlpack(gram.detach())
         ld = np.int64(gram.stride(0))
         grid = (min(n, _MAX_GRID),)
         sq_distances, exp_kernel = (_function("rbf_gram", e) for e in rbf_expressions(gram.dtype))

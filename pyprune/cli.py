@@ -7,7 +7,6 @@ optional dependency does not take down the other subcommands.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -45,22 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _info() -> int:
-    from pyprune.info import format_info
+    from pyprune.system_info import format_info
 
     print(format_info())
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    missing = [package for package in ("sklearn", "matplotlib") if importlib.util.find_spec(package) is None]
+    from pyprune.demo import format_summary, missing_dependencies, run_demo
+
+    missing = missing_dependencies()
     if missing:
         print(
-            f"pyprune demo: needs {' and '.join(missing)}, which is not installed: pip install pyprune[demo]",
+            f"pyprune demo: missing {', '.join(missing)}; install with: pip install pyprune[demo]",
             file=sys.stderr,
         )
         return 1
-    from pyprune.demo import format_summary, run_demo
-
     result = run_demo(args.out, seed=args.seed, quick=args.quick, progress=not args.no_progress)
     print(format_summary(result))
     return 0

@@ -10,6 +10,7 @@ grow with the data set.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pyprune.capture import LayerRecorder, LayerSelector, count_samples, input_batches
+from pyprune.activations import LayerRecorder, LayerSelector, count_samples, input_batches
 from pyprune.similarity._inputs import Flatten
 from pyprune.similarity.cka import Kernel, cka_matrix
 
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-@dataclass(frozen=True)
+# eq=False: a generated __eq__ would compare the tensors elementwise and fail on bool().
+@dataclass(frozen=True, eq=False)
 class LayerSimilarity:
     """The similarity of every layer of model A (rows) with every layer of model B (columns).
 
@@ -47,12 +49,18 @@ class LayerSimilarity:
 
     def plot(
         self,
-        path: str | None = None,
+        path: str | os.PathLike[str] | None = None,
         ax: Axes | None = None,
         title: str | None = None,
         annotate: bool | None = None,
+        *,
+        xlabel: str = "model B",
+        ylabel: str = "model A",
     ) -> Figure:
-        """Heatmap of :attr:`values`; see :func:`pyprune.plot_similarity`. Needs matplotlib."""
+        """Heatmap of :attr:`values` (rows model A, columns model B); see :func:`pyprune.plot_similarity`.
+
+        The default title names the metric and sample count. Needs matplotlib.
+        """
         from pyprune.plot import plot_similarity
 
         return plot_similarity(
@@ -63,8 +71,8 @@ class LayerSimilarity:
             ax=ax,
             title=title if title is not None else f"{self.metric} ({self.n_samples} samples)",
             annotate=annotate,
-            xlabel="model B",
-            ylabel="model A",
+            xlabel=xlabel,
+            ylabel=ylabel,
             colorbar_label=self.metric,
         )
 

@@ -11,9 +11,12 @@ Run it with ``pyprune demo`` or ``python -m pyprune demo``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +49,19 @@ def make_cnn(width: int) -> nn.Sequential:
     )
 
 
+def missing_dependencies() -> list[str]:
+    """The demo's optional dependencies that are not installed (import names), empty when all are."""
+    return [name for name in ("sklearn", "matplotlib") if importlib.util.find_spec(name) is None]
+
+
 def load_digits_split(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """scikit-learn's digits as float32 images ``(n, 1, 8, 8)`` in [0, 1] and int64 labels ``(n,)``.
 
     Returns ``(x_train, y_train, x_test, y_test)``: 1,348 / 449 samples, split by a permutation seeded with
     ``seed``.
     """
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:
-        raise ImportError("the demo needs scikit-learn and matplotlib: pip install pyprune[demo]") from exc
+    from sklearn.datasets import load_digits
+
     digits = load_digits()
     x = torch.from_numpy(digits.images).float().div_(16.0).unsqueeze(1)
     y = torch.from_numpy(digits.target).long()
@@ -106,12 +112,18 @@ def run_demo(
         quick: 2 training epochs instead of 8 (lower accuracy, for tests and smoke runs).
         progress: print what is happening and show progress bars.
 
+    Raises:
+        ImportError: scikit-learn or matplotlib is missing (checked before any work).
+
     Returns:
         A JSON-serialisable dict (also written to ``results.json``): ``seed``, ``epochs``, ``n_train``,
         ``n_test``, ``accuracy`` (``{"model_a": float, "model_b": float}``), ``a_vs_b`` and ``a_vs_a``
         (:meth:`LayerSimilarity.to_dict`), ``seconds`` and ``files`` (``{"a_vs_b_png", "a_vs_a_png",
         "json"}`` paths as str).
     """
+    missing = missing_dependencies()
+    if missing:
+        raise ImportError(f"the demo needs {', '.join(missing)}: pip install pyprune[demo]")
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,29 +132,29 @@ def run_demo(
 
     say("[1/4] loading scikit-learn's 8x8 digits")
     x_train, y_train, x_test, y_test = load_digits_split(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model_a = make_cnn(16)
-        torch.manual_seed(seed + 1)
-        model_b = make_cnn(24)
-        accuracies = {}
-        for step, (key, model) in enumerate((("model_a", model_a), ("model_b", model_b)), start=2):
-            n_params = sum(p.numel() for p in model.parameters())
-            say(f"[{step}/4] training {key} ({n_params:,} parameters, {epochs} epochs)")
-            loss = train(model, x_train, y_train, epochs=epochs, seed=seed + step)
-            accuracies[key] = accuracy(model, x_test, y_test)
-            say(f"      final training loss {loss:.3f}, test accuracy {accuracies[key]:.1%}")
-
-    say(f"[4/4] linear CKA on the {len(y_test)} test digits")
-    a_vs_b = compare_models(model_a, model_b, x_test, layers_a=LAYERS, progress=progress)
-    a_vs_a = compare_models(model_a, model_a, x_test, layers_a=LAYERS, progress=progress)
+    with _one_thread():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model_a = make_cnn(16)
+            torch.manual_seed(seed + 1)
+            model_b = make_cnn(24)
+            accuracies = {}
+            for step, (key, model) in enumerate((("model_a", model_a), ("model_b", model_b)), start=2):
+                n_params = sum(p.numel() for p in model.parameters())
+                say(f"[{step}/4] training {key} ({n_params:,} parameters, {epochs} epochs)")
+                loss = train(model, x_train, y_train, epochs=epochs, seed=seed + step)
+                accuracies[key] = accuracy(model, x_test, y_test)
+                say(f"      final training loss {loss:.3f}, test accuracy {accuracies[key]:.1%}")
+        say(f"[4/4] linear CKA on the {len(y_test)} test digits")
+        a_vs_b = compare_models(model_a, model_b, x_test, layers_a=LAYERS, progress=progress)
+        a_vs_a = compare_models(model_a, model_a, x_test, layers_a=LAYERS, progress=progress)
     files = {
         "a_vs_b_png": out / "similarity_a_vs_b.png",
         "a_vs_a_png": out / "similarity_a_vs_a.png",
         "json": out / "results.json",
     }
-    _plot(a_vs_b, files["a_vs_b_png"], "model A (16 ch) vs model B (24 ch)", accuracies)
-    _plot(a_vs_a, files["a_vs_a_png"], "model A vs itself", accuracies)
+    _plot(a_vs_b, files["a_vs_b_png"], "model A (16 ch) vs model B (24 ch)", accuracies, "model B")
+    _plot(a_vs_a, files["a_vs_a_png"], "model A vs itself", accuracies, "model A")
     result = {
         "seed": seed,
         "epochs": epochs,
@@ -158,17 +170,31 @@ def run_demo(
     return result
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch on one thread: batches of 64 8x8 images are too small for intra-op parallelism to pay, and
+    with one thread the demo does not slow down several-fold when other processes busy the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _silent(*_: object) -> None:
     """A ``print`` that prints nothing, for ``progress=False``."""
 
 
-def _plot(similarity: LayerSimilarity, path: Path, what: str, accuracies: dict[str, float]) -> None:
+def _plot(
+    similarity: LayerSimilarity, path: Path, what: str, accuracies: dict[str, float], columns: str
+) -> None:
     title = (
         f"{similarity.metric}: {what}\n"
         f"test accuracy A {accuracies['model_a']:.1%}, B {accuracies['model_b']:.1%}; "
         f"{similarity.n_samples} test digits"
     )
-    similarity.plot(path=path, title=title)
+    similarity.plot(path=path, title=title, xlabel=columns)
 
 
 def format_summary(result: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from pyprune.capture import capture, iterate_activations
+from pyprune.activations import capture, iterate_activations
 
 
 class Boom(nn.Module):
@@ -195,6 +195,15 @@ def test_tuple_output_takes_first_tensor():
     x = torch.randn(5, 3)
     acts = capture(model, x, ["1"])
     torch.testing.assert_close(acts["1"], 2 * model[0](x).detach())
+
+
+def test_output_is_a_copy_safe_from_later_inplace_ops():
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(inplace=True))
+    x = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
+    acts = capture(model, x, ["0", "1"])
+    torch.testing.assert_close(acts["0"], model[0](x).detach())
+    assert (acts["0"] < 0).any()
+    assert (acts["1"] >= 0).all()
 
 
 def test_module_run_twice_is_an_error():

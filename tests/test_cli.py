@@ -36,10 +36,15 @@ def test_demo_quick_writes_heatmaps_and_json(tmp_path, capsys):
     assert "[1/4]" not in printed  # --no-progress
 
 
-def test_demo_missing_dependency(monkeypatch, capsys):
-    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)
-    assert cli.main(["demo", "--quick"]) == 1
-    assert "pip install pyprune[demo]" in capsys.readouterr().err
+def test_demo_missing_dependency(monkeypatch, tmp_path, capsys):
+    import pyprune.demo
+
+    monkeypatch.setattr(pyprune.demo, "missing_dependencies", lambda: ["sklearn"])
+    assert cli.main(["demo", "--quick", "--out", str(tmp_path / "never")]) == 1
+    assert "missing sklearn; install with: pip install pyprune[demo]" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(ImportError, match=r"pip install pyprune\[demo\]"):
+        pyprune.demo.run_demo(tmp_path / "never")
 
 
 def test_no_command_prints_help(capsys):

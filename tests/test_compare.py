@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from pyprune.capture import capture
+from pyprune.activations import capture
 from pyprune.compare import LayerSimilarity, compare_models
 from pyprune.similarity.cka import cka_matrix
 

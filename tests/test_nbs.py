@@ -76,7 +76,7 @@ def test_kernel_form_matches_the_defining_formula(demo):
 def test_rbf_matches_google_gram(demo, threshold):
     x, y = demo
     expected = nbs_kernel(google_rbf(x, threshold), google_rbf(y, threshold))
-    assert nbs(x, y, kernel="rbf", threshold=threshold) == pytest.approx(expected, abs=1e-12)
+    assert nbs(x, y, kernel="rbf", threshold=threshold) == pytest.approx(expected, abs=1e-9)
 
 
 def test_rbf_bandwidth_is_the_numpy_median_of_all_entries():
@@ -239,10 +239,13 @@ def test_property_bounded_and_forms_agree(n, px, py, threshold, seed):
     y = rng.standard_normal((n, py)) + rng.standard_normal() * x[:, :1]
     linear = nbs(x, y)
     assert 0.0 <= linear <= 1.0 + 1e-12
-    assert linear == pytest.approx(nbs_kernel(x @ x.T, y @ y.T), abs=1e-10)
+    assert linear == pytest.approx(nbs_kernel(x @ x.T, y @ y.T), abs=1e-12)
     rbf = nbs(x, y, kernel="rbf", threshold=threshold)
     assert 0.0 <= rbf <= 1.0 + 1e-12
-    assert rbf == pytest.approx(nbs_kernel(google_rbf(x, threshold), google_rbf(y, threshold)), abs=1e-10)
+    # Wide RBF kernels have eigenvalues down at round-off level, whose square roots move NBS by ~sqrt(eps):
+    # two Grams equal to round-off agree only that far.
+    expected = nbs_kernel(google_rbf(x, threshold), google_rbf(y, threshold))
+    assert rbf == pytest.approx(expected, abs=1e-8)
 
 
 @pytest.mark.cuda

@@ -25,9 +25,10 @@
 //     over the 8 warps (shared memory) and added to the output with one double atomicAdd (sm_60+).
 //   * Row sums and self terms: for every group of matrices exactly one "designated" block per tile also
 //     computes them, right after its cross products (the tile is still in L1/L2): A's group gi in the block
-//     with gj == gi (symmetric mode) or gj == 0 (cross mode), B's group gj in the block with gi == 0. Row
-//     parts are reduced with warp shuffles, column parts in shared memory, then 64 + 64 double atomicAdds
-//     per tile and matrix (64 on diagonal tiles, where row and column indices coincide).
+//     with gj == gi (symmetric mode) or gj == 0 (cross mode), B's group gj in the block with gi == 0, one
+//     matrix after the other (a loop that is not unrolled, to keep the code small). Row parts are reduced
+//     with warp shuffles, column parts in shared memory, then 64 + 64 double atomicAdds per tile and matrix
+//     (64 on diagonal tiles, where row and column indices coincide) and one for the self term.
 // Outputs must be zeroed by the caller. The summation order depends on scheduling, so the last bits of the
 // results may differ between runs.
 //
@@ -66,16 +67,16 @@ __device__ __forceinline__ void pp_tile_coords(pp_i64 t, pp_i64& tr, pp_i64& tc)
   tc = t - r * (r + 1) / 2;
 }
 
-// Row sums (symmetric completion) and the self inner product of one matrix over one tile. Called by all
-// threads of the block (it synchronises). self_acc collects this thread's part of <G, G>_F.
+// Adds one tile's contributions to the row sums (symmetric completion) of one matrix and, unless self_out
+// is null, to its self inner product <G, G>_F. Called by all threads of the block (it synchronises).
 template <typename T>
 __device__ __forceinline__ void pp_tile_rows(const T* __restrict__ g, pp_i64 ld, pp_i64 n, pp_i64 r0, pp_i64 c0,
-                                             double* __restrict__ rows, double& self_acc, double* s_row,
-                                             double* s_col) {
+                                             double* __restrict__ rows, double* __restrict__ self_out,
+                                             double* s_row, double* s_col, double* s_self) {
   const int tx = threadIdx.x % PP_TILE, ty = threadIdx.x / PP_TILE;
   const int lane = threadIdx.x % 32, half = tx / 32;
   const pp_i64 c = c0 + tx;
-  double col = 0.0;
+  double col = 0.0, self_acc = 0.0;
 #pragma unroll 4
   for (int k = 0; k < PP_ROWS_PER_THREAD; ++k) {
     const int dr = ty + k * PP_ROW_STEP;
@@ -88,6 +89,10 @@ __device__ __forceinline__ void pp_tile_rows(const T* __restrict__ g, pp_i64 ld,
     if (lane == 0) s_row[half * PP_TILE + dr] = row_part;
   }
   s_col[ty * PP_TILE + tx] = col;
+  if (self_out != nullptr) {
+    const double self_part = pp_warp_sum(self_acc);
+    if (lane == 0) s_self[threadIdx.x / 32] = self_part;
+  }
   __syncthreads();
   if (threadIdx.x < PP_TILE) {
     const int d = threadIdx.x;
@@ -102,6 +107,12 @@ __device__ __forceinline__ void pp_tile_rows(const T* __restrict__ g, pp_i64 ld,
       atomicAdd(rows + c0 + d, col_sum);  // c0 + d < r0 <= n - 1 on an off-diagonal tile
     }
   }
+  if (self_out != nullptr && threadIdx.x == 0) {
+    double total = 0.0;
+#pragma unroll
+    for (int w = 0; w < PP_WARPS; ++w) total += s_self[w];
+    atomicAdd(self_out, total);
+  }
   __syncthreads();
 }
 
@@ -114,7 +125,8 @@ __global__ void __launch_bounds__(PP_THREADS)
               double* __restrict__ rows_a, double* __restrict__ rows_b) {
   __shared__ double s_row[2 * PP_TILE];
   __shared__ double s_col[PP_ROW_STEP * PP_TILE];
-  __shared__ double s_red[PP_WARPS][BM * BN + BM + BN];
+  __shared__ double s_self[PP_WARPS];
+  __shared__ double s_red[PP_WARPS][BM * BN];
 
   const pp_i64* ptr_a = meta;
   const pp_i64* ld_a = meta + num_a;
@@ -145,15 +157,10 @@ __global__ void __launch_bounds__(PP_THREADS)
   }
 
   double acc[BM][BN];
-  double sa[BM], sb[BN];
 #pragma unroll
-  for (int i = 0; i < BM; ++i) {
-    sa[i] = 0.0;
+  for (int i = 0; i < BM; ++i)
 #pragma unroll
     for (int j = 0; j < BN; ++j) acc[i][j] = 0.0;
-  }
-#pragma unroll
-  for (int j = 0; j < BN; ++j) sb[j] = 0.0;
 
   const int tx = threadIdx.x % PP_TILE, ty = threadIdx.x / PP_TILE;
   for (pp_i64 tile = blockIdx.y; tile < num_tiles; tile += gridDim.y) {
@@ -177,15 +184,18 @@ __global__ void __launch_bounds__(PP_THREADS)
           for (int j = 0; j < BN; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
       }
     }
+    // Not unrolled (one copy of the code): the matrices' addresses come from meta again.
     if (rows_a_here) {
-#pragma unroll
-      for (int m = 0; m < BM; ++m)
-        if (m < count_a) pp_tile_rows<T>(pa[m], la[m], n, r0, c0, rows_a + (i0 + m) * n, sa[m], s_row, s_col);
+#pragma unroll 1
+      for (int i = i0; i < i0 + count_a; ++i)
+        pp_tile_rows<T>(reinterpret_cast<const T*>(ptr_a[i]), ld_a[i], n, r0, c0, rows_a + i * n,
+                        same ? nullptr : self_a + i, s_row, s_col, s_self);
     }
     if (rows_b_here) {
-#pragma unroll
-      for (int m = 0; m < BN; ++m)
-        if (m < count_b) pp_tile_rows<T>(pb[m], lb[m], n, r0, c0, rows_b + (j0 + m) * n, sb[m], s_row, s_col);
+#pragma unroll 1
+      for (int j = j0; j < j0 + count_b; ++j)
+        pp_tile_rows<T>(reinterpret_cast<const T*>(ptr_b[j]), ld_b[j], n, r0, c0, rows_b + j * n, self_b + j,
+                        s_row, s_col, s_self);
     }
   }
 
@@ -199,39 +209,18 @@ __global__ void __launch_bounds__(PP_THREADS)
       if (lane == 0) s_red[warp][i * BN + j] = v;
     }
   }
-  if (!same) {
-#pragma unroll
-    for (int i = 0; i < BM; ++i) {
-      const double v = pp_warp_sum(sa[i]);
-      if (lane == 0) s_red[warp][BM * BN + i] = v;
-    }
-#pragma unroll
-    for (int j = 0; j < BN; ++j) {
-      const double v = pp_warp_sum(sb[j]);
-      if (lane == 0) s_red[warp][BM * BN + BM + j] = v;
-    }
-  }
   __syncthreads();
-  const int num_values = same ? BM * BN : BM * BN + BM + BN;
-  for (int p = threadIdx.x; p < num_values; p += PP_THREADS) {
+  for (int p = threadIdx.x; p < BM * BN; p += PP_THREADS) {
     double total = 0.0;
 #pragma unroll
     for (int w = 0; w < PP_WARPS; ++w) total += s_red[w][p];
-    if (p < BM * BN) {
-      const int i = i0 + p / BN, j = j0 + p % BN;
-      if (i >= num_a || j >= num_b) continue;
-      if (!same) {
-        atomicAdd(cross + static_cast<pp_i64>(i) * num_b + j, total);
-      } else if (i <= j) {  // symmetric mode: the block owns the pairs i <= j of its groups and mirrors them
-        atomicAdd(cross + static_cast<pp_i64>(i) * num_b + j, total);
-        if (i < j) atomicAdd(cross + static_cast<pp_i64>(j) * num_b + i, total);
-      }
-    } else if (p < BM * BN + BM) {
-      const int i = i0 + (p - BM * BN);
-      if (rows_a_here && i < num_a) atomicAdd(self_a + i, total);
-    } else {
-      const int j = j0 + (p - BM * BN - BM);
-      if (rows_b_here && j < num_b) atomicAdd(self_b + j, total);
+    const int i = i0 + p / BN, j = j0 + p % BN;
+    if (i >= num_a || j >= num_b) continue;
+    if (!same) {
+      atomicAdd(cross + static_cast<pp_i64>(i) * num_b + j, total);
+    } else if (i <= j) {  // symmetric mode: the block owns the pairs i <= j of its groups and mirrors them
+      atomicAdd(cross + static_cast<pp_i64>(i) * num_b + j, total);
+      if (i < j) atomicAdd(cross + static_cast<pp_i64>(j) * num_b + i, total);
     }
   }
 }

@@ -84,8 +84,11 @@ def gram_hsic_terms_reference(
         check_grams(grams_b, "grams_b", n=n, dtype=dtype, device=grams_a[0].device)
     a = _symmetric_float64(grams_a)
     b = a if grams_b is None else _symmetric_float64(grams_b)
+    cross = a.flatten(1) @ b.flatten(1).mT
+    if grams_b is None:
+        cross = 0.5 * (cross + cross.mT)  # exactly symmetric, whatever order the matmul summed in
     out = {
-        "cross": a.flatten(1) @ b.flatten(1).mT,
+        "cross": cross,
         "self_a": a.square().sum((1, 2)),
         "row_sums_a": a.sum(2),
         "diag_a": a.diagonal(dim1=1, dim2=2).contiguous(),

@@ -77,9 +77,9 @@ def nbs_kernel(K: Any, L: Any) -> float:
 
     Both are double-centred here and factored by ``eigh`` as ``Kbar = A A^T``, ``Lbar = B B^T``, with
     negative and round-off-sized eigenvalues set to 0 (so a kernel that is only nearly PSD is accepted); then
-    ``NBS = ||A^T B||_* / sqrt(tr Kbar tr Lbar)``. This equals
-    ``sum_i sqrt(lambda_i) / sqrt(tr Kbar tr Lbar)`` with ``lambda`` the eigenvalues of
-    ``Kbar^{1/2} Lbar Kbar^{1/2}``, but does not lose half the digits to the square roots. Cost ``O(n^3)``.
+    ``NBS = ||A^T B||_* / (||A||_F ||B||_F)``. This equals ``sum_i sqrt(lambda_i) / sqrt(tr Kbar tr Lbar)``
+    with ``lambda`` the eigenvalues of ``Kbar^{1/2} Lbar Kbar^{1/2}``, but does not lose half the digits to
+    the square roots. Cost ``O(n^3)``.
 
     Args:
         K: ``(n, n)`` symmetric PSD kernel matrix, floating point (torch tensor, NumPy or CuPy array), e.g.
@@ -126,34 +126,30 @@ def _as_kernel(k: Any, name: str) -> torch.Tensor:
 
 def _nbs_grams(k: torch.Tensor, l_gram: torch.Tensor) -> float:
     """NBS of two symmetric float64 ``(n, n)`` Grams, not yet centred."""
-    k_bar, l_bar = _double_centre(k), _double_centre(l_gram)
-    trace_k, trace_l = float(torch.trace(k_bar)), float(torch.trace(l_bar))
-    if trace_k <= _centring_noise(k) or trace_l <= _centring_noise(l_gram):
+    # With Kbar = A A^T and Lbar = B B^T, tr((Kbar^{1/2} Lbar Kbar^{1/2})^{1/2}) = ||A^T B||_* and
+    # tr(Kbar) = ||A||_F^2: the linear closed form applied to the factors. Singular values of A^T B keep full
+    # precision where square roots of eigvalsh(R Lbar R) would turn round-off into sqrt(eps)-sized terms, and
+    # taking both traces from the same factors keeps the ratio exactly 1 for proportional kernels.
+    a, b = _centred_factor(k), _centred_factor(l_gram)
+    if a.shape[1] == 0 or b.shape[1] == 0:
         return 0.0
-    # tr((Kbar^{1/2} Lbar Kbar^{1/2})^{1/2}) = ||A^T B||_* for any factors Kbar = A A^T, Lbar = B B^T: the
-    # singular values of A^T B keep full precision where the square roots of eigvalsh(R Lbar R) would turn
-    # round-off into sqrt(eps)-sized terms.
-    nuclear = torch.linalg.svdvals(_psd_factor(k_bar).T @ _psd_factor(l_bar)).sum()
-    return float(nuclear) / math.sqrt(trace_k * trace_l)
+    nuclear = torch.linalg.svdvals(a.T @ b).sum()
+    return float(nuclear / (torch.linalg.matrix_norm(a) * torch.linalg.matrix_norm(b)))
 
 
-def _psd_factor(k_bar: torch.Tensor) -> torch.Tensor:
-    """``A`` (n, r) with ``A A^T = k_bar`` over the eigenpairs of ``k_bar`` above round-off level."""
+def _centred_factor(k: torch.Tensor) -> torch.Tensor:
+    """``A`` (n, r) with ``A A^T = HKH`` over the eigenpairs above round-off level; ``r = 0`` when ``HKH`` is
+    round-off only (every sample represented identically)."""
+    n = k.shape[0]
+    k_bar = k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
     w, v = torch.linalg.eigh(k_bar)
-    # Negative and round-off-sized eigenvalues are noise (a tolerance like NumPy's matrix_rank); their square
+    # Centring leaves errors of order eps * max|K| in every entry (a constant kernel c 11^T does not become
+    # exactly 0), so eigenvalues up to n times that, or within eigh's own round-off, are noise; their square
     # roots would be sqrt(eps)-sized columns of A.
-    keep = w > w.max() * k_bar.shape[0] * torch.finfo(w.dtype).eps
+    eps = torch.finfo(k.dtype).eps
+    noise = max(16 * n * eps * float(k.abs().max()), n * eps * float(w.max()))
+    keep = w > noise
     return v[:, keep] * w[keep].sqrt()
-
-
-def _double_centre(k: torch.Tensor) -> torch.Tensor:
-    return k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
-
-
-def _centring_noise(k: torch.Tensor) -> float:
-    """Bound on ``tr(HKH)`` from round-off alone: centring a constant kernel ``c 11^T`` leaves entries of
-    order ``eps * c`` rather than exact zeros, and such a trace must count as zero variance."""
-    return 16 * k.shape[0] * torch.finfo(k.dtype).eps * float(k.abs().max())
 
 
 def _compact(xc: torch.Tensor) -> torch.Tensor:

@@ -211,7 +211,7 @@ def first_tensor(output: Any) -> torch.Tensor | None:
 
 
 def _record_output(
-    store: dict[str, torch.Tensor], name: str, module: nn.Module, args: Any, output: Any
+    store: dict[str, torch.Tensor], name: str, to_cpu: bool, module: nn.Module, args: Any, output: Any
 ) -> None:
     if name in store:
         # A module reused within one forward (e.g. a shared ReLU in torchvision's ResNet blocks) has no single
@@ -223,7 +223,9 @@ def _record_output(
     tensor = first_tensor(output)
     if tensor is None:
         raise TypeError(f"layers: module {name!r} returned {type(output).__name__}, which contains no tensor")
-    store[name] = tensor.detach()
+    # Always a copy: a later in-place op (ReLU(inplace=True) after a conv, as in torchvision's ResNets) would
+    # otherwise overwrite the recorded output with the next layer's.
+    store[name] = tensor.detach().to("cpu", copy=True) if to_cpu else tensor.detach().clone()
 
 
 class LayerRecorder:
@@ -235,7 +237,7 @@ class LayerRecorder:
         model: the network.
         layers: which modules to record, see :func:`resolve_layers`.
         device: where inputs go (default: the model's device).
-        to_cpu: move activations to the CPU (else they stay where the model computed them).
+        to_cpu: copy activations to the CPU (else they stay where the model computed them).
         flatten: None to keep activation shapes, or ``"example"`` / ``"channel"`` for 2-D outputs, see
             :func:`pyprune.flatten_activations`.
     """
@@ -268,7 +270,8 @@ class LayerRecorder:
         handles = []
         try:
             for name, module in self.targets:
-                handles.append(module.register_forward_hook(partial(_record_output, store, name)))
+                hook = partial(_record_output, store, name, self.to_cpu)
+                handles.append(module.register_forward_hook(hook))
             with eval_mode(self.model), torch.no_grad():
                 self.model(x.to(self.device))
         finally:
@@ -277,13 +280,9 @@ class LayerRecorder:
         missing = [name for name in self.names if name not in store]
         if missing:
             raise ValueError(f"layers: {missing} produced no output; model.forward never called them")
-        result = {}
-        for name in self.names:
-            tensor = store[name]
-            if self.to_cpu:
-                tensor = tensor.cpu()
-            result[name] = tensor if self.flatten is None else flatten_activations(tensor, self.flatten)
-        return result
+        if self.flatten is None:
+            return {name: store[name] for name in self.names}
+        return {name: flatten_activations(store[name], self.flatten) for name in self.names}
 
 
 def iterate_activations(
@@ -335,13 +334,14 @@ def capture(
         batch_size: batch size when ``data`` is a tensor.
         max_samples: stop after this many samples (the last batch is cut short).
         device: where inputs are sent (default: the device of the model's first parameter).
-        to_cpu: move activations to the CPU as they are produced (default); False keeps them on ``device``.
+        to_cpu: copy activations to the CPU as they are produced (default); False keeps them where the model
+            computed them.
         flatten: None keeps each output's shape; ``"example"`` gives ``(n, C*H*W)`` and ``"channel"``
             ``(n*H*W, C)``, see :func:`pyprune.flatten_activations`.
 
     Returns:
         ``{name: tensor}`` in layer order; each tensor is ``(n, ...)``, the module's output for all ``n``
-        samples concatenated, detached, in the module's output dtype. For modules returning a tuple, list
+        samples concatenated, a detached copy (later in-place ops cannot change it) in the output's dtype. For modules returning a tuple, list
         or dict, the first tensor in it.
 
     Raises:
