@@ -838,7 +838,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=None,
         help="before each measurement wait up to this many seconds for other processes to leave the CPU "
-        "idle (default 30, 0 with --quick)",
+        "idle (default 10, 0 with --quick)",
     )
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
@@ -847,7 +847,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.in_process is None:
         args.in_process = args.quick
     if args.wait_idle is None:
-        args.wait_idle = 0.0 if args.quick else 30.0
+        args.wait_idle = 0.0 if args.quick else 10.0
     if args.correctness_n is None:
         args.correctness_n = 256 if args.quick else 1024
     if args.devices is None:

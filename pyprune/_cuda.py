@@ -23,7 +23,7 @@ import torch
 
 from pyprune.ops.reference import RBF_MEDIAN_ZERO_MESSAGE, check_grams, check_rbf_arguments
 
-#: NVRTC options for every module (CuPy adds ``-arch`` for the device it compiles for).
+#: NVRTC options for every module. CuPy adds ``-arch`` for the device and appends ``-ftz=true``.
 NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17",)
 
 #: Register tiles (BM x BN matrices per thread block) of ``gram_hsic.cu``; all combinations are instantiated.
@@ -104,10 +104,8 @@ def _source_dirs() -> list[Path]:
     dirs = [here.parent / "csrc" / "cuda"]  # source checkout or editable install: the sources being edited
     import pyprune
 
-    for entry in [
-        str(here),
-        *pyprune.__path__,
-    ]:  # installed wheel (and the build tree of an editable install)
+    # Then the installed package (for an editable install, also the copy in site-packages).
+    for entry in [str(here), *(p for p in pyprune.__path__ if Path(p).is_absolute())]:
         candidate = Path(entry).resolve() / "cuda"
         if candidate not in dirs:
             dirs.append(candidate)
@@ -240,7 +238,8 @@ def gram_hsic_terms_cuda(
             kernel((len(pairs), grid_y), (_THREADS,), tuple(args))
         diag_a = torch.stack([g.diagonal() for g in grams_a]).to(torch.float64)
         diag_b = diag_a if same else torch.stack([g.diagonal() for g in list_b]).to(torch.float64)
-        if same:
+        if same:  # the kernel wrote the pairs i <= j
+            cross = torch.triu(cross) + torch.triu(cross, 1).mT
             self_a.copy_(cross.diagonal())
     return {
         "cross": cross,

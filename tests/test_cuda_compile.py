@@ -117,7 +117,8 @@ def compile_with_nvcc(source: Path, expressions: tuple[str, ...], tmp_path: Path
     listed = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=True).stdout
     arch = _pick_arch([int(m) for m in re.findall(r"compute_(\d+)", listed)])
     lines = [source.read_text(), "", "// Instantiations requested by pyprune._cuda (test only)."]
-    lines += [f"static void* const pp_instance_{k} = (void*)&{expr};" for k, expr in enumerate(expressions)]
+    if expressions:  # an array with external linkage: no unused-variable warning
+        lines.append("void* pp_instances[] = {" + ", ".join(f"(void*)&{e}" for e in expressions) + "};")
     unit = tmp_path / source.name
     unit.write_text("\n".join(lines) + "\n")
     options = [*_cuda.NVRTC_OPTIONS, f"-arch=compute_{arch}", *CUPY_APPENDED_OPTIONS]

@@ -11,13 +11,15 @@
 //      nonzero distance.
 //   3. pyprune::rbf_exp<T>: K_rc = exp(scale * D_rc) for c < r, K_rr = 1, with scale = -1 / (2 t^2 m)
 //      (0 when every distance is 0, which gives the all-ones kernel).
-// The upper triangle is never touched.
+// The upper triangle is never touched. Under CuPy's -ftz=true, float32 results below 1.2e-38 (kernel values
+// of very distant pairs) are flushed to 0 instead of being stored as subnormals.
 //
 // Launch geometry (both kernels): 1-D grid of up to 65535 blocks of 256 threads; block b handles rows
 // b, b + gridDim.x, ... and its threads stride over the columns c < r of a row (coalesced), thread 0 also
 // writing the diagonal entry.
 //
-// Entry points (NVRTC name expressions): pyprune::rbf_sq_distances<float|double>, pyprune::rbf_exp<float|double>.
+// Entry points (NVRTC name expressions): pyprune::rbf_sq_distances<float|double> and
+// pyprune::rbf_exp<float|double>.
 
 typedef long long pp_i64;
 
@@ -45,7 +47,8 @@ template <typename T>
 __global__ void __launch_bounds__(256) rbf_exp(T* __restrict__ gram, pp_i64 n, pp_i64 ld, double scale) {
   for (pp_i64 r = blockIdx.x; r < n; r += gridDim.x) {
     T* row = gram + r * ld;
-    for (pp_i64 c = threadIdx.x; c < r; c += blockDim.x) row[c] = static_cast<T>(exp(scale * static_cast<double>(row[c])));
+    for (pp_i64 c = threadIdx.x; c < r; c += blockDim.x)
+      row[c] = static_cast<T>(exp(scale * static_cast<double>(row[c])));
     if (threadIdx.x == 0) row[r] = T(1);
   }
 }
