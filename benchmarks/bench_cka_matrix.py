@@ -253,7 +253,7 @@ def unbiased_cka_reference(xs, ys, batch_size: int | None = None) -> torch.Tenso
         terms = [t / (nb * (nb - 3)) for t in unbiased_hsic_terms(bx, by)]
         totals = terms if totals is None else [a + t for a, t in zip(totals, terms, strict=True)]
     cross, self_x, self_y = totals
-    return (cross / torch.sqrt(self_x[:, None] * self_y[None, :])).cpu()
+    return (cross / (torch.sqrt(self_x)[:, None] * torch.sqrt(self_y)[None, :])).cpu()
 
 
 def gemm_floor(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> None:
