@@ -77,7 +77,11 @@ def as_representation(
 
 def _all_finite(t: torch.Tensor) -> bool:
     # A finite sum proves every element finite (NaN and Inf propagate) at the cost of one read; only an
-    # overflowing sum needs the elementwise test.
+    # overflowing sum needs the elementwise test. On CPU NumPy reads it: see `_centred` in cka.py for why
+    # these memory-bound passes stay off torch's OpenMP pool.
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
+        a = t.detach().numpy()
+        return bool(np.isfinite(a.sum())) or bool(np.isfinite(a).all())
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
@@ -106,4 +110,7 @@ def centre(x: torch.Tensor) -> torch.Tensor:
 
 def is_constant(x: torch.Tensor) -> bool:
     """True when every sample has exactly the same representation (zero variance in every feature)."""
+    # Almost every real layer differs between its first two samples, so test them before reading all rows.
+    if x.shape[0] > 1 and not bool((x[1] == x[0]).all()):
+        return False
     return bool((x == x[:1]).all())
