@@ -1,0 +1,52 @@
+"""Pruning: criteria score, planners decide (a :class:`PruningPlan`), applying is the only step that mutates.
+
+See :mod:`pyprune.pruning.criteria`, :mod:`~pyprune.pruning.planner`, :mod:`~pyprune.pruning.apply`,
+:mod:`~pyprune.pruning.groups` (Torch-Pruning dependency groups) and :mod:`~pyprune.pruning.methods` (the
+named-method registry).
+"""
+
+from pyprune.pruning.apply import apply_plan, make_permanent
+from pyprune.pruning.criteria import (
+    ChannelCriterion,
+    Criterion,
+    FilterNorm,
+    Magnitude,
+    RandomChannels,
+    RandomWeights,
+    WeightCriterion,
+)
+from pyprune.pruning.groups import TorchPruningImportance, group_scores
+from pyprune.pruning.io import load_pruned, save_pruned
+from pyprune.pruning.methods import METHODS, Method, get_method, plan, prune, register_method
+from pyprune.pruning.plan import LayerPlan, PruningPlan
+from pyprune.pruning.planner import output_layer_name, plan_structured, plan_unstructured
+from pyprune.pruning.sensitivity import Sensitivity, sensitivity_analysis
+
+__all__ = [
+    "METHODS",
+    "ChannelCriterion",
+    "Criterion",
+    "FilterNorm",
+    "LayerPlan",
+    "Magnitude",
+    "Method",
+    "PruningPlan",
+    "RandomChannels",
+    "RandomWeights",
+    "Sensitivity",
+    "TorchPruningImportance",
+    "WeightCriterion",
+    "apply_plan",
+    "get_method",
+    "group_scores",
+    "load_pruned",
+    "make_permanent",
+    "output_layer_name",
+    "plan",
+    "plan_structured",
+    "plan_unstructured",
+    "prune",
+    "register_method",
+    "save_pruned",
+    "sensitivity_analysis",
+]

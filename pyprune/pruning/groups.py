@@ -1,0 +1,138 @@
+"""Dependency groups (Torch-Pruning) and how a channel criterion scores a whole group.
+
+Removing output channel ``c`` of a conv also removes channel ``c`` of the BatchNorm after it, input channel ``c``
+of every consumer, the matching column block of a linear layer after a flatten, and channel ``c`` of every other
+layer added to the same residual stream. Torch-Pruning's dependency graph finds these *groups*; pyprune uses it
+rather than a home-made graph.
+
+Group score of root channel ``c``: the criterion's score of ``c`` in every layer of the group whose **output**
+channels are pruned (the root, residual partners; not BatchNorm, not consumers), combined by ``reduction``:
+``"mean"`` (default: a residual stream written by three convs is judged by all three equally), ``"sum"``,
+``"max"`` or ``"first"`` (the root alone). Consumers' input weights are not scored, as in Li et al. and seed
+003, where a filter is judged by its own incoming weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
+
+GroupReduction = Literal["mean", "sum", "max", "first"]
+GROUP_REDUCTIONS = ("mean", "sum", "max", "first")
+
+
+def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """Trace ``model`` with Torch-Pruning on ``example_input``, in eval mode (BatchNorm statistics untouched).
+
+    Raises:
+        ValueError: Torch-Pruning cannot trace the model; the message carries its error.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    except Exception as error:
+        raise ValueError(
+            f"model: Torch-Pruning could not trace it for structured pruning ({type(error).__name__}: {error}). "
+            "Use unstructured or mask-mode pruning, or register a custom pruner with Torch-Pruning."
+        ) from error
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def group_scores(
+    group: tp.Group,
+    criterion: ChannelCriterion,
+    names: Mapping[nn.Module, str],
+    reduction: GroupReduction = "mean",
+    dropped_inputs: Mapping[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """float64 ``(C_root,)`` scores of the root's output channels for a whole group; see the module docstring.
+
+    Args:
+        group: from Torch-Pruning; its first item is the root (a Linear or ConvNd) with all of its channels.
+        criterion: scores each output-pruned layer of the group.
+        names: module -> qualified name, as the criterion knows the layers.
+        reduction: how the layers' scores of one channel combine.
+        dropped_inputs: name -> input indices already removed upstream (Li et al.'s greedy mode).
+    """
+    if reduction not in GROUP_REDUCTIONS:
+        raise ValueError(f"group_reduction: expected one of {GROUP_REDUCTIONS}, got {reduction!r}")
+    size = int(group[0].dep.target.module.weight.shape[0])
+    contributions = []
+    for item in group:
+        module = item.dep.target.module
+        if not (isinstance(module, PRUNABLE_TYPES) and _prunes(item, "out")):
+            continue
+        name = names[module]
+        scores = criterion.scores(module, name, (dropped_inputs or {}).get(name))
+        contribution = torch.zeros(size, dtype=torch.float64)
+        contribution[torch.as_tensor(item.root_idxs, dtype=torch.long)] = (
+            scores.detach().double().cpu()[torch.as_tensor(item.idxs, dtype=torch.long)]
+        )
+        contributions.append(contribution)
+        if reduction == "first":
+            break
+    stacked = torch.stack(contributions)
+    if reduction == "mean":
+        return stacked.mean(dim=0)
+    if reduction == "sum":
+        return stacked.sum(dim=0)
+    if reduction == "max":
+        return stacked.amax(dim=0)
+    return stacked[0]
+
+
+def consumer_inputs(
+    group: tp.Group, removed: torch.Tensor, names: Mapping[nn.Module, str]
+) -> dict[str, torch.Tensor]:
+    """For each layer whose *inputs* the group prunes: the input indices lost when ``removed`` root channels go."""
+    removed_set = set(removed.tolist())
+    result: dict[str, torch.Tensor] = {}
+    for item in group:
+        module = item.dep.target.module
+        if not (isinstance(module, PRUNABLE_TYPES) and _prunes(item, "in")):
+            continue
+        lost = [i for i, r in zip(item.idxs, item.root_idxs, strict=True) if int(r) in removed_set]
+        result[names[module]] = torch.tensor(sorted(int(i) for i in lost), dtype=torch.long)
+    return result
+
+
+class TorchPruningImportance(tp.importance.Importance):
+    """A pyprune channel criterion as a Torch-Pruning importance, for Torch-Pruning's own pruners.
+
+    Example:
+        >>> imp = TorchPruningImportance(pyprune.FilterNorm(p=1), model)
+        >>> pruner = tp.pruner.MetaPruner(model, example_inputs, importance=imp, pruning_ratio=0.5)
+
+    ``model`` is needed once, to know the layers' names (data-driven criteria such as Taylor key their
+    statistics by name).
+    """
+
+    def __init__(
+        self, criterion: ChannelCriterion, model: nn.Module, group_reduction: GroupReduction = "mean"
+    ):
+        if not isinstance(criterion, ChannelCriterion):
+            raise TypeError(f"criterion: expected a ChannelCriterion, got {type(criterion).__name__}")
+        if group_reduction not in GROUP_REDUCTIONS:
+            raise ValueError(f"group_reduction: expected one of {GROUP_REDUCTIONS}, got {group_reduction!r}")
+        self.criterion = criterion
+        self.group_reduction = group_reduction
+        self._names = {module: name for name, module in model.named_modules()}
+
+    @torch.no_grad()
+    def __call__(self, group: tp.Group) -> torch.Tensor:
+        return group_scores(group, self.criterion, self._names, self.group_reduction).float()
+
+
+def _prunes(item: Any, side: Literal["in", "out"]) -> bool:
+    # Torch-Pruning's handlers are bound methods named prune_out_channels / prune_in_channels of each layer's
+    # pruner, for built-in and user-registered layer types alike.
+    return getattr(item.dep.handler, "__name__", "") == f"prune_{side}_channels"
