@@ -21,6 +21,7 @@ from pyprune.pruning.methods import METHODS, Method, get_method, plan, prune, re
 from pyprune.pruning.plan import LayerPlan, PruningPlan
 from pyprune.pruning.planner import output_layer_name, plan_structured, plan_unstructured
 from pyprune.pruning.sensitivity import Sensitivity, sensitivity_analysis
+from pyprune.pruning.taylor import Taylor
 
 __all__ = [
     "METHODS",
@@ -34,6 +35,7 @@ __all__ = [
     "RandomChannels",
     "RandomWeights",
     "Sensitivity",
+    "Taylor",
     "TorchPruningImportance",
     "WeightCriterion",
     "apply_plan",

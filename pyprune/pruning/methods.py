@@ -149,7 +149,7 @@ def _taylor(
     options.setdefault("scope", "global")
     taylor_options = {
         k: options.pop(k)
-        for k in ("reduction", "normalize", "flops_lambda", "flops_unit", "point")
+        for k in ("reduction", "normalize", "flops_lambda", "flops_unit", "point", "loss_reduction")
         if k in options
     }
     criterion = Taylor(model, **taylor_options)

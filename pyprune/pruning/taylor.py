@@ -1,0 +1,516 @@
+"""Taylor first-order channel criterion (Molchanov et al., ICLR 2017), accumulated by hooks during training.
+
+The score of output channel ``c`` of a layer is the first-order Taylor estimate of the change in the loss when its
+feature map ``z_c`` is set to zero (SPEC §3.2, eq. 8)::
+
+    θ_c = mean over examples x of | mean over positions m of  z_c(x, m) · ∂L/∂z_c(x, m) |       ("paper")
+
+A position is a spatial location of a ConvNd output (dim 1 is the channel) or, for a Linear layer, one of the
+leading positions of a ``(B, ..., C)`` output (the last dim is the channel; ``(B, C)`` has one position per
+example). The seed code's variant (SPEC §3.3) averages the *signed* product over the batch and positions, sums
+that over batches and takes the absolute value only at the end; pyprune divides the sum by the number of batches
+so that both variants are on the same scale (the L2-normalised scores are the seed's exactly)::
+
+    θ_c = | Σ over batches of mean over (b, m) of z_c · ∂L/∂z_c | / num_batches                  ("signed_sum_then_abs")
+
+:meth:`Taylor.scores` divides each layer's θ by its L2 norm, then subtracts ``flops_lambda · FLOPs per channel /
+flops_unit`` (SPEC §3.4: normalise first, then penalise; the paper uses λ = 1e-3 with FLOPs in units of 1e6).
+
+Conventions a user should know:
+
+* **Loss reduction.** Eq. 8 needs per-example gradients ``∂ℓ_b/∂z``. A loss that averages over the batch
+  (PyTorch's default, ``loss_reduction="mean"``) gives ``(1/B) ∂ℓ_b/∂z``, so the products are multiplied by
+  ``B = z.shape[0]``; with ``loss_reduction="sum"`` the gradients are used as they come. Either way, batches of
+  different sizes then give the same θ as one pass over all examples. A token-level mean over ``(B, T)``
+  positions is a per-example mean averaged over B, so ``"mean"`` is right for it too.
+* **Coupled examples.** The per-example gradient is exact only when examples do not interact: BatchNorm in
+  training mode couples a batch (as it did in the paper), and a GradScaler multiplies every gradient by its
+  current scale (use an unscaled backward, or equal scales, when comparing batches).
+* **Where z is observed.** By default z is the layer's own output. ``point={layer: module}`` observes the first
+  output of ``module`` after each call of the layer instead, e.g. the BatchNorm or the activation that follows
+  (the paper's map is post-activation). Calls of ``module`` that do not follow a call of the layer are ignored,
+  so a shared activation module (torchvision's ``self.relu``, used twice per block) works.
+* **In-place operations.** The forward hook stores a copy of z (``z.detach().clone()``) and registers a tensor
+  hook on z itself. An in-place op applied afterwards (torchvision's ``ReLU(inplace=True)``, a residual
+  ``out += identity``) overwrites z's storage but not the copy, and PyTorch hands a hook registered before the
+  in-place op the gradient with respect to the value before it, so the product is the one at the hooked point.
+  The cost is one extra copy of each observed map, held from its forward until its gradient arrives.
+* **Counting.** Every forward call of an observed layer whose gradient arrives is one batch of ``B`` examples,
+  counted once (a second backward through a retained graph is ignored); a module called k times per forward
+  contributes k batches. Products are formed in float32 (float64 for float64 models) and accumulated over
+  examples and batches in float64.
+
+Example:
+    >>> taylor = Taylor(model, point={"features.0": "features.1"})  # doctest: +SKIP
+    >>> for x, y in loader:                                          # doctest: +SKIP
+    ...     with taylor.accumulate():
+    ...         loss = F.cross_entropy(model(x), y)
+    ...         loss.backward()
+    ...     optimizer.step(); optimizer.zero_grad()
+    >>> taylor.scores(model.features[0], "features.0")               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+from tqdm.auto import tqdm
+
+from pyprune.activations import LayerSelector, model_device, resolve_layers
+from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
+
+Reduction = Literal["paper", "signed_sum_then_abs"]
+LossReduction = Literal["mean", "sum"]
+REDUCTIONS = ("paper", "signed_sum_then_abs")
+LOSS_REDUCTIONS = ("mean", "sum")
+
+
+class Taylor(ChannelCriterion):
+    """First-order Taylor importance ``|z · ∂L/∂z|`` of each output channel; see the module docstring.
+
+    Args:
+        model: the model whose layers are scored; hooks are attached to it only inside :meth:`accumulate`.
+        layers: the Linear/ConvNd layers to score: names as in ``model.named_modules()``, a predicate
+            ``(name, module) -> bool`` or module type(s); default every Linear and ConvNd layer.
+        point: ``{layer name: module name}``: observe z at that module's output (e.g. the following BatchNorm
+            or activation) instead of the layer's own output. Its channel dim (dim 1, last for Linear layers)
+            must have the layer's number of output channels.
+        reduction: ``"paper"`` (abs per example, then mean) or ``"signed_sum_then_abs"`` (the seed code).
+        normalize: divide each layer's θ by its L2 norm in :meth:`scores` (a zero vector stays zero).
+        flops_lambda: λ >= 0 of the FLOPs penalty subtracted in :meth:`scores` (paper: 1e-3).
+        flops_unit: FLOPs per unit of the penalty (paper: 1e6, i.e. MFLOPs).
+        loss_reduction: how the loss reduces over the batch dim 0: ``"mean"`` or ``"sum"``.
+
+    Raises:
+        ValueError: an unknown layer or point name (with close matches), an unknown option value.
+        TypeError: a selected layer that is not a Linear/ConvNd, a malformed ``point``.
+    """
+
+    name = "taylor"
+    needs_data = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: LayerSelector | None = None,
+        *,
+        point: Mapping[str, str] | None = None,
+        reduction: Reduction = "paper",
+        normalize: bool = True,
+        flops_lambda: float = 0.0,
+        flops_unit: float = 1e6,
+        loss_reduction: LossReduction = "mean",
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction: expected one of {LOSS_REDUCTIONS}, got {loss_reduction!r}")
+        if not (_is_real(flops_lambda) and math.isfinite(flops_lambda) and flops_lambda >= 0):
+            raise ValueError(f"flops_lambda: expected a finite number >= 0, got {flops_lambda!r}")
+        if not (_is_real(flops_unit) and math.isfinite(flops_unit) and flops_unit > 0):
+            raise ValueError(f"flops_unit: expected a finite number > 0, got {flops_unit!r}")
+        self.model = model
+        self.reduction: Reduction = reduction
+        self.normalize = bool(normalize)
+        self.flops_lambda = float(flops_lambda)
+        self.flops_unit = float(flops_unit)
+        self.loss_reduction: LossReduction = loss_reduction
+        self._layers = _resolve_layers(model, layers)
+        self._points = _resolve_points(model, self._layers, point)
+        # Per layer: float64 (C,) sums of per-example |mean z·g| (paper) or of per-batch signed means.
+        self._sums: dict[str, torch.Tensor] = {}
+        self._examples: dict[str, int] = {}
+        self._batches: dict[str, int] = {}
+        # Output positions per example of the layer itself (spatial product, or Linear's leading dims).
+        self._positions: dict[str, int] = {}
+        self._armed: dict[str, bool] = {}
+        # Tensor hooks whose gradient has not arrived yet, removed when accumulate() exits.
+        self._pending: dict[int, RemovableHandle] = {}
+        self._next_key = 0
+        self._active = False
+        self._observed = 0
+        self._received = 0
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The scored layers, in the order selected."""
+        return list(self._layers)
+
+    @property
+    def num_examples(self) -> int:
+        """Examples whose gradient reached a scored layer (the largest count over layers; 0 before any)."""
+        return max(self._examples.values(), default=0)
+
+    @property
+    def num_batches(self) -> int:
+        """Forward calls whose gradient reached a scored layer (the largest count over layers)."""
+        return max(self._batches.values(), default=0)
+
+    def reset(self) -> None:
+        """Forget every accumulated product and recorded output size (hooks, if active, stay)."""
+        self._sums.clear()
+        self._examples.clear()
+        self._batches.clear()
+        self._positions.clear()
+
+    @contextmanager
+    def accumulate(self) -> Iterator[Taylor]:
+        """Context in which forward and backward passes of the model add to the scores.
+
+        Run the forward *and* ``loss.backward()`` inside the block: gradients that arrive after it are not
+        recorded. Every hook is removed on exit, also when the block raises. Parameter gradients are whatever
+        the user's backward makes of them (see :meth:`accumulate_over` to leave them untouched).
+
+        Warns:
+            UserWarning: scored layers ran with gradients enabled but no gradient arrived before the block ended.
+        """
+        if self._active:
+            raise RuntimeError(
+                "accumulate: this Taylor criterion is already accumulating; blocks do not nest"
+            )
+        self._active = True
+        self._observed = self._received = 0
+        handles: list[RemovableHandle] = []
+        try:
+            for name, layer in self._layers.items():
+                handles.append(layer.register_forward_hook(partial(self._on_layer, name)))
+                if name in self._points:
+                    point_module = self.model.get_submodule(self._points[name])
+                    handles.append(point_module.register_forward_hook(partial(self._on_point, name)))
+            yield self
+            if self._observed and not self._received:
+                warnings.warn(
+                    f"Taylor.accumulate: {self._observed} forward call(s) of scored layers but no gradient "
+                    "arrived inside the block; call loss.backward() inside it",
+                    stacklevel=3,
+                )
+        finally:
+            for handle in itertools.chain(handles, self._pending.values()):
+                handle.remove()
+            self._pending.clear()
+            self._armed.clear()
+            self._active = False
+
+    def accumulate_over(
+        self,
+        loader: Iterable[Any],
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        max_batches: int | None = None,
+        *,
+        progress: bool = True,
+    ) -> Taylor:
+        """Accumulate over ``(inputs, targets, ...)`` batches: forward, ``loss_fn(output, targets)``, backward.
+
+        No optimizer step; the model's training flags are used as they are; every parameter's ``.grad`` is
+        restored on return (also on error), so the caller's gradients are untouched. Tensors in the batch are
+        moved to the model's device.
+
+        Args:
+            loader: a DataLoader or any iterable of tuples/lists whose first two items are inputs and targets.
+            loss_fn: returns a scalar loss, reduced over the batch as ``loss_reduction`` says.
+            max_batches: stop after this many batches (default: the whole loader).
+            progress: show a tqdm bar (on stderr, and only when it is a terminal).
+
+        Returns:
+            ``self``, so that ``Taylor(model).accumulate_over(loader, loss_fn).scores(...)`` reads in one line.
+        """
+        if max_batches is not None and not (_is_int(max_batches) and max_batches >= 1):
+            raise ValueError(f"max_batches: expected None or an int >= 1, got {max_batches!r}")
+        params = list(self.model.parameters())
+        saved = [p.grad for p in params]
+        device = model_device(self.model)
+        total = _length(loader, max_batches)
+        seen = 0
+        try:
+            with (
+                self.accumulate(),
+                tqdm(
+                    total=total, unit="batch", desc="taylor scores", disable=None if progress else True
+                ) as bar,
+            ):
+                for batch in itertools.islice(loader, max_batches):
+                    inputs, targets = _split_batch(batch)
+                    for p in params:
+                        p.grad = None
+                    loss = loss_fn(self.model(_to(inputs, device)), _to(targets, device))
+                    if not (isinstance(loss, torch.Tensor) and loss.ndim == 0):
+                        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+                        raise ValueError(f"loss_fn: expected a scalar tensor, got {shape}")
+                    loss.backward()
+                    seen += 1
+                    bar.update(1)
+        finally:
+            for p, grad in zip(params, saved, strict=True):
+                p.grad = grad
+        if seen == 0:
+            raise ValueError("loader: yielded no batches")
+        return self
+
+    def raw_scores(self, name: str) -> torch.Tensor:
+        """Un-normalised float64 θ ``(C_out,)`` of layer ``name`` on the CPU, without the FLOPs penalty.
+
+        Raises:
+            ValueError: ``name`` is not a scored layer.
+            RuntimeError: no gradient has been recorded for it yet.
+        """
+        self._check_name(name)
+        if not self._batches.get(name):
+            where = (
+                f" (observed at {self._points[name]!r}, which must run after it)"
+                if name in self._points
+                else ""
+            )
+            raise RuntimeError(
+                f"Taylor: no gradient recorded for layer {name!r}{where}; run a forward/backward inside "
+                "taylor.accumulate() first, or call taylor.accumulate_over(loader, loss_fn)"
+            )
+        total = self._sums[name].cpu()
+        if self.reduction == "paper":
+            return total / self._examples[name]
+        return total.abs() / self._batches[name]
+
+    def scores(
+        self, module: nn.Module, name: str, dropped_inputs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """float64 ``(C_out,)`` scores of layer ``name`` on the CPU: θ, L2-normalised, minus the FLOPs penalty.
+
+        ``module`` may be the layer of a copy of the model (the planner scores a deep copy); only its number of
+        output channels is checked. ``dropped_inputs`` is ignored: θ comes from the observed maps and their
+        gradients, not from the layer's input kernels.
+
+        Raises:
+            RuntimeError: nothing recorded for ``name`` yet, or ``module`` has another number of output channels
+                than the recorded θ (the layer was pruned since: ``reset()`` and accumulate again).
+        """
+        theta = self.raw_scores(name)
+        channels = int(module.weight.shape[0])
+        if channels != theta.numel():
+            raise RuntimeError(
+                f"module: {name!r} has {channels} output channels but its Taylor scores have {theta.numel()}; "
+                "was it pruned since? call reset() and accumulate again"
+            )
+        if self.normalize:
+            norm = torch.linalg.vector_norm(theta)
+            if norm > 0:
+                theta = theta / norm
+        if self.flops_lambda:
+            theta = theta - self.flops_lambda * self.flops_per_channel(name) / self.flops_unit
+        return theta
+
+    def flops_per_channel(self, name: str) -> int:
+        """Forward FLOPs of one output channel of layer ``name`` per example, at the last recorded input size.
+
+        ConvNd: ``2 · P · (C_in/groups · prod(kernel) + 1)`` with ``P`` the product of the *output* spatial dims
+        (the paper's eq. 11 counts the input map; the output map is what a strided conv computes, SPEC §7.3); the
+        ``+ 1`` (bias) is counted whether the layer has a bias or not, as in the paper. Linear:
+        ``P · (2 · I - 1)`` with ``P`` the number of positions of a ``(B, ..., I)`` input (1 for ``(B, I)``).
+
+        Raises:
+            RuntimeError: the layer has not run inside :meth:`accumulate` since construction or :meth:`reset`.
+        """
+        self._check_name(name)
+        if name not in self._positions:
+            raise RuntimeError(
+                f"Taylor: the output size of layer {name!r} is unknown; run a forward inside "
+                "taylor.accumulate() first"
+            )
+        layer = self._layers[name]
+        positions = self._positions[name]
+        if isinstance(layer, nn.Linear):
+            return positions * (2 * int(layer.weight.shape[1]) - 1)
+        # weight[0] holds one filter: C_in/groups · prod(kernel) multiply-adds per output position.
+        return 2 * positions * (int(layer.weight[0].numel()) + 1)
+
+    def __repr__(self) -> str:
+        names = list(self._layers)
+        shown = (
+            repr(names)
+            if len(names) <= 4
+            else f"[{', '.join(map(repr, names[:3]))}, ... ({len(names)} in all)]"
+        )
+        point = f", point={self._points!r}" if self._points else ""
+        return (
+            f"Taylor(layers={shown}{point}, reduction={self.reduction!r}, normalize={self.normalize}, "
+            f"flops_lambda={self.flops_lambda!r}, flops_unit={self.flops_unit!r}, "
+            f"loss_reduction={self.loss_reduction!r})"
+        )
+
+    def _check_name(self, name: str) -> None:
+        if name not in self._layers:
+            close = difflib.get_close_matches(str(name), list(self._layers), n=3, cutoff=0.6)
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            raise ValueError(f"name: {name!r} is not a layer scored by this Taylor criterion{hint}")
+
+    def _on_layer(self, name: str, layer: nn.Module, args: Any, output: Any) -> None:
+        self._positions[name] = _positions(output, layer)
+        if name in self._points:
+            self._armed[name] = True
+        else:
+            self._observe(name, output)
+
+    def _on_point(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
+        if self._armed.pop(name, False):
+            self._observe(name, output)
+
+    def _observe(self, name: str, z: Any) -> None:
+        layer = self._layers[name]
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(
+                f"point: module {self._points[name]!r} (observing {name!r}) returned {type(z).__name__}; "
+                "expected a tensor"
+            )
+        dim = _channel_dim(z, layer)
+        channels = int(layer.weight.shape[0])
+        if dim is None or z.shape[dim] != channels:
+            where = f"module {self._points[name]!r}" if name in self._points else f"layer {name!r}"
+            expected = "last dim" if isinstance(layer, nn.Linear) else "dim 1"
+            raise ValueError(
+                f"point: the output of {where} has shape {tuple(z.shape)}; expected {channels} channels "
+                f"({type(layer).__name__} {name!r} has {channels} outputs) in its {expected}"
+            )
+        if not z.requires_grad:
+            return
+        self._observed += 1
+        key = self._next_key
+        self._next_key += 1
+        # The copy survives in-place ops applied to z after this hook (see the module docstring).
+        state = {"z": z.detach().clone()}
+
+        def on_grad(grad: torch.Tensor) -> None:
+            value = state.pop("z", None)
+            if value is None:  # a second backward through a retained graph
+                return
+            # Not handle.remove(): PyTorch iterates the hook dict while calling this; the handle goes stale
+            # with z, and accumulate() removes the hooks still pending on exit.
+            self._pending.pop(key, None)
+            self._received += 1
+            self._add(name, value, grad, dim)
+
+        self._pending[key] = z.register_hook(on_grad)
+
+    def _add(self, name: str, z: torch.Tensor, grad: torch.Tensor, dim: int) -> None:
+        layer = self._layers[name]
+        batched = dim != 0 if not isinstance(layer, nn.Linear) else z.ndim >= 2
+        work = torch.float64 if z.dtype == torch.float64 else torch.float32
+        product = (z.to(work) * grad.to(work)).movedim(dim, -1)
+        batch = product.shape[0] if batched else 1
+        per_example = product.reshape(batch, -1, product.shape[-1]).mean(1).double()  # (B, C)
+        if self.loss_reduction == "mean":
+            per_example = per_example * batch
+        contribution = per_example.abs().sum(0) if self.reduction == "paper" else per_example.mean(0)
+        total = self._sums.get(name)
+        if total is None:
+            self._sums[name] = contribution
+            self._examples[name] = self._batches[name] = 0
+        elif total.shape != contribution.shape:
+            raise RuntimeError(
+                f"Taylor: layer {name!r} now has {contribution.numel()} channels but {total.numel()} were "
+                "accumulated; call reset() after pruning"
+            )
+        else:
+            total += contribution
+        self._examples[name] += batch
+        self._batches[name] += 1
+
+
+def _resolve_layers(model: nn.Module, layers: LayerSelector | None) -> dict[str, nn.Module]:
+    if layers is None:
+        selected = [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+        if not selected:
+            raise ValueError(f"model: {type(model).__name__} has no Linear or ConvNd layer to score")
+    else:
+        selected = resolve_layers(model, layers)
+    for name, module in selected:
+        if not isinstance(module, PRUNABLE_TYPES):
+            raise TypeError(
+                f"layers: {name!r} is a {type(module).__name__}; expected a Linear, Conv1d, Conv2d or Conv3d"
+            )
+    return dict(selected)
+
+
+def _resolve_points(model: nn.Module, layers: Mapping[str, nn.Module], point: Any) -> dict[str, str]:
+    if point is None:
+        return {}
+    if not isinstance(point, Mapping):
+        raise TypeError(f"point: expected a dict {{layer name: module name}}, got {type(point).__name__}")
+    modules = dict(model.named_modules(remove_duplicate=False))
+    resolved = {}
+    for layer_name, module_name in point.items():
+        if layer_name not in layers:
+            raise ValueError(
+                f"point: key {layer_name!r} is not a scored layer{_close(layer_name, list(layers))}"
+            )
+        if not isinstance(module_name, str):
+            raise TypeError(
+                f"point[{layer_name!r}]: expected a module name (str), got {type(module_name).__name__}"
+            )
+        if module_name not in modules:
+            valid = [n for n in modules if n]
+            raise ValueError(
+                f"point[{layer_name!r}]: {module_name!r} is not a module of {type(model).__name__}"
+                f"{_close(module_name, valid)}"
+            )
+        if module_name != layer_name:
+            resolved[layer_name] = module_name
+    return resolved
+
+
+def _close(name: Any, valid: list[str]) -> str:
+    close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def _channel_dim(z: torch.Tensor, layer: nn.Module) -> int | None:
+    """Channel dim of ``z`` read as an output of ``layer``: last for Linear; 1 (0 if unbatched) for ConvNd."""
+    if isinstance(layer, nn.Linear):
+        return z.ndim - 1 if z.ndim >= 1 else None
+    spatial = len(layer.kernel_size)
+    return {spatial + 2: 1, spatial + 1: 0}.get(z.ndim)
+
+
+def _positions(output: torch.Tensor, layer: nn.Module) -> int:
+    """Output positions per example of ``layer``: the spatial product (ConvNd) or Linear's leading dims."""
+    if isinstance(layer, nn.Linear):
+        return math.prod(output.shape[1:-1]) if output.ndim >= 2 else 1
+    return math.prod(output.shape[-len(layer.kernel_size) :])
+
+
+def _split_batch(batch: Any) -> tuple[Any, Any]:
+    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+        raise TypeError(
+            f"loader: expected (inputs, targets, ...) batches (tuples or lists), got {type(batch).__name__}"
+            + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+        )
+    return batch[0], batch[1]
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+def _length(loader: Iterable[Any], max_batches: int | None) -> int | None:
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return max_batches
+    return n if max_batches is None else min(n, max_batches)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
