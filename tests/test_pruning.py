@@ -69,7 +69,8 @@ def assert_unchanged(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> Non
     now = model.state_dict()
     assert list(now) == list(snapshot)
     for key, value in snapshot.items():
-        assert now[key].shape == value.shape and torch.equal(now[key], value), key
+        assert now[key].shape == value.shape, key
+        assert torch.equal(now[key], value), key
 
 
 # ----------------------------------------------------------------------------------------------- unstructured
@@ -141,7 +142,8 @@ def test_masks_compose_with_existing_torch_prune_masks_and_count_toward_the_targ
     torch_prune.random_unstructured(layer, "weight", amount=0.3)
     user_mask = layer.weight_mask.clone()
     pyprune.prune(model, "magnitude", 0.6)
-    assert hasattr(layer, "weight_orig") and hasattr(layer, "weight_mask")
+    assert hasattr(layer, "weight_orig")
+    assert hasattr(layer, "weight_mask")
     # Every weight the user masked stays masked, and the total reaches 60% exactly.
     assert torch.all(layer.weight_mask[user_mask == 0] == 0)
     assert int((layer.weight_mask == 0).sum()) == math.floor(0.6 * layer.weight.numel() + 0.5)
@@ -156,7 +158,8 @@ def test_make_permanent_folds_masks_and_keeps_zeros():
     expected = model.fc1.weight.detach().clone()
     make_permanent(model)
     layer = model.fc1
-    assert not hasattr(layer, "weight_mask") and isinstance(layer.weight, nn.Parameter)
+    assert not hasattr(layer, "weight_mask")
+    assert isinstance(layer.weight, nn.Parameter)
     assert torch.equal(layer.weight.detach(), expected)
 
 
@@ -175,7 +178,8 @@ def test_unit_l2_masks_whole_rows_and_their_biases():
     layer = model.fc1
     removed = plan.layer("fc1").removed
     assert set(removed.tolist()) == set(norms.argsort()[:6].tolist())
-    assert torch.all(layer.weight[removed] == 0) and torch.all(layer.bias[removed] == 0)
+    assert torch.all(layer.weight[removed] == 0)
+    assert torch.all(layer.bias[removed] == 0)
     # The masked units output exactly zero after ReLU for any input.
     hidden = model[:3](torch.randn(5, 8))
     assert torch.all(hidden[:, removed] == 0)
@@ -272,7 +276,8 @@ def test_per_layer_amount_dict_min_channels_and_round_to():
     assert plan.layer("0").num_kept == 3  # 8 - round(6) = 2 would go below min_channels
     assert plan.layer("3").num_kept == 6
     rounded = plan_structured(model, 0.5, x, round_to=5)
-    assert rounded.layer("0").num_kept == 5 and rounded.layer("3").num_kept == 10
+    assert rounded.layer("0").num_kept == 5
+    assert rounded.layer("3").num_kept == 10
 
 
 def test_greedy_mode_ignores_kernels_of_removed_inputs():
@@ -341,8 +346,12 @@ def test_plan_json_round_trip(structured, tmp_path):
 def test_plan_prints_a_table():
     model = small_cnn()
     text = str(plan_structured(model, 0.5, torch.randn(2, 3, 8, 8)))
-    assert "layer" in text and "FLOPs" in text and "50.0%" in text
-    assert text.count("\n") == 2 + 3 + 1  # title, header, rule, three layers (the output layer is kept), model
+    assert "layer" in text
+    assert "FLOPs" in text
+    assert "50.0%" in text
+    assert (
+        text.count("\n") == 2 + 3 + 1
+    )  # title, header, rule, three layers (the output layer is kept), model
 
 
 def test_save_load_round_trip_resnet_after_two_rounds(tmp_path):
@@ -438,12 +447,13 @@ def test_planning_never_modifies_the_model():
     plan_structured(model, 0.5, torch.randn(2, 3, 8, 8))
     plan_unstructured(model, 0.5, example_input=torch.randn(2, 3, 8, 8))
     assert_unchanged(model, snapshot)
-    assert model.training and not hasattr(model, "pyprune_history")
+    assert model.training
+    assert not hasattr(model, "pyprune_history")
 
 
 def test_failure_part_way_through_apply_restores_the_model(monkeypatch):
     model = models.mlp([10, 20, 15, 5])
-    parameters = {name: p for name, p in model.named_parameters()}
+    parameters = dict(model.named_parameters())
     snapshot = state_snapshot(model)
     plan = plan_unstructured(model, 0.5)
     calls = {"n": 0}
@@ -483,7 +493,8 @@ def test_failure_part_way_through_structured_removal_restores_the_model(monkeypa
     with pytest.raises(RuntimeError, match="boom"):
         plan.apply(model)
     assert_unchanged(model, snapshot)
-    assert model[0].out_channels == 8 and model[3].in_channels == 8
+    assert model[0].out_channels == 8
+    assert model[3].in_channels == 8
     torch.testing.assert_close(model(x), copy.deepcopy(model)(x))
 
 
