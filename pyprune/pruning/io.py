@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from pyprune.pruning.apply import HISTORY_ATTRIBUTE, make_permanent
 from pyprune.pruning.plan import PruningPlan
@@ -59,5 +60,18 @@ def load_pruned(path: str | os.PathLike[str], model: nn.Module, *, map_location:
     if checkpoint["masks_folded"]:
         make_permanent(model)
     model.load_state_dict(checkpoint["state_dict"], strict=True)
+    _refresh_masked_tensors(model)
     object.__setattr__(model, "pyprune_extra", json.loads(checkpoint["extra"]))
     return model
+
+
+def _refresh_masked_tensors(model: nn.Module) -> None:
+    """Recompute ``weight = weight_orig * weight_mask`` for every prune reparametrisation of ``model``.
+
+    ``torch.nn.utils.prune`` refreshes the derived tensor only in a forward pre-hook, so right after
+    ``load_state_dict`` it still holds the values of the fresh architecture until the first forward pass.
+    """
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, prune.BasePruningMethod):
+                setattr(module, hook._tensor_name, hook.apply_mask(module))

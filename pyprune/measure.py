@@ -1,0 +1,421 @@
+"""Measure what pruning bought: parameter counts, FLOPs and latency of a model, before and after.
+
+:func:`count` counts parameters (all and nonzero) and FLOPs of one forward pass, :func:`latency` times it,
+and :func:`report` sets two measurements side by side as a table::
+
+    before = count(model, x)
+    prune.l1_unstructured(model.fc, "weight", amount=0.5)
+    print(report(before, count(model, x)))
+
+FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode`, which counts the *dense* work of the
+operations it knows (matrix products, convolutions, attention): a ``torch.nn.utils.prune`` mask zeroes weights
+but leaves the FLOPs unchanged, whereas removing channels (structured pruning) shrinks the shapes and so the
+FLOPs. The nonzero parameter count is where unstructured pruning shows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import prune
+from torch.utils.flop_counter import FlopCounterMode
+
+from pyprune.activations import eval_mode
+
+SLOW_FORWARD_S = 1.0
+"""A first forward pass slower than this (seconds) makes :func:`latency` cut its repeats to fit the budget."""
+
+TIME_BUDGET_S = 30.0
+"""Seconds of forward passes :func:`latency` aims to stay under when the model is slow."""
+
+_UNITS = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"))
+
+
+@dataclass(frozen=True)
+class ModelCount:
+    """Size and cost of a model for one example input; see :func:`count`.
+
+    Attributes:
+        params: number of parameters (each shared parameter once; a pruned tensor counts its ``*_orig`` once).
+        nonzero_params: nonzero entries of the effective parameters (``orig * mask`` for pruned tensors).
+        flops: floating-point operations of one forward pass, as counted by ``FlopCounterMode``
+            (2 per multiply-add).
+        macs: multiply-accumulates of one forward pass, ``flops / 2``.
+        per_module_flops: module name (as in ``model.named_modules()``) -> FLOPs done by that module itself,
+            not by its submodules; sums to ``flops``.
+    """
+
+    params: int
+    nonzero_params: int
+    flops: int
+    macs: int
+    per_module_flops: dict[str, int]
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the parameters that are zero, ``1 - nonzero_params / params``; 0.0 without parameters."""
+        return 1.0 - self.nonzero_params / self.params if self.params else 0.0
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Wall time of a model's forward pass; see :func:`latency`.
+
+    Attributes:
+        median_ms, p10_ms, p90_ms: median, 10th and 90th percentile of the timed calls, in milliseconds.
+        repeats: number of timed calls (fewer than requested when the model is slow).
+        threads: ``torch.get_num_threads()`` during the measurement.
+        device: device the model ran on, e.g. ``"cpu"`` or ``"cuda:0"``.
+        batch_size: leading dimension of the first input tensor (``None`` for a 0-d tensor).
+    """
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    repeats: int
+    threads: int
+    device: str
+    batch_size: int | None
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One metric before and after; ``ratio`` is ``after / before`` (``None`` when ``before`` is 0).
+
+    ``unit`` is ``""`` for counts and ``"ms"`` for latencies.
+    """
+
+    metric: str
+    before: float
+    after: float
+    ratio: float | None
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    """Two measurements side by side; ``str(report)`` renders an aligned table, :meth:`to_dict` a JSON-ready dict.
+
+    Attributes:
+        rows: the metrics, in table order.
+        speedup: median latency before / after, ``None`` without latencies.
+    """
+
+    rows: tuple[ReportRow, ...]
+    speedup: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rows as plain dicts plus the speed-up; only ints, floats, strings and ``None``."""
+        return {
+            "rows": [
+                {"metric": r.metric, "before": r.before, "after": r.after, "ratio": r.ratio, "unit": r.unit}
+                for r in self.rows
+            ],
+            "speedup": self.speedup,
+        }
+
+    def __str__(self) -> str:
+        table = [("metric", "before", "after", "after/before")]
+        for row in self.rows:
+            fmt = _format_ms if row.unit == "ms" else format_count
+            ratio = "-" if row.ratio is None else f"{row.ratio:.3g}"
+            table.append((row.metric, fmt(row.before), fmt(row.after), ratio))
+        widths = [max(len(line[i]) for line in table) for i in range(4)]
+        lines = [
+            "  ".join(
+                [line[0].ljust(widths[0])]
+                + [cell.rjust(w) for cell, w in zip(line[1:], widths[1:], strict=True)]
+            )
+            for line in table
+        ]
+        lines.insert(1, "-" * len(lines[0]))
+        if self.speedup is not None:
+            lines.append(f"speed-up: {self.speedup:.2f}x (median latency before / after)")
+        return "\n".join(lines)
+
+
+def format_count(n: float) -> str:
+    """``n`` to three significant digits with a K/M/G/T suffix: ``950``, ``12.3K``, ``1.23M``, ``4.5G``.
+
+    Counts below 1000 are written in full (integers exactly).
+    """
+    # Round first, so that 999_999 becomes "1M" rather than "1e+03K".
+    rounded = float(f"{n:.3g}")
+    for scale, suffix in _UNITS:
+        if abs(rounded) >= scale:
+            return f"{rounded / scale:g}{suffix}"
+    return str(n) if isinstance(n, int) else f"{n:.3g}"
+
+
+def _format_ms(ms: float) -> str:
+    # Three significant digits below 100 ms; above, whole tenths read better than an exponent.
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.1f}"
+
+
+def count(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> ModelCount:
+    """Parameters, nonzero parameters and FLOPs of ``model`` for one forward pass on ``example_input``.
+
+    The forward pass runs once, as ``model(*example_input)`` (or ``model(example_input)`` for a tensor), in eval
+    mode under ``torch.no_grad()``; every submodule's ``training`` flag is restored afterwards, also when the
+    forward pass raises.
+
+    Parameters are counted once each even when shared. A tensor reparametrised by ``torch.nn.utils.prune``
+    counts its ``*_orig`` parameter (the derived tensor is not a parameter and the mask is a buffer), and its
+    nonzeros are those of the effective tensor ``orig * mask``.
+
+    FLOPs follow ``FlopCounterMode``'s convention: 2 per multiply-add in matrix products and convolutions, and
+    MACs are ``flops // 2``. Only the operations it knows are counted: bias additions, activations,
+    normalisation and pooling count 0, and masked weights count as dense (see the module docstring).
+    ``per_module_flops`` attributes each FLOP to the innermost module that ran it: the leaf modules, plus any
+    module (the root is ``""``) whose own ``forward`` computes outside its submodules; modules without FLOPs
+    are left out. A module registered under two different parents has its FLOPs split exactly only when it is
+    called from the parent under its first name (``named_modules()`` order); the total is exact either way.
+
+    Args:
+        model: the model; its parameters and ``example_input`` must be on the same device.
+        example_input: a tensor, e.g. ``(batch, channels, height, width)`` for a CNN, or a tuple of tensors
+            passed as positional arguments.
+
+    Returns:
+        A :class:`ModelCount`.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or ``example_input`` is not a tensor or tuple of tensors.
+    """
+    _check_model(model)
+    inputs = _as_inputs(example_input)
+    flop_counter = FlopCounterMode(display=False)
+    with eval_mode(model), torch.no_grad(), flop_counter:
+        model(*inputs)
+    flops = flop_counter.get_total_flops()
+    return ModelCount(
+        params=sum(p.numel() for p in model.parameters()),
+        nonzero_params=_count_nonzero_params(model),
+        flops=flops,
+        macs=flops // 2,
+        per_module_flops=_own_flops(model, flop_counter.get_flop_counts(), flops),
+    )
+
+
+def _count_nonzero_params(model: nn.Module) -> int:
+    seen: set[int] = set()
+    total = 0
+    with torch.no_grad():
+        for module in model.modules():
+            effective = _pruned_tensors(module)
+            for name, param in module.named_parameters(recurse=False):
+                if id(param) in seen:
+                    continue
+                seen.add(id(param))
+                total += int(torch.count_nonzero(effective.get(name, param)))
+    return total
+
+
+def _pruned_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``{"weight_orig": orig * mask}`` for each tensor of ``module`` that carries a prune reparametrisation."""
+    # Recomputed from orig and mask rather than read from module.weight, which is only refreshed by a forward
+    # pass and so may be stale if orig or the mask changed since the last one.
+    return {
+        f"{hook._tensor_name}_orig": hook.apply_mask(module)
+        for hook in module._forward_pre_hooks.values()
+        if isinstance(hook, prune.BasePruningMethod)
+    }
+
+
+def _own_flops(model: nn.Module, counts: dict[str, dict[Any, int]], total: int) -> dict[str, int]:
+    """Per-module FLOPs, each counted only in the innermost module, keyed by ``model.named_modules()`` names.
+
+    ``counts`` is ``FlopCounterMode.get_flop_counts()``: FLOPs per operation for ``"Global"`` and for every
+    module that ran any, keyed ``"<RootClass>"`` for the root and ``"<RootClass>.<path>"`` for submodules. An
+    operation is added to every module running at the time, so a module's count includes its submodules';
+    subtracting the children's counts leaves what the module computed itself.
+    """
+    canonical = {id(m): name for name, m in model.named_modules()}
+    # FlopCounterMode names a module reachable by two paths by either one, so look up every path.
+    by_path = {name: canonical[id(m)] for name, m in model.named_modules(remove_duplicate=False)}
+    root_prefix = type(model).__name__ + "."
+    inclusive = {"": total}
+    for tracker_name, per_op in counts.items():
+        path = tracker_name.removeprefix(root_prefix)
+        # Modules called without being registered in the model keep their flops in the caller that ran them.
+        if path != tracker_name and path in by_path:
+            inclusive[by_path[path]] = sum(per_op.values())
+    own = dict(inclusive)
+    for name, flops in inclusive.items():
+        if name:
+            # The nearest ancestor that ran: a parent whose forward calls a grandchild directly never ran
+            # itself, so its own ancestor holds the FLOPs. The root always has a count.
+            ancestor = name.rpartition(".")[0]
+            while ancestor not in inclusive:
+                ancestor = ancestor.rpartition(".")[0]
+            own[ancestor] -= flops
+    return {name: flops for name, flops in own.items() if flops}
+
+
+def latency(
+    model: nn.Module,
+    example_input: torch.Tensor | tuple[torch.Tensor, ...],
+    *,
+    warmup: int = 5,
+    repeats: int = 30,
+    threads: int | None = None,
+) -> Latency:
+    """Wall time of one forward pass of ``model`` on ``example_input``, in milliseconds.
+
+    The model runs ``warmup`` untimed calls, then ``repeats`` timed ones, in eval mode under
+    ``torch.inference_mode()``; every submodule's ``training`` flag is restored afterwards. On CUDA the device
+    is synchronised before and after each timed call, so a time covers the kernels, not just their launch.
+
+    Slow models: if the first call takes longer than :data:`SLOW_FORWARD_S` (1 s), the remaining warm-up is
+    skipped (one-off start-up costs are small next to such a call) and the timed calls are cut so that all
+    calls together stay within :data:`TIME_BUDGET_S` (30 s), keeping at least one timed call. The returned
+    ``repeats`` says how many were timed.
+
+    A pruned layer's ``weight`` is recomputed during the forward pass, so afterwards it is an inference tensor;
+    the next forward outside inference mode replaces it.
+
+    Args:
+        model: the model; its parameters and ``example_input`` must be on the same device.
+        example_input: a tensor, e.g. ``(batch, features)``, or a tuple of tensors passed as positional
+            arguments.
+        warmup: untimed calls before timing, >= 0.
+        repeats: timed calls, >= 1.
+        threads: torch intra-op threads to measure with (restored afterwards); ``None`` keeps the current
+            setting.
+
+    Returns:
+        A :class:`Latency` with the median and the 10th / 90th percentiles in milliseconds.
+
+    Raises:
+        TypeError: ``model`` or ``example_input`` has the wrong type.
+        ValueError: ``warmup`` < 0, ``repeats`` < 1 or ``threads`` < 1.
+    """
+    _check_model(model)
+    inputs = _as_inputs(example_input)
+    if not (isinstance(warmup, int) and warmup >= 0):
+        raise ValueError(f"warmup: expected an int >= 0, got {warmup!r}")
+    if not (isinstance(repeats, int) and repeats >= 1):
+        raise ValueError(f"repeats: expected an int >= 1, got {repeats!r}")
+    if threads is not None and not (isinstance(threads, int) and threads >= 1):
+        raise ValueError(f"threads: expected None or an int >= 1, got {threads!r}")
+    device = next(itertools.chain(model.parameters(), model.buffers(), inputs)).device
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with eval_mode(model), torch.inference_mode():
+            seconds = _time_calls(lambda: model(*inputs), device, warmup, repeats)
+        used_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous_threads)
+    p10, median, p90 = np.percentile(np.asarray(seconds) * 1e3, [10, 50, 90])
+    return Latency(
+        median_ms=float(median),
+        p10_ms=float(p10),
+        p90_ms=float(p90),
+        repeats=len(seconds),
+        threads=used_threads,
+        device=str(device),
+        batch_size=inputs[0].shape[0] if inputs[0].ndim else None,
+    )
+
+
+def _time_calls(forward: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Seconds of each timed call of ``forward``, after the warm-up, under the slow-model budget."""
+
+    def timed() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        forward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    first = timed()
+    # Without warm-up the first call is a timed one.
+    seconds = [] if warmup else [first]
+    warmup_left = max(warmup - 1, 0)
+    if first > SLOW_FORWARD_S:
+        warmup_left = 0
+        affordable = len(seconds) + int((TIME_BUDGET_S - first) // first)
+        repeats = max(1, min(repeats, affordable))
+    for _ in range(warmup_left):
+        forward()
+    while len(seconds) < repeats:
+        seconds.append(timed())
+    return seconds
+
+
+def report(
+    before: ModelCount,
+    after: ModelCount,
+    latency_before: Latency | None = None,
+    latency_after: Latency | None = None,
+) -> Report:
+    """Compare two :func:`count` results (and optionally two :func:`latency` results) of a model.
+
+    Rows: params, nonzero params, FLOPs, MACs, and with latencies the median latency in ms; each with the
+    ratio after / before. With latencies the report also carries the speed-up, median before / after.
+
+    Raises:
+        TypeError: ``before`` / ``after`` is not a :class:`ModelCount`, or a latency is not a :class:`Latency`.
+        ValueError: only one of ``latency_before`` and ``latency_after`` is given.
+    """
+    for name, value in (("before", before), ("after", after)):
+        if not isinstance(value, ModelCount):
+            raise TypeError(
+                f"{name}: expected a ModelCount from pyprune.measure.count, got {type(value).__name__}"
+            )
+    for name, value in (("latency_before", latency_before), ("latency_after", latency_after)):
+        if value is not None and not isinstance(value, Latency):
+            raise TypeError(
+                f"{name}: expected a Latency from pyprune.measure.latency or None, got {type(value).__name__}"
+            )
+    if (latency_before is None) != (latency_after is None):
+        missing = "latency_after" if latency_after is None else "latency_before"
+        raise ValueError(f"{missing}: expected a Latency since the other latency is given, got None")
+
+    def row(metric: str, b: float, a: float, unit: str = "") -> ReportRow:
+        return ReportRow(metric, b, a, a / b if b else None, unit)
+
+    rows = [
+        row("params", before.params, after.params),
+        row("nonzero params", before.nonzero_params, after.nonzero_params),
+        row("FLOPs", before.flops, after.flops),
+        row("MACs", before.macs, after.macs),
+    ]
+    speedup = None
+    if latency_before is not None and latency_after is not None:
+        rows.append(row("latency (ms)", latency_before.median_ms, latency_after.median_ms, "ms"))
+        speedup = latency_before.median_ms / latency_after.median_ms
+    return Report(rows=tuple(rows), speedup=speedup)
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+
+
+def _as_inputs(example_input: Any) -> tuple[torch.Tensor, ...]:
+    """``example_input`` as the tuple of positional arguments of the forward pass."""
+    if isinstance(example_input, torch.Tensor):
+        return (example_input,)
+    if (
+        isinstance(example_input, tuple)
+        and example_input
+        and all(isinstance(x, torch.Tensor) for x in example_input)
+    ):
+        return example_input
+    if isinstance(example_input, tuple):
+        got = f"a tuple of ({', '.join(type(x).__name__ for x in example_input)})"
+    else:
+        got = type(example_input).__name__
+    raise TypeError(f"example_input: expected a tensor or a non-empty tuple of tensors, got {got}")
