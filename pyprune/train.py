@@ -259,8 +259,9 @@ def fit(
         The :class:`History`.
 
     Raises:
-        ValueError: a bad ``epochs``, ``max_steps``, ``scheduler_step`` or ``grad_clip``, an empty
-            ``train_loader``, or a non-finite training loss (the step that produced it is not applied).
+        ValueError: a bad ``epochs``, ``max_steps``, ``scheduler_step`` or ``grad_clip``, ``early_stopping`` on a
+            validation metric without ``val_loader`` (before any training), an empty ``train_loader``, or a
+            non-finite training loss (the step that produced it is not applied).
     """
     if not (isinstance(epochs, int) and epochs >= 1):
         raise ValueError(f"epochs: expected an int >= 1, got {epochs!r}")
@@ -270,6 +271,11 @@ def fit(
         raise ValueError(f"scheduler_step: expected 'epoch' or 'step', got {scheduler_step!r}")
     if grad_clip is not None and not (math.isfinite(grad_clip) and grad_clip > 0):
         raise ValueError(f"grad_clip: expected None or a finite number > 0, got {grad_clip!r}")
+    if early_stopping is not None and early_stopping.monitor.startswith("val") and val_loader is None:
+        # Checked up front: otherwise a whole epoch would train (changing the model) before the error.
+        raise ValueError(
+            f"early_stopping: monitors {early_stopping.monitor!r}, which needs val_loader (pass val_loader to fit)"
+        )
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     device = torch.device(device) if device is not None else model_device(model)
