@@ -511,3 +511,40 @@ def test_structured_method_without_example_input_is_rejected():
 def test_magnitude_criterion_is_usable_alone():
     layer = nn.Linear(3, 2)
     assert torch.equal(Magnitude().scores(layer, "x"), layer.weight.detach().abs())
+
+
+def test_rescale_multiplies_weights_round_trips_and_is_undone_on_failure(monkeypatch):
+    from pyprune.pruning import apply as apply_module
+
+    torch.manual_seed(0)
+    model = models.mlp([6, 5, 3])
+    dense = copy.deepcopy(model)
+    plan = plan_unstructured(model, 0.4)
+    factors = torch.arange(1, 6, dtype=torch.float64)[:, None]  # one factor per output row of fc1
+    plan.rescale = {"fc1": factors}
+    restored = PruningPlan.from_json(plan.to_json())
+    torch.testing.assert_close(restored.rescale["fc1"], factors, rtol=0, atol=0)
+
+    restored.apply(model)
+    mask = model.fc1.weight_mask
+    torch.testing.assert_close(model.fc1.weight, dense.fc1.weight * factors.float() * mask)
+
+    broken = copy.deepcopy(dense)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(apply_module, "_apply_mask", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        restored.apply(broken)
+    torch.testing.assert_close(broken.fc1.weight, dense.fc1.weight, rtol=0, atol=0)
+
+
+def test_rescale_with_a_wrong_shape_is_refused_before_anything_changes():
+    model = models.mlp([6, 5, 3])
+    snapshot = state_snapshot(model)
+    plan = plan_unstructured(model, 0.4)
+    plan.rescale = {"fc1": torch.ones(7, dtype=torch.float64)}
+    with pytest.raises(ValueError, match=r"rescale\['fc1'\]"):
+        plan.apply(model)
+    assert_unchanged(model, snapshot)

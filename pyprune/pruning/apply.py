@@ -42,20 +42,63 @@ def apply_plan(plan: PruningPlan, model: nn.Module) -> nn.Module:
     modules = dict(model.named_modules())
     for layer in plan.layers:
         _check_layer(layer, modules)
-    with restore_on_error(model):
-        if plan.mode == "mask":
-            for layer in plan.layers:
-                _apply_mask(layer, modules[layer.name])
-        elif plan.mode == "remove":
-            _remove_channels(plan, model, modules)
-        else:
-            raise ValueError(f"plan.mode: expected 'mask' or 'remove', got {plan.mode!r}")
-        history = getattr(model, HISTORY_ATTRIBUTE, None)
-        history = [] if history is None else list(history)
-        history.append(plan.to_dict())
-        # Set through object.__setattr__ so nn.Module does not try to register a list as a submodule.
-        object.__setattr__(model, HISTORY_ATTRIBUTE, history)
+    scaled = _rescaled_tensors(plan, modules)
+    saved = [tensor.detach().clone() for tensor, _ in scaled]
+    try:
+        with restore_on_error(model):
+            _apply(plan, model, modules, scaled)
+    except BaseException:
+        # restore_on_error puts modules back but never sees in-place writes; undo the rescaling by hand.
+        with torch.no_grad():
+            for (tensor, _), value in zip(scaled, saved, strict=True):
+                tensor.copy_(value)
+        raise
     return model
+
+
+def _rescaled_tensors(
+    plan: PruningPlan, modules: dict[str, nn.Module]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(weight parameter, factors)`` for every entry of ``plan.rescale``, checked before anything changes."""
+    pairs = []
+    for name, factors in plan.rescale.items():
+        module = modules.get(name)
+        if module is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
+            raise ValueError(f"plan.rescale: {name!r} is not a module with a weight in the model")
+        # A masked weight is recomputed from weight_orig on every forward: scale the parameter behind it.
+        weight = getattr(module, "weight_orig", module.weight)
+        try:
+            torch.broadcast_shapes(factors.shape, weight.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"plan.rescale[{name!r}]: factors of shape {tuple(factors.shape)} do not broadcast against the "
+                f"weight's {tuple(weight.shape)}"
+            ) from None
+        pairs.append((weight, factors))
+    return pairs
+
+
+def _apply(
+    plan: PruningPlan,
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    scaled: list[tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    with torch.no_grad():
+        for weight, factors in scaled:
+            weight.mul_(factors.to(weight.device, weight.dtype))
+    if plan.mode == "mask":
+        for layer in plan.layers:
+            _apply_mask(layer, modules[layer.name])
+    elif plan.mode == "remove":
+        _remove_channels(plan, model, modules)
+    else:
+        raise ValueError(f"plan.mode: expected 'mask' or 'remove', got {plan.mode!r}")
+    history = getattr(model, HISTORY_ATTRIBUTE, None)
+    history = [] if history is None else list(history)
+    history.append(plan.to_dict())
+    # Set through object.__setattr__ so nn.Module does not try to register a list as a submodule.
+    object.__setattr__(model, HISTORY_ATTRIBUTE, history)
 
 
 def make_permanent(model: nn.Module) -> nn.Module:

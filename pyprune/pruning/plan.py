@@ -126,6 +126,9 @@ class PruningPlan:
         options: the planner's arguments (amount, scope, ...), for the record.
         totals: whole-model ``{"params": [before, after], "nonzero_params": [...], "flops": [...]}`` when the
             planner measured them (``pyprune.count`` before and after applying to a copy).
+        rescale: ``{module name: factors}`` multiplying that module's weight before anything is masked or
+            removed; ``factors`` is float64 and broadcasts against the weight (e.g. ``(1, C_in, 1, 1)`` for input
+            channels). Importance-sampling methods (SiPPRand, randomised PFP) reweight what they keep this way.
     """
 
     method: str
@@ -135,6 +138,7 @@ class PruningPlan:
     input_shape: tuple[int, ...] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     totals: dict[str, list[int]] = field(default_factory=dict)
+    rescale: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def structured(self) -> bool:
@@ -175,6 +179,7 @@ class PruningPlan:
             "totals": self.totals,
             "fingerprint": [[name, list(shape)] for name, shape in self.fingerprint],
             "layers": [layer.to_dict() for layer in self.layers],
+            "rescale": {name: _encode_tensor(factors) for name, factors in self.rescale.items()},
         }
 
     def to_json(self, path: str | None = None, *, indent: int | None = 1) -> str:
@@ -198,6 +203,7 @@ class PruningPlan:
             input_shape=None if data.get("input_shape") is None else tuple(data["input_shape"]),
             options=dict(data.get("options", {})),
             totals={k: list(v) for k, v in data.get("totals", {}).items()},
+            rescale={name: _decode_tensor(value) for name, value in data.get("rescale", {}).items()},
         )
 
     @classmethod
@@ -292,3 +298,14 @@ def _short(n: int) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
     return str(n)
+
+
+def _encode_tensor(t: torch.Tensor) -> dict[str, Any]:
+    """A float64 tensor as ``{"shape", "float64"}`` with the little-endian bytes in base64 (exact round trip)."""
+    array = t.detach().to(torch.float64).cpu().contiguous().numpy().astype("<f8")
+    return {"shape": list(t.shape), "float64": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
+def _decode_tensor(data: dict[str, Any]) -> torch.Tensor:
+    array = np.frombuffer(base64.b64decode(data["float64"]), dtype="<f8").reshape(data["shape"])
+    return torch.from_numpy(array.copy())
