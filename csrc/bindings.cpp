@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/cka_damage.h"
 #include "cpu/gram_hsic.h"
 #include "cpu/rbf_gram.h"
 
@@ -113,6 +114,114 @@ double rbf_from_linear_gram(py::array gram, double threshold, int num_threads) {
   return median;
 }
 
+
+// ---- CKA-damage kernels: float64 only. The messages are those of the shared checks in pyprune/ops/reference.py
+// (check_greedy_arguments, check_rbf_scan_arguments), so every backend rejects an input with the same words.
+
+// Python's str(tuple(shape)): "(3, 4)", "(3,)", "()".
+std::string shape_string(const py::array& a) {
+  std::string out = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) out += (d ? ", " : "") + std::to_string(a.shape(d));
+  return out + (a.ndim() == 1 ? ",)" : ")");
+}
+
+bool native_order(const py::dtype& dt) { return dt.byteorder() != '>'; }
+
+void expect_dtype(const py::array& a, const std::string& name, const char* want) {
+  const py::dtype dt = a.dtype();
+  const std::string w(want);
+  bool ok;
+  if (w == "float64")
+    ok = dt.kind() == 'f' && dt.itemsize() == 8 && native_order(dt);
+  else if (w == "int64")
+    ok = dt.kind() == 'i' && dt.itemsize() == 8 && native_order(dt);
+  else
+    ok = dt.kind() == 'b';
+  if (!ok) throw py::type_error(name + ": expected " + w + ", got " + std::string(py::str(dt)));
+}
+
+void expect_contiguous(const py::array& a, const std::string& name) {
+  if (!(a.flags() & py::array::c_style)) throw py::value_error(name + ": must be contiguous");
+}
+
+void expect_shape(const py::array& a, const std::string& name, const std::vector<py::ssize_t>& shape,
+                  const std::string& wanted) {
+  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  for (size_t d = 0; ok && d < shape.size(); ++d) ok = shape[d] < 0 || a.shape(d) == shape[d];
+  if (!ok) throw py::value_error(name + ": expected " + wanted + ", got shape " + shape_string(a));
+}
+
+std::string dim(py::ssize_t v) { return std::to_string(v); }
+
+py::tuple greedy_removal_order(py::array interaction, std::optional<py::array> active, int num_threads) {
+  expect_dtype(interaction, "interaction", "float64");
+  if (interaction.ndim() != 2 || interaction.shape(0) != interaction.shape(1))
+    throw py::value_error("interaction: expected a square 2-D matrix, got shape " + shape_string(interaction));
+  expect_contiguous(interaction, "interaction");
+  const py::ssize_t p = interaction.shape(0);
+  const uint8_t* active_ptr = nullptr;
+  if (active.has_value()) {
+    expect_dtype(*active, "active", "bool");
+    expect_shape(*active, "active", {p}, "shape (" + dim(p) + ",)");
+    expect_contiguous(*active, "active");
+    active_ptr = static_cast<const uint8_t*>(active->data());
+  }
+  const int64_t steps = pyprune::count_active(active_ptr, p);
+  py::array_t<int64_t> order(steps);
+  py::array_t<double> cka_after(steps);
+  int64_t* p_order = order.mutable_data();
+  double* p_cka = cka_after.mutable_data();
+  const double* m = static_cast<const double*>(interaction.data());
+  {
+    py::gil_scoped_release release;
+    pyprune::greedy_removal_order(m, p, active_ptr, num_threads, p_order, p_cka);
+  }
+  return py::make_tuple(order, cka_after);
+}
+
+py::dict rbf_candidate_scan(py::array distances_kept, py::array values, py::array candidates,
+                            py::array inv_two_sigma_sq, py::array target, int num_threads) {
+  expect_dtype(distances_kept, "distances_kept", "float64");
+  if (distances_kept.ndim() != 2 || distances_kept.shape(0) != distances_kept.shape(1))
+    throw py::value_error("distances_kept: expected a square 2-D matrix, got shape " + shape_string(distances_kept));
+  expect_contiguous(distances_kept, "distances_kept");
+  const py::ssize_t n = distances_kept.shape(0);
+  expect_dtype(values, "values", "float64");
+  expect_shape(values, "values", {-1, n, -1}, "shape (p, " + dim(n) + ", T)");
+  expect_contiguous(values, "values");
+  expect_dtype(candidates, "candidates", "int64");
+  if (candidates.ndim() != 1)
+    throw py::value_error("candidates: expected a 1-D tensor, got shape " + shape_string(candidates));
+  expect_contiguous(candidates, "candidates");
+  const py::ssize_t m = candidates.shape(0);
+  expect_dtype(inv_two_sigma_sq, "inv_two_sigma_sq", "float64");
+  expect_shape(inv_two_sigma_sq, "inv_two_sigma_sq", {m}, "shape (" + dim(m) + ",)");
+  expect_contiguous(inv_two_sigma_sq, "inv_two_sigma_sq");
+  expect_dtype(target, "target", "float64");
+  expect_shape(target, "target", {n, n}, "shape (" + dim(n) + ", " + dim(n) + ")");
+  expect_contiguous(target, "target");
+
+  const py::ssize_t p = values.shape(0), t = values.shape(2);
+  py::array_t<double> cross(m), self_sq(m), row_sq(m), total(m);
+  double *p_cross = cross.mutable_data(), *p_self = self_sq.mutable_data(), *p_row = row_sq.mutable_data(),
+         *p_total = total.mutable_data();
+  const double* d = static_cast<const double*>(distances_kept.data());
+  const double* v = static_cast<const double*>(values.data());
+  const int64_t* c = static_cast<const int64_t*>(candidates.data());
+  const double* inv = static_cast<const double*>(inv_two_sigma_sq.data());
+  const double* tg = static_cast<const double*>(target.data());
+  {
+    py::gil_scoped_release release;  // a bad candidate throws std::invalid_argument, which becomes ValueError
+    pyprune::rbf_candidate_scan(d, v, p, n, t, c, m, inv, tg, num_threads, p_cross, p_self, p_row, p_total);
+  }
+  py::dict out;
+  out["cross"] = cross;
+  out["self_sq"] = self_sq;
+  out["row_sq"] = row_sq;
+  out["total"] = total;
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -129,4 +238,18 @@ row_sums_a (La, n), diag_a (La, n), row_sums_b (Lb, n), diag_b (Lb, n).)doc");
         py::arg("num_threads") = 1,
         R"doc(In place: the lower triangle of a linear Gram matrix (n, n) becomes the RBF kernel with bandwidth
 threshold * sqrt(median squared distance). Returns the median squared distance.)doc");
+  m.def("greedy_removal_order", &greedy_removal_order, py::arg("interaction"), py::arg("active") = py::none(),
+        py::arg("num_threads") = 1,
+        R"doc(Greedy CKA-damage removal order (see pyprune.ops.reference.greedy_removal_order_reference).
+
+interaction: (p, p) float64, symmetric, contiguous; active: (p,) bool or None (all active). Returns (order int64
+(n_active,), cka_after float64 (n_active,)).)doc");
+  m.def("rbf_candidate_scan", &rbf_candidate_scan, py::arg("distances_kept"), py::arg("values"),
+        py::arg("candidates"), py::arg("inv_two_sigma_sq"), py::arg("target"), py::arg("num_threads") = 1,
+        R"doc(RBF HSIC sums of a layer with each candidate neuron removed (see
+pyprune.ops.reference.rbf_candidate_scan_reference).
+
+distances_kept (n, n), values (p, n, T), candidates int64 (m,), inv_two_sigma_sq (m,), target (n, n); all float64
+except candidates, all contiguous; distances_kept and target symmetric (only their lower triangles are read).
+Returns a dict of float64 arrays (m,): cross, self_sq, row_sq, total.)doc");
 }

@@ -16,9 +16,28 @@ class GramHsicTerms(TypedDict):
     row_sums_b: npt.NDArray[np.float64]
     diag_b: npt.NDArray[np.float64]
 
+class RbfCandidateScan(TypedDict):
+    cross: npt.NDArray[np.float64]
+    self_sq: npt.NDArray[np.float64]
+    row_sq: npt.NDArray[np.float64]
+    total: npt.NDArray[np.float64]
+
 def gram_hsic_terms(
     grams_a: list[npt.NDArray[np.floating]],
     grams_b: list[npt.NDArray[np.floating]] | None = None,
     num_threads: int = 1,
 ) -> GramHsicTerms: ...
 def rbf_from_linear_gram(gram: npt.NDArray[np.floating], threshold: float, num_threads: int = 1) -> float: ...
+def greedy_removal_order(
+    interaction: npt.NDArray[np.float64],
+    active: npt.NDArray[np.bool_] | None = None,
+    num_threads: int = 1,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]: ...
+def rbf_candidate_scan(
+    distances_kept: npt.NDArray[np.float64],
+    values: npt.NDArray[np.float64],
+    candidates: npt.NDArray[np.int64],
+    inv_two_sigma_sq: npt.NDArray[np.float64],
+    target: npt.NDArray[np.float64],
+    num_threads: int = 1,
+) -> RbfCandidateScan: ...

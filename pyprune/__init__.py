@@ -15,6 +15,8 @@ from pyprune.measure import count, latency, report
 from pyprune.plot import plot_similarity
 from pyprune.pruning import (
     METHODS,
+    AblationDamage,
+    CKADamage,
     FilterNorm,
     Magnitude,
     PruningPlan,
@@ -22,6 +24,7 @@ from pyprune.pruning import (
     RandomWeights,
     Taylor,
     TorchPruningImportance,
+    ablation_damage,
     apply_plan,
     load_pruned,
     make_permanent,
@@ -59,6 +62,8 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
 
 __all__ = [
     "METHODS",
+    "AblationDamage",
+    "CKADamage",
     "FilterNorm",
     "HsicTerms",
     "LayerSimilarity",
@@ -70,6 +75,7 @@ __all__ = [
     "Taylor",
     "TorchPruningImportance",
     "__version__",
+    "ablation_damage",
     "apply_plan",
     "capture",
     "cca",

@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyprune.ops.reference import RBF_MEDIAN_ZERO_MESSAGE, check_grams, check_rbf_arguments
+from pyprune.ops.reference import (
+    RBF_MEDIAN_ZERO_MESSAGE,
+    check_grams,
+    check_greedy_arguments,
+    check_rbf_arguments,
+    check_rbf_scan_arguments,
+)
 
 #: NVRTC options for every module. CuPy adds ``-arch`` for the device and appends ``-ftz=true``.
 NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17",)
@@ -42,6 +48,13 @@ def rbf_expressions(dtype: torch.dtype) -> tuple[str, str]:
     return f"pyprune::rbf_sq_distances<{ctype}>", f"pyprune::rbf_exp<{ctype}>"
 
 
+#: NVRTC name expressions of ``cka_damage.cu`` (float64 only, no templates).
+CKA_DAMAGE_EXPRESSIONS: tuple[str, ...] = (
+    "pyprune::cka_column_sums",
+    "pyprune::cka_greedy_order",
+    "pyprune::cka_rbf_scan",
+)
+
 #: Every name expression each ``.cu`` file (by stem) must compile; the compile test instantiates all of them.
 NAME_EXPRESSIONS: dict[str, tuple[str, ...]] = {
     "gram_hsic": tuple(
@@ -51,9 +64,11 @@ NAME_EXPRESSIONS: dict[str, tuple[str, ...]] = {
         for bn in GRAM_HSIC_TILES
     ),
     "rbf_gram": tuple(expr for dtype in _CTYPES for expr in rbf_expressions(dtype)),
+    "cka_damage": CKA_DAMAGE_EXPRESSIONS,
 }
 
-_THREADS = 256  # block size of every kernel (matches __launch_bounds__ in the .cu files)
+_THREADS = 256  # block size of every kernel (matches __launch_bounds__ in the .cu files) ...
+_GREEDY_THREADS = 1024  # ... except cka_greedy_order, one block of 1024 threads
 _TILE = 64  # gram_hsic.cu tile edge
 _MAX_GRID = 65535
 
@@ -288,3 +303,77 @@ def rbf_from_linear_gram_cuda(gram: torch.Tensor, threshold: float) -> float:
         scale = 0.0 if all_zero else -1.0 / (2.0 * threshold * threshold * median)
         exp_kernel(grid, (_THREADS,), (cu_gram, np.int64(n), ld, np.float64(scale)))
     return median
+
+
+def greedy_removal_order_cuda(
+    interaction: torch.Tensor, active: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CUDA version of ``pyprune._C.greedy_removal_order``: ``(order int64, cka_after float64)`` on the device.
+
+    Same arguments as :func:`~pyprune.ops.reference.greedy_removal_order_reference` (float64 ``interaction``,
+    optional bool ``active``), checked by :func:`~pyprune.ops.reference.check_greedy_arguments`.
+    """
+    p = check_greedy_arguments(interaction, active)
+    device = _check_cuda(interaction, "interaction")
+    with _OnTorchStream(device) as cupy:
+        # A fresh uint8 array either way: the kernel clears the entries of the neurons it removes.
+        kept = torch.ones(p, dtype=torch.uint8, device=device) if active is None else active.to(torch.uint8)
+        steps = p if active is None else int(kept.sum())
+        order = torch.empty(steps, dtype=torch.int64, device=device)
+        cka_after = torch.empty(steps, dtype=torch.float64, device=device)
+        if steps > 0:
+            f64 = {"dtype": torch.float64, "device": device}
+            column, diag, kept_column = torch.empty(p, **f64), torch.empty(p, **f64), torch.empty(p, **f64)
+            m = cupy.from_dlpack(interaction.detach())
+            kept_cu = cupy.from_dlpack(kept)
+            column_cu, diag_cu = cupy.from_dlpack(column), cupy.from_dlpack(diag)
+            column_sums = _function("cka_damage", "pyprune::cka_column_sums")
+            grid = (min(math.ceil(p / _THREADS), _MAX_GRID),)
+            column_sums(grid, (_THREADS,), (m, np.int64(p), kept_cu, column_cu, diag_cu))
+            greedy = _function("cka_damage", "pyprune::cka_greedy_order")
+            args = (
+                m,
+                np.int64(p),
+                np.int64(steps),
+                kept_cu,
+                column_cu,
+                diag_cu,
+                cupy.from_dlpack(kept_column),
+            )
+            greedy((1,), (_GREEDY_THREADS,), (*args, cupy.from_dlpack(order), cupy.from_dlpack(cka_after)))
+    return order, cka_after
+
+
+def rbf_candidate_scan_cuda(
+    distances_kept: torch.Tensor,
+    values: torch.Tensor,
+    candidates: torch.Tensor,
+    inv_two_sigma_sq: torch.Tensor,
+    target: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """CUDA version of ``pyprune._C.rbf_candidate_scan``: float64 ``cross``, ``self_sq``, ``row_sq``, ``total``.
+
+    Same arguments as :func:`~pyprune.ops.reference.rbf_candidate_scan_reference`, checked by
+    :func:`~pyprune.ops.reference.check_rbf_scan_arguments`; only the lower triangles of ``distances_kept``
+    and ``target`` are read.
+    """
+    n, _, t, m = check_rbf_scan_arguments(distances_kept, values, candidates, inv_two_sigma_sq, target)
+    device = _check_cuda(distances_kept, "distances_kept")
+    f64 = {"dtype": torch.float64, "device": device}
+    with _OnTorchStream(device) as cupy:
+        cross = torch.zeros(m, **f64)
+        self_sq = torch.zeros(m, **f64)
+        rows = torch.zeros((m, n), **f64)
+        if m > 0 and n > 0:
+            tiles_per_side = math.ceil(n / _TILE)
+            num_tiles = tiles_per_side * (tiles_per_side + 1) // 2
+            grid = (min(num_tiles, 2**31 - 1), min(m, _MAX_GRID))
+            arrays = [cupy.from_dlpack(x.detach()) for x in (distances_kept, values)]
+            args = (*arrays, np.int64(n), np.int64(t), cupy.from_dlpack(candidates.detach()), np.int64(m))
+            args += (cupy.from_dlpack(inv_two_sigma_sq.detach()), cupy.from_dlpack(target.detach()))
+            args += (np.int64(num_tiles), cupy.from_dlpack(cross), cupy.from_dlpack(self_sq))
+            args += (cupy.from_dlpack(rows),)
+            _function("cka_damage", "pyprune::cka_rbf_scan")(grid, (_THREADS,), args)
+        total = rows.sum(dim=1)
+        row_sq = rows.square().sum(dim=1)
+    return {"cross": cross, "self_sq": self_sq, "row_sq": row_sq, "total": total}

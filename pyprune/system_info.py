@@ -17,6 +17,8 @@ KERNELS: dict[str, tuple[str, str]] = {
     "linear_gram": ("BLAS syrk via SciPy (half a GEMM)", "torch.mm (cuBLAS)"),
     "gram_hsic_terms": ("C++ csrc/cpu/gram_hsic.cpp", "CUDA csrc/cuda/gram_hsic.cu"),
     "rbf_from_linear_gram": ("C++ csrc/cpu/rbf_gram.cpp", "CUDA csrc/cuda/rbf_gram.cu"),
+    "greedy_removal_order": ("C++ csrc/cpu/cka_damage.cpp", "CUDA csrc/cuda/cka_damage.cu"),
+    "rbf_candidate_scan": ("C++ csrc/cpu/cka_damage.cpp", "CUDA csrc/cuda/cka_damage.cu"),
 }
 
 

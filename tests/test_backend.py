@@ -53,7 +53,13 @@ def test_info_reports_kernels_and_threads():
     details = pyprune.info()
     assert details["cpu_kernels_loaded"] is True
     assert details["threads"] == torch.get_num_threads()
-    assert set(details["kernels"]) == {"linear_gram", "gram_hsic_terms", "rbf_from_linear_gram"}
+    assert set(details["kernels"]) == {
+        "linear_gram",
+        "gram_hsic_terms",
+        "rbf_from_linear_gram",
+        "greedy_removal_order",
+        "rbf_candidate_scan",
+    }
     assert details["kernels"]["gram_hsic_terms"]["cpu"].startswith("C++")
     with pyprune.use_backend("reference"):
         assert pyprune.info()["kernels"]["gram_hsic_terms"]["cpu"] == "torch reference"

@@ -3,11 +3,15 @@
 // Each kernel is compared with a direct O(n^2) evaluation of its definition on pseudo-random matrices.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
+#include "cpu/cka_damage.h"
 #include "cpu/gram_hsic.h"
 #include "cpu/rbf_gram.h"
 
@@ -122,6 +126,262 @@ void test_degenerate_median_throws() {
   }
 }
 
+
+// ---- greedy_removal_order -------------------------------------------------------------------------------
+
+// Interaction matrix M = G o G (G = X^T X, neurons as columns of X: PSD and symmetric). With `integer` X has
+// small integer entries, so every sum is exact. `dead` neurons get zero rows and columns; neuron dup[k].second
+// becomes a copy of neuron dup[k].first.
+std::vector<double> interaction_matrix(int64_t p, std::mt19937& rng, bool integer, const std::vector<int64_t>& dead,
+                                       const std::vector<std::pair<int64_t, int64_t>>& dup) {
+  std::normal_distribution<double> normal;
+  const int64_t n = 6;
+  std::vector<double> x(n * p);
+  for (auto& v : x) v = integer ? std::round(1.5 * normal(rng)) : normal(rng);
+  for (int64_t j : dead)
+    for (int64_t a = 0; a < n; ++a) x[a * p + j] = 0.0;
+  for (auto [from, to] : dup)
+    for (int64_t a = 0; a < n; ++a) x[a * p + to] = x[a * p + from];
+  std::vector<double> m(p * p);
+  for (int64_t i = 0; i < p; ++i)
+    for (int64_t j = 0; j < p; ++j) {
+      double g = 0;
+      for (int64_t a = 0; a < n; ++a) g += x[a * p + i] * x[a * p + j];
+      m[i * p + j] = g * g;
+    }
+  return m;
+}
+
+// The definition, evaluated from scratch at every step: CKA(K) = N(K) / (F sqrt(D2(K))).
+void brute_greedy(const std::vector<double>& m, int64_t p, const std::vector<uint8_t>& active,
+                  std::vector<int64_t>& order, std::vector<double>& cka) {
+  std::vector<uint8_t> kept = active;
+  double f2 = 0;
+  for (int64_t a = 0; a < p; ++a)
+    for (int64_t b = 0; b < p; ++b)
+      if (active[a] && active[b]) f2 += m[a * p + b];
+  const double f = std::pow(f2, 0.5);
+  order.clear();
+  cka.clear();
+  for (int64_t left = std::count(active.begin(), active.end(), 1); left > 0; --left) {
+    int64_t best = -1;
+    double best_score = 0;
+    for (int64_t j = 0; j < p; ++j) {
+      if (!kept[j]) continue;
+      double num = 0, d2 = 0;
+      for (int64_t a = 0; a < p; ++a)
+        for (int64_t b = 0; b < p; ++b) {
+          const bool b_kept = kept[b] && b != j;
+          if (active[a] && b_kept) num += m[a * p + b];
+          if (kept[a] && a != j && b_kept) d2 += m[a * p + b];
+        }
+      const double den = f * std::sqrt(std::max(d2, 0.0));
+      const double score = den > 0 ? num / den : 0.0;
+      if (best < 0 || score > best_score) {
+        best = j;
+        best_score = score;
+      }
+    }
+    order.push_back(best);
+    cka.push_back(best_score);
+    kept[best] = 0;
+  }
+}
+
+void run_greedy(const std::vector<double>& m, int64_t p, const std::vector<uint8_t>& active, bool pass_active,
+                int threads, std::vector<int64_t>& order, std::vector<double>& cka) {
+  const int64_t steps = pyprune::count_active(pass_active ? active.data() : nullptr, p);
+  order.assign(steps, -7);
+  cka.assign(steps, -7.0);
+  pyprune::greedy_removal_order(m.data(), p, pass_active ? active.data() : nullptr, threads, order.data(),
+                                cka.data());
+}
+
+// exact: integer inputs, where every sum is exact and the kernel's scores equal the definition's bit for bit.
+void test_greedy_case(int64_t p, unsigned seed, bool integer, double inactive_fraction,
+                      const std::vector<int64_t>& dead, const std::vector<std::pair<int64_t, int64_t>>& dup,
+                      const char* what) {
+  std::mt19937 rng(seed);
+  const std::vector<double> m = interaction_matrix(p, rng, integer, dead, dup);
+  std::vector<uint8_t> active(p, 1);
+  std::uniform_real_distribution<double> uniform;
+  for (auto& a : active) a = uniform(rng) >= inactive_fraction;
+  std::vector<int64_t> want_order, order;
+  std::vector<double> want_cka, cka;
+  brute_greedy(m, p, active, want_order, want_cka);
+  for (int threads : {1, 3}) {
+    run_greedy(m, p, active, inactive_fraction > 0, threads, order, cka);
+    if (order != want_order) {
+      std::printf("FAIL greedy order (%s, p=%lld, threads=%d)\n", what, static_cast<long long>(p), threads);
+      ++failures;
+      continue;
+    }
+    for (size_t k = 0; k < cka.size(); ++k) {
+      if (integer) {
+        if (cka[k] != want_cka[k]) {
+          std::printf("FAIL greedy cka exact (%s) step %zu: %.17g vs %.17g\n", what, k, cka[k], want_cka[k]);
+          ++failures;
+        }
+      } else if (k + 1 < cka.size()) {
+        expect_close(cka[k], want_cka[k], 1e-10, "greedy cka", 1.0);
+      } else if (std::fabs(cka[k]) > 1e-6) {
+        // After the last removal the incremental numerator and D2 are rounding residues of sums of size F^2
+        // (0 in exact arithmetic), so the reference's formula yields noise of order sqrt(eps) there.
+        std::printf("FAIL greedy last cka (%s): %.17g\n", what, cka[k]);
+        ++failures;
+      }
+    }
+  }
+}
+
+// Larger p takes the multi-threaded path; its result must equal the single-threaded one bit for bit.
+void test_greedy_threads(int64_t p, bool integer) {
+  std::mt19937 rng(static_cast<unsigned>(p));
+  std::vector<int64_t> dead, pass;
+  for (int64_t j = 5; j < p; j += 97) dead.push_back(j);
+  std::vector<std::pair<int64_t, int64_t>> dup = {{1, p - 1}, {p / 2, p / 2 + 1}, {3, 1030}};
+  const std::vector<double> m = interaction_matrix(p, rng, integer, dead, dup);
+  std::vector<uint8_t> active(p, 1);
+  for (int64_t j = 0; j < p; j += 13) active[j] = 0;
+  std::vector<int64_t> order1, order;
+  std::vector<double> cka1, cka;
+  run_greedy(m, p, active, true, 1, order1, cka1);
+  std::vector<uint8_t> seen(p, 0);
+  for (int64_t j : order1) {
+    if (j < 0 || j >= p || !active[j] || seen[j]) {
+      std::printf("FAIL greedy order is not a permutation of the active neurons\n");
+      ++failures;
+      break;
+    }
+    seen[j] = 1;
+  }
+  if (cka1.back() != 0.0) {
+    std::printf("FAIL greedy: CKA after the last removal is %.17g, not 0\n", cka1.back());
+    ++failures;
+  }
+  for (int threads : {2, 3, 4}) {
+    run_greedy(m, p, active, true, threads, order, cka);
+    if (order != order1 || cka != cka1) {
+      std::printf("FAIL greedy threads=%d differs from threads=1 (p=%lld)\n", threads, static_cast<long long>(p));
+      ++failures;
+    }
+  }
+}
+
+void test_greedy() {
+  for (int64_t p : {1, 2, 3, 7, 16, 33}) {
+    test_greedy_case(p, 10 + p, false, 0.0, {}, {}, "random");
+    test_greedy_case(p, 20 + p, true, 0.0, {}, {}, "integer");
+    test_greedy_case(p, 30 + p, false, 0.3, {}, {}, "inactive");
+  }
+  test_greedy_case(12, 1, true, 0.0, {2, 5, 6, 11}, {}, "dead neurons tie");
+  test_greedy_case(12, 2, true, 0.0, {}, {{1, 4}, {4, 9}, {0, 10}}, "duplicated neurons tie");
+  test_greedy_case(15, 3, true, 0.25, {0, 7, 8}, {{1, 14}, {2, 3}}, "dead + duplicated + inactive");
+  test_greedy_case(9, 4, false, 0.0, {0, 1, 2, 3, 4, 5, 6, 7, 8}, {}, "all dead");
+  test_greedy_case(6, 5, false, 1.0, {}, {}, "none active");
+  // All dead: every score is 0 (D2 stays 0), so the order is the index order.
+  {
+    std::vector<double> zeros(25, 0.0);
+    std::vector<uint8_t> active(5, 1);
+    std::vector<int64_t> order;
+    std::vector<double> cka;
+    run_greedy(zeros, 5, active, false, 1, order, cka);
+    if (order != std::vector<int64_t>{0, 1, 2, 3, 4} || cka != std::vector<double>(5, 0.0)) {
+      std::printf("FAIL greedy on M = 0\n");
+      ++failures;
+    }
+  }
+  test_greedy_threads(2100, true);
+  test_greedy_threads(4099, false);
+}
+
+// ---- rbf_candidate_scan ---------------------------------------------------------------------------------
+
+void test_rbf_scan(int64_t n, int64_t p, int64_t t, int64_t m, int threads) {
+  std::mt19937 rng(static_cast<unsigned>(1000 * n + 100 * p + 10 * t + m));
+  std::normal_distribution<double> normal;
+  std::uniform_int_distribution<int64_t> pick(0, p - 1);
+  std::vector<double> v(p * n * t);
+  for (auto& x : v) x = normal(rng);
+  if (n > 3)  // two identical samples: d = 0 off the diagonal
+    for (int64_t j = 0; j < p; ++j)
+      for (int64_t k = 0; k < t; ++k) v[(j * n + 3) * t + k] = v[(j * n + 1) * t + k];
+  auto own = [&](int64_t j, int64_t a, int64_t b) {
+    double s = 0;
+    for (int64_t k = 0; k < t; ++k) {
+      const double diff = v[(j * n + a) * t + k] - v[(j * n + b) * t + k];
+      s += diff * diff;
+    }
+    return s;
+  };
+  // D = distances of all p neurons (symmetric, zero diagonal), target = a random symmetric matrix. The kernel
+  // gets copies whose upper triangles are NaN: it must read only the lower triangles.
+  std::vector<double> dist(n * n), target(n * n), dist_nan(n * n), target_nan(n * n);
+  for (int64_t a = 0; a < n; ++a)
+    for (int64_t b = 0; b <= a; ++b) {
+      double d = 0;
+      for (int64_t j = 0; j < p; ++j) d += own(j, a, b);
+      dist[a * n + b] = dist[b * n + a] = d;
+      target[a * n + b] = target[b * n + a] = normal(rng);
+    }
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (int64_t a = 0; a < n; ++a)
+    for (int64_t b = 0; b < n; ++b) {
+      dist_nan[a * n + b] = b <= a ? dist[a * n + b] : nan;
+      target_nan[a * n + b] = b <= a ? target[a * n + b] : nan;
+    }
+  std::vector<int64_t> candidates(m);
+  std::vector<double> inv(m);
+  for (int64_t c = 0; c < m; ++c) {
+    candidates[c] = c < p ? c * 7 % p : pick(rng);  // repeats once m > p
+    inv[c] = 0.5 / (static_cast<double>(p * t) + 0.1 * c);
+  }
+  std::vector<double> cross(m, nan), self_sq(m, nan), row_sq(m, nan), total(m, nan);
+  pyprune::rbf_candidate_scan(dist_nan.data(), v.data(), p, n, t, candidates.data(), m, inv.data(),
+                              target_nan.data(), threads, cross.data(), self_sq.data(), row_sq.data(), total.data());
+  for (int64_t c = 0; c < m; ++c) {
+    const int64_t j = candidates[c];
+    double want_cross = 0, bound_cross = 0, want_self = 0, want_row_sq = 0, want_total = 0;
+    for (int64_t a = 0; a < n; ++a) {
+      double row = 0;
+      for (int64_t b = 0; b < n; ++b) {
+        const double k = std::exp(-std::max(dist[a * n + b] - own(j, a, b), 0.0) * inv[c]);
+        row += k;
+        want_cross += target[a * n + b] * k;
+        bound_cross += std::fabs(target[a * n + b]) * k;
+        want_self += k * k;
+      }
+      want_row_sq += row * row;
+      want_total += row;
+    }
+    expect_close(cross[c], want_cross, 1e-12, "rbf scan cross", bound_cross);
+    expect_close(self_sq[c], want_self, 1e-12, "rbf scan self_sq");
+    expect_close(row_sq[c], want_row_sq, 1e-12, "rbf scan row_sq");
+    expect_close(total[c], want_total, 1e-12, "rbf scan total");
+  }
+}
+
+void test_rbf_scan_rejects_bad_candidates() {
+  std::vector<double> dist(4, 0.0), target(4, 0.0), v(2 * 2 * 1, 0.0), out(1);
+  for (int64_t bad : {-1, 2}) {
+    const int64_t candidates[2] = {0, bad};
+    const double inv[2] = {1.0, 1.0};
+    double cross[2], self_sq[2], row_sq[2], total[2];
+    try {
+      pyprune::rbf_candidate_scan(dist.data(), v.data(), 2, 2, 1, candidates, 2, inv, target.data(), 1, cross,
+                                  self_sq, row_sq, total);
+      std::printf("FAIL rbf scan accepted candidate %lld\n", static_cast<long long>(bad));
+      ++failures;
+    } catch (const std::invalid_argument& e) {
+      const std::string want = "candidates[1]: " + std::to_string(bad) + " is out of range [0, 2)";
+      if (e.what() != want) {
+        std::printf("FAIL rbf scan message: %s\n", e.what());
+        ++failures;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -132,6 +392,15 @@ int main() {
     for (int threads : {1, 2}) test_rbf(n, threads);
   for (int64_t n : {51, 900}) test_rbf(n, 2, /*integer=*/true);
   test_degenerate_median_throws();
+  test_greedy();
+  // n < 64 keeps one block per candidate; few candidates per thread with n >= 64 splits candidates into rows.
+  for (int threads : {1, 2, 3})
+    for (int64_t n : {1, 2, 9, 70})
+      for (int64_t t : {1, 3})
+        for (int64_t m : {1, 2, 7}) test_rbf_scan(n, 5, t, m, threads);
+  test_rbf_scan(130, 3, 4, 1, 4);
+  test_rbf_scan(64, 2, 1, 0, 2);
+  test_rbf_scan_rejects_bad_candidates();
   std::printf("%d failed\n", failures);
   return failures == 0 ? 0 : 1;
 }

@@ -69,6 +69,99 @@ def check_rbf_arguments(n: int, threshold: float) -> None:
         raise ValueError("threshold must be > 0")
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    """``float64`` for ``torch.float64``: the spelling NumPy (and so ``pyprune._C``) uses."""
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_tensor(t: object, name: str, dtype: torch.dtype) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name}: expected {_dtype_name(dtype)}, got {_dtype_name(t.dtype)}")
+
+
+def _check_device(t: torch.Tensor, name: str, device: torch.device) -> None:
+    if t.device != device:
+        raise ValueError(f"{name}: expected every tensor on {device}, got {t.device}")
+
+
+def _check_shape(t: torch.Tensor, name: str, ok: bool, wanted: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}: expected {wanted}, got shape {tuple(t.shape)}")
+
+
+def _check_contiguous(t: torch.Tensor, name: str) -> None:
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: must be contiguous")
+
+
+def check_greedy_arguments(interaction: torch.Tensor, active: torch.Tensor | None) -> int:
+    """Check the arguments of ``greedy_removal_order``; return ``p``.
+
+    ``interaction``: float64 ``(p, p)``, contiguous; ``active``: None or bool ``(p,)``, contiguous, on the same
+    device. Raises ``TypeError``/``ValueError`` naming the argument, with the messages of ``pyprune._C``.
+    """
+    _check_tensor(interaction, "interaction", torch.float64)
+    square = interaction.ndim == 2 and interaction.shape[0] == interaction.shape[1]
+    _check_shape(interaction, "interaction", square, "a square 2-D matrix")
+    _check_contiguous(interaction, "interaction")
+    p = interaction.shape[0]
+    if active is not None:
+        _check_tensor(active, "active", torch.bool)
+        _check_shape(active, "active", tuple(active.shape) == (p,), f"shape ({p},)")
+        _check_contiguous(active, "active")
+        _check_device(active, "active", interaction.device)
+    return p
+
+
+def check_rbf_scan_arguments(
+    distances_kept: torch.Tensor,
+    values: torch.Tensor,
+    candidates: torch.Tensor,
+    inv_two_sigma_sq: torch.Tensor,
+    target: torch.Tensor,
+) -> tuple[int, int, int, int]:
+    """Check the arguments of ``rbf_candidate_scan``; return ``(n, p, T, m)``.
+
+    All float64 except ``candidates`` (int64), contiguous, on one device; shapes ``(n, n)``, ``(p, n, T)``,
+    ``(m,)``, ``(m,)``, ``(n, n)``; every candidate in ``[0, p)``. Raises ``TypeError``/``ValueError`` naming the
+    argument, with the messages of ``pyprune._C``.
+    """
+    _check_tensor(distances_kept, "distances_kept", torch.float64)
+    square = distances_kept.ndim == 2 and distances_kept.shape[0] == distances_kept.shape[1]
+    _check_shape(distances_kept, "distances_kept", square, "a square 2-D matrix")
+    _check_contiguous(distances_kept, "distances_kept")
+    n = distances_kept.shape[0]
+    device = distances_kept.device
+    _check_tensor(values, "values", torch.float64)
+    _check_shape(values, "values", values.ndim == 3 and values.shape[1] == n, f"shape (p, {n}, T)")
+    _check_contiguous(values, "values")
+    _check_tensor(candidates, "candidates", torch.int64)
+    _check_shape(candidates, "candidates", candidates.ndim == 1, "a 1-D tensor")
+    _check_contiguous(candidates, "candidates")
+    m = candidates.shape[0]
+    _check_tensor(inv_two_sigma_sq, "inv_two_sigma_sq", torch.float64)
+    _check_shape(inv_two_sigma_sq, "inv_two_sigma_sq", tuple(inv_two_sigma_sq.shape) == (m,), f"shape ({m},)")
+    _check_contiguous(inv_two_sigma_sq, "inv_two_sigma_sq")
+    _check_tensor(target, "target", torch.float64)
+    _check_shape(target, "target", tuple(target.shape) == (n, n), f"shape ({n}, {n})")
+    _check_contiguous(target, "target")
+    for name, t in (
+        ("values", values),
+        ("candidates", candidates),
+        ("inv_two_sigma_sq", inv_two_sigma_sq),
+        ("target", target),
+    ):
+        _check_device(t, name, device)
+    p, t_features = values.shape[0], values.shape[2]
+    bad = (candidates < 0) | (candidates >= p)
+    if m and bool(bad.any()):
+        index = int(bad.nonzero()[0, 0])
+        raise ValueError(f"candidates[{index}]: {int(candidates[index])} is out of range [0, {p})")
+    return n, p, t_features, m
+
+
 def _symmetric_float64(grams: Sequence[torch.Tensor]) -> torch.Tensor:
     """(L, n, n) float64 stack of the symmetric matrices given by the lower triangles."""
     g = torch.stack([x.detach().to(torch.float64) for x in grams])
@@ -128,3 +221,97 @@ def rbf_from_linear_gram_reference(gram: torch.Tensor, threshold: float) -> floa
     kernel = torch.exp(scale * dist.to(torch.float64)).to(gram.dtype)  # exp(0) = 1 on the diagonal
     gram.copy_(torch.where(lower, kernel, gram))
     return median
+
+
+def greedy_removal_order_reference(
+    interaction: torch.Tensor, active: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy CKA-damage removal order of a layer's neurons from their interaction matrix.
+
+    ``M[a, b]`` is the inner product of the centred Gram contributions of neurons ``a`` and ``b``: ``G[a, b]^2``
+    with ``G`` the centred covariance for channels-as-neurons, ``<HK_aH, HK_bH>_F`` in general. With ``K`` the
+    kept set, the linear CKA between the original layer and the layer with the others replaced by constants is
+    ``CKA(K) = sum_{a, b in K} ... = N(K) / (F * sqrt(D2(K)))`` where ``N(K) = sum_{a in A, b in K} M[a, b]``,
+    ``D2(K) = sum_{a, b in K} M[a, b]``, ``F^2 = D2(A)`` and ``A`` is the active set (SPEC §1.5, §7.1).
+
+    Each step removes the kept neuron whose removal leaves the highest CKA (ties: lowest index), until none is
+    left. A candidate whose remaining ``D2`` is not positive scores 0 (the CKA of an empty or constant layer).
+
+    Args:
+        interaction: ``(p, p)`` symmetric float64 tensor.
+        active: ``(p,)`` bool tensor, neurons that may be removed (default all); inactive neurons count neither
+            in ``F`` nor in any sum.
+
+    Returns:
+        ``order`` int64 ``(n_active,)``: neuron indices in removal order; ``cka_after`` float64 ``(n_active,)``:
+        the layer's CKA after each removal (non-increasing in exact arithmetic for PSD ``M``; 0 after the last).
+    """
+    m = interaction.to(torch.float64)
+    p = m.shape[0]
+    active = torch.ones(p, dtype=torch.bool, device=m.device) if active is None else active.to(m.device)
+    m = m * (active[:, None] & active[None, :])
+    column = m.sum(dim=0)  # sum over all active a of M[a, j]
+    total = float(column.sum())
+    norm = total**0.5
+    kept = active.clone()
+    kept_column = column.clone()  # sum over kept a of M[a, j]
+    numerator = denominator_sq = total
+    diag = m.diagonal()
+    order, cka_after = [], []
+    for _ in range(int(active.sum())):
+        remaining = denominator_sq - 2 * kept_column + diag
+        den = norm * remaining.clamp_min(0).sqrt()
+        score = torch.where(den > 0, (numerator - column) / den.where(den > 0, 1.0), 0.0)
+        score = score.masked_fill(~kept, -torch.inf)
+        j = int(torch.argmax(score))  # first maximum: ties go to the lowest index
+        order.append(j)
+        cka_after.append(float(score[j]))
+        numerator -= float(column[j])
+        denominator_sq = float(remaining[j])
+        kept[j] = False
+        kept_column -= m[j]
+    return (
+        torch.tensor(order, dtype=torch.int64, device=m.device),
+        torch.tensor(cka_after, dtype=torch.float64, device=m.device),
+    )
+
+
+def rbf_candidate_scan_reference(
+    distances_kept: torch.Tensor,
+    values: torch.Tensor,
+    candidates: torch.Tensor,
+    inv_two_sigma_sq: torch.Tensor,
+    target: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """HSIC sums of the RBF kernel of a layer with each candidate neuron removed, against a centred target.
+
+    For candidate ``j = candidates[c]``: ``d_ab = max(D[a, b] - sum_t (V[j, a, t] - V[j, b, t])^2, 0)`` and
+    ``k_ab = exp(-d_ab * inv_two_sigma_sq[c])``. With ``r = k 1``:
+
+    * ``cross[c] = sum_ab target[a, b] k_ab`` (``target`` is already centred, so this is ``<target, HkH>``),
+    * ``self_sq[c] = sum_ab k_ab^2``, ``row_sq[c] = |r|^2``, ``total[c] = 1^T r``,
+
+    from which ``|HkH|_F^2 = self_sq - 2 row_sq / n + total^2 / n^2`` and the RBF CKA follow.
+
+    Args:
+        distances_kept: ``(n, n)`` float64 squared distances of the kept representation.
+        values: ``(p, n, T)`` float64: neuron ``j``'s ``T`` features (1 for a unit, ``H*W`` for a channel).
+        candidates: int64 ``(m,)`` indices into ``values``.
+        inv_two_sigma_sq: float64 ``(m,)``: ``1 / (2 sigma^2)`` for each candidate.
+        target: ``(n, n)`` float64, centred kernel matrix of the original representation.
+
+    Returns:
+        float64 tensors ``(m,)``: ``cross``, ``self_sq``, ``row_sq``, ``total``.
+    """
+    v = values[candidates].to(torch.float64)  # (m, n, T)
+    sq = (v * v).sum(dim=2)
+    own = sq[:, :, None] + sq[:, None, :] - 2 * v @ v.transpose(1, 2)  # (m, n, n)
+    d = (distances_kept.to(torch.float64)[None] - own).clamp_min(0)
+    k = torch.exp(-d * inv_two_sigma_sq.to(torch.float64)[:, None, None])
+    rows = k.sum(dim=2)
+    return {
+        "cross": (k * target.to(torch.float64)[None]).sum(dim=(1, 2)),
+        "self_sq": (k * k).sum(dim=(1, 2)),
+        "row_sq": (rows * rows).sum(dim=1),
+        "total": rows.sum(dim=1),
+    }

@@ -5,7 +5,9 @@ See :mod:`pyprune.pruning.criteria`, :mod:`~pyprune.pruning.planner`, :mod:`~pyp
 named-method registry).
 """
 
+from pyprune.pruning.ablation import AblationDamage, ablation_damage
 from pyprune.pruning.apply import apply_plan, make_permanent
+from pyprune.pruning.cka_damage import CKADamage
 from pyprune.pruning.criteria import (
     ChannelCriterion,
     Criterion,
@@ -25,6 +27,8 @@ from pyprune.pruning.taylor import Taylor
 
 __all__ = [
     "METHODS",
+    "AblationDamage",
+    "CKADamage",
     "ChannelCriterion",
     "Criterion",
     "FilterNorm",
@@ -38,6 +42,7 @@ __all__ = [
     "Taylor",
     "TorchPruningImportance",
     "WeightCriterion",
+    "ablation_damage",
     "apply_plan",
     "get_method",
     "group_scores",

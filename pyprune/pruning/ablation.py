@@ -1,0 +1,255 @@
+"""Per-neuron ablation damage: what zeroing each unit or channel of a layer does further down the model.
+
+:func:`ablation_damage` scores every output unit/channel ``c`` of one layer by the damage of *ablating* it, i.e.
+zeroing its weights so that it outputs only its bias (the state pruning leaves it in), measured as
+
+* ``"cka"``: ``1 - CKA`` (linear) between the representation at module ``at`` with and without the ablation;
+* ``"loss"``: the increase of the mean loss over the data (Molchanov et al.'s oracle criterion);
+* ``"mse"``: the mean squared change of the model's output.
+
+All candidates of a layer run in a batched computation rather than a Python loop of full forward passes: a
+forward hook on the layer replaces its output by ``chunk`` stacked copies of the batch, copy ``i`` with channel
+``c_i`` set to its bias, so that everything downstream runs once on the stacked batch (the model must treat
+examples independently, which eval mode guarantees for BatchNorm). When ``at`` is the layer itself and the
+measure is CKA, the closed form of :class:`~pyprune.pruning.cka_damage.CKADamage` is used instead (the
+representation is linear in the ablated unit there): no extra forward pass at all.
+
+:class:`AblationDamage` wraps it as a channel criterion; the ``"oracle"`` method prunes by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pyprune.activations import eval_mode, first_tensor, model_device
+from pyprune.pruning.cka_damage import CKADamage
+from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
+from pyprune.pruning.methods import Method, register_method
+from pyprune.pruning.plan import PruningPlan
+from pyprune.pruning.planner import output_layer_name, plan_structured
+from pyprune.pruning.taylor import _channel_dim
+
+Measure = Literal["cka", "loss", "mse"]
+
+MAX_STACKED_ROWS = 8192
+"""Upper bound on ``chunk * batch`` rows pushed downstream at once; lower it to save memory."""
+
+
+@torch.no_grad()
+def ablation_damage(
+    model: nn.Module,
+    layer: str,
+    data: Iterable[Any] | torch.Tensor,
+    *,
+    measure: Measure = "loss",
+    at: str | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    max_batches: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Damage of ablating each output unit/channel of ``layer``: float64 ``(C,)``, higher = more damage.
+
+    Args:
+        model: the model, run in eval mode without gradients (training flags restored afterwards).
+        layer: name of a Linear/ConvNd module.
+        data: a DataLoader or iterable of ``(inputs, targets, ...)`` batches (targets needed for ``"loss"``), or
+            one input tensor.
+        measure: ``"cka"``, ``"loss"`` or ``"mse"`` (module docstring).
+        at: for ``"cka"``, the module whose output is compared (default the model output); ignored otherwise.
+        loss_fn: ``loss_fn(output, targets)``, mean over the batch; default cross-entropy.
+        max_batches: use at most this many batches. CKA compares all examples seen, so keep them to a few
+            thousand.
+        progress: show a progress bar over batches.
+
+    Raises:
+        ValueError: unknown ``layer``/``at``/``measure``, a layer that is not Linear/ConvNd, no data, a
+            ``"loss"`` measure without targets.
+    """
+    modules = dict(model.named_modules())
+    if layer not in modules or not isinstance(modules[layer], PRUNABLE_TYPES):
+        raise ValueError(f"layer: expected the name of a Linear/ConvNd module of the model, got {layer!r}")
+    if measure not in ("cka", "loss", "mse"):
+        raise ValueError(f"measure: expected 'cka', 'loss' or 'mse', got {measure!r}")
+    if at is not None and at not in modules:
+        raise ValueError(f"at: {at!r} is not a module of {type(model).__name__}")
+    if max_batches is not None and not (isinstance(max_batches, int) and max_batches >= 1):
+        raise ValueError(f"max_batches: expected None or an int >= 1, got {max_batches!r}")
+    module = modules[layer]
+    if measure == "cka" and at == layer:
+        criterion = CKADamage(model, [layer], greedy=False, representation="flatten", max_samples=1 << 30)
+        criterion.accumulate_over(data, max_batches, progress=progress)
+        damage = torch.zeros(module.weight.shape[0], dtype=torch.float64)
+        damage[criterion.removal_order(layer)] = 1.0 - criterion.trajectory(layer)
+        return damage
+
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    channels = module.weight.shape[0]
+    bias = module.bias.detach() if module.bias is not None else None
+    device = model_device(model)
+    batches = [(data,)] if isinstance(data, torch.Tensor) else data
+    totals = torch.zeros(channels, dtype=torch.float64)
+    samples = 0
+    original_at: list[torch.Tensor] = []
+    ablated_at: list[list[torch.Tensor]] = [[] for _ in range(channels)]
+    with eval_mode(model):
+        for index, batch in enumerate(
+            tqdm(batches, desc=f"ablating {layer}", disable=not progress, leave=False)
+        ):
+            if max_batches is not None and index >= max_batches:
+                break
+            parts = batch if isinstance(batch, list | tuple) else (batch,)
+            inputs = parts[0].to(device)
+            if measure == "loss" and len(parts) < 2:
+                raise ValueError("data: measure='loss' needs (inputs, targets) batches")
+            targets = parts[1].to(device) if len(parts) > 1 else None
+            reference_out, reference_at = _forward(model, modules, inputs, at if measure == "cka" else None)
+            n = inputs.shape[0]
+            samples += n
+            if measure == "cka":
+                original_at.append(reference_at.reshape(n, -1).double().cpu())
+            reference_loss = float(loss_fn(reference_out, targets)) if measure == "loss" else 0.0
+            chunk = max(1, MAX_STACKED_ROWS // n)
+            for start in range(0, channels, chunk):
+                candidates = list(range(start, min(start + chunk, channels)))
+                hook = module.register_forward_hook(_stacked_ablation(candidates, bias, module))
+                try:
+                    out, seen_at = _forward(model, modules, inputs, at if measure == "cka" else None)
+                finally:
+                    hook.remove()
+                out = out.reshape(len(candidates), n, *out.shape[1:])
+                for i, c in enumerate(candidates):
+                    if measure == "loss":
+                        totals[c] += (float(loss_fn(out[i], targets)) - reference_loss) * n
+                    elif measure == "mse":
+                        totals[c] += float((out[i] - reference_out).double().square().mean()) * n
+                    else:
+                        ablated_at[c].append(seen_at.reshape(len(candidates), n, -1)[i].double().cpu())
+    if samples == 0:
+        raise ValueError("data: expected at least one batch, got none")
+    if measure != "cka":
+        return totals / samples
+    reference = torch.cat(original_at)
+    return torch.tensor([1.0 - _linear_cka(reference, torch.cat(a)) for a in ablated_at], dtype=torch.float64)
+
+
+def _forward(
+    model: nn.Module, modules: dict[str, nn.Module], inputs: torch.Tensor, at: str | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Model output and, when ``at`` is given, that module's output, in one forward pass."""
+    captured: list[torch.Tensor] = []
+    hook = None
+    if at is not None:
+        hook = modules[at].register_forward_hook(lambda m, a, out: captured.append(first_tensor(out)))
+    try:
+        out = first_tensor(model(inputs))
+    finally:
+        if hook is not None:
+            hook.remove()
+    if at is None:
+        return out, None
+    return out, captured[-1] if captured else out
+
+
+def _stacked_ablation(candidates: list[int], bias: torch.Tensor | None, module: nn.Module):
+    """Forward hook: ``len(candidates)`` copies of the output, copy ``i`` with channel ``candidates[i]`` set to
+    its bias (0 without one), stacked along the batch dimension."""
+
+    def hook(mod: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        dim = _channel_dim(output, module)
+        copies = output.unsqueeze(0).repeat(len(candidates), *([1] * output.ndim))
+        moved = copies.movedim(dim + 1, 1)  # (copies, C, batch, ...) view
+        for i, c in enumerate(candidates):
+            moved[i, c] = 0.0 if bias is None else bias[c]
+        return copies.reshape(len(candidates) * output.shape[0], *output.shape[1:])
+
+    return hook
+
+
+def _linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Biased linear CKA of ``(n, d1)`` and ``(n, d2)`` float64 matrices (feature space or sample space, whichever
+    is smaller); 0 when either side is constant."""
+    x = x - x.mean(dim=0)
+    y = y - y.mean(dim=0)
+    if x.shape[1] + y.shape[1] <= x.shape[0]:
+        cross, xx, yy = (x.T @ y).square().sum(), (x.T @ x).square().sum(), (y.T @ y).square().sum()
+    else:
+        k, l_ = x @ x.T, y @ y.T
+        cross, xx, yy = (k * l_).sum(), k.square().sum(), l_.square().sum()
+    den = float((xx * yy).sqrt())
+    return float(cross) / den if den > 0 else 0.0
+
+
+class AblationDamage(ChannelCriterion):
+    """Channel criterion scoring each channel by :func:`ablation_damage` (importance = damage).
+
+    Scores are computed lazily per layer on first request, from the data given at construction.
+    """
+
+    name = "ablation"
+    needs_data = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Iterable[Any],
+        *,
+        measure: Measure = "loss",
+        at: str | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        max_batches: int | None = None,
+    ) -> None:
+        self.model, self.data, self.measure, self.at = model, list(data), measure, at
+        self.loss_fn, self.max_batches = loss_fn, max_batches
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def scores(
+        self, module: nn.Module, name: str, dropped_inputs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if name not in self._cache:
+            self._cache[name] = ablation_damage(
+                self.model,
+                name,
+                self.data,
+                measure=self.measure,
+                at=self.at,
+                loss_fn=self.loss_fn,
+                max_batches=self.max_batches,
+            )
+        return self._cache[name]
+
+    def __repr__(self) -> str:
+        return f"AblationDamage(measure={self.measure!r}, at={self.at!r})"
+
+
+def _oracle(
+    model: nn.Module,
+    amount: Any,
+    *,
+    example_input: torch.Tensor | None = None,
+    data: Iterable[Any] | None = None,
+    loss_fn: Any = None,
+    measure: Measure = "loss",
+    at: str | None = None,
+    max_batches: int | None = None,
+    **options: Any,
+) -> PruningPlan:
+    options.setdefault("ignored_layers", [output_layer_name(model)])
+    criterion = AblationDamage(model, data, measure=measure, at=at, loss_fn=loss_fn, max_batches=max_batches)
+    return plan_structured(model, amount, example_input, criterion=criterion, method="oracle", **options)
+
+
+register_method(
+    Method(
+        "oracle",
+        _oracle,
+        "channels by the loss increase of ablating each one, batched (Molchanov's oracle)",
+        structured=True,
+        needs_example_input=True,
+        needs_data=True,
+    )
+)

@@ -1,0 +1,678 @@
+"""CKA-damage pruning (seed 000): remove the neurons whose removal changes a layer's representation least.
+
+The damage of removing a set of neurons is measured by CKA between the layer's original representation and the
+representation with those neurons replaced by constants (a neuron whose weight row is zero outputs its bias, a
+constant; after centring a constant is zero). Two procedures:
+
+* ``greedy=False`` (``cka_single``, what the seed's code computes): rank neurons by their *single-removal* CKA
+  and remove the best-scoring ones.
+* ``greedy=True`` (``cka_greedy``, the seed README's procedure): remove one neuron at a time, each time the one
+  whose removal leaves the highest CKA *of the whole removed set* against the original representation.
+
+Both are exact and cheap for the linear kernel (SPEC §1.5). Let ``M[a, b] = <H K_a H, H K_b H>_F`` be the inner
+product of the centred Gram contributions of neurons ``a`` and ``b``; then with ``K`` the kept set,
+``CKA(K) = sum_{a, b in K} M[a, b]`` ... precisely ``sum_{a in all, b in K} M[a, b] / (F * sqrt(sum_{a, b in K} M))``
+with ``F^2 = sum M``. Removing a neuron updates these sums in O(p) (the greedy loop runs in C++/CUDA, see
+:mod:`pyprune.ops.cka_damage`). ``M`` comes from second-moment statistics:
+
+* ``representation="channels"`` (the default; units of a Linear, or channels of a conv map read as
+  ``(N*H*W, C)``): ``M = G * G`` elementwise with ``G`` the centred ``p x p`` covariance, which is additive over
+  batches, so memory does not grow with the number of samples.
+* ``representation="flatten"`` (per-example conv maps ``(N, C*H*W)``): ``M[c, d] = <H K_c H, H K_d H>`` with
+  ``K_c`` the Gram matrix of channel ``c``'s maps. It needs all ``N`` samples together (kept up to
+  ``max_samples``) and is evaluated in feature space (``|X_c^T X_d|_F^2`` blocks of the ``C*H*W`` covariance)
+  or in sample space (chunks of per-channel Gram matrices through the fused HSIC-terms kernel), whichever costs
+  less.
+
+The RBF kernel has no closed form: every candidate's removal is scored by a batched kernel that updates the
+pairwise distances of the kept set by the candidate's own distances, exponentiates and reduces the centred HSIC
+terms in one pass (:func:`pyprune.ops.cka_damage.rbf_candidate_scan`). Bandwidth: ``bandwidth="fixed"`` (default)
+takes ``sigma^2 = threshold^2 * median squared distance`` of the *original* representation for every candidate,
+so all candidates are compared with one kernel; ``"per_candidate"`` re-derives the median from each modified
+representation, as Google's ``gram_rbf`` (and so the seed) does. The RBF kernel always uses the per-example
+representation.
+
+Where the representation is observed (``point``): the layer's own output (the seed's pre-activation, default),
+``"post"`` (the activation module that directly follows the layer, e.g. ``fc1 -> relu1``; a BatchNorm in between
+is passed over), or a ``{layer: module name}`` dict. A module observed must map channel ``c`` to channel ``c``
+(BatchNorm, elementwise activations), so that a removed channel is still a constant there.
+
+Statistics are taken in eval mode without gradients, by hooks (:meth:`CKADamage.accumulate_over`), once for all
+layers: as in the seed, layer ``l + 1``'s scores ignore what is removed from layer ``l`` in the same pass; the
+iterative protocol (re-measure, prune 20% of what remains, retrain) is :func:`pyprune.schedules.cascade` or
+:func:`pyprune.schedules.iterative`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Mapping
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+from tqdm.auto import tqdm
+
+from pyprune.activations import eval_mode, model_device
+from pyprune.ops import gram_hsic_terms
+from pyprune.ops.cka_damage import greedy_removal_order, rbf_candidate_scan
+from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
+from pyprune.pruning.methods import Method, register_method
+from pyprune.pruning.plan import PruningPlan
+from pyprune.pruning.planner import output_layer_name, plan_structured
+from pyprune.pruning.taylor import _channel_dim, _resolve_layers, _resolve_points
+
+Kernel = Literal["linear", "rbf"]
+Representation = Literal["channels", "flatten"]
+Bandwidth = Literal["fixed", "per_candidate"]
+
+FEATURE_SPACE_BYTES = 1 << 30
+"""Largest ``C*H*W`` covariance (bytes, float64) that the flattened representation evaluates in feature space."""
+
+SAMPLE_SPACE_CHUNK_BYTES = 256 << 20
+"""Memory for one chunk of per-channel Gram matrices (bytes) in sample-space evaluation."""
+
+_ELEMENTWISE = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardswish,
+    nn.Hardtanh,
+    nn.Mish,
+    nn.Softplus,
+)
+_PASS_THROUGH = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Dropout, nn.Identity)
+
+
+class CKADamage(ChannelCriterion):
+    """CKA-damage scores of the output neurons/channels of a model's Linear and ConvNd layers.
+
+    Usage: build it, feed it data with :meth:`accumulate_over` (or run forward passes inside
+    :meth:`accumulate`), then read :meth:`removal_order` / :meth:`trajectory`, or hand it to
+    :func:`pyprune.plan_structured` as the criterion (``pyprune.plan(model, "cka_greedy", ...)`` does all this).
+
+    Args:
+        model: the model; its Linear/ConvNd layers are scored (``layers`` narrows them).
+        layers: names, a type, or a predicate (as :func:`pyprune.capture` takes); default every Linear/ConvNd.
+        point: ``None`` (each layer's own output), ``"post"``, or ``{layer name: module name}`` (module docstring).
+        kernel: ``"linear"`` or ``"rbf"``.
+        greedy: the greedy set procedure (True) or single-removal ranking (False).
+        representation: ``"channels"`` or ``"flatten"`` for conv layers (Linear layers are the same either way);
+            the RBF kernel always uses ``"flatten"``.
+        threshold: RBF bandwidth as a fraction of the median distance (Kornblith et al. 2019), > 0.
+        bandwidth: ``"fixed"`` or ``"per_candidate"`` (RBF only).
+        max_samples: examples kept for the representations that need all samples at once (``"flatten"`` and
+            RBF); later batches are ignored. The channels representation uses every sample.
+        scope: ``"layer"`` ranks within each layer; ``"global"`` makes scores comparable across layers
+            (single: by damage ``1 - CKA``; greedy: per-layer greedy sequences merged by marginal damage).
+    """
+
+    name = "cka_damage"
+    needs_data = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Any = None,
+        *,
+        point: str | Mapping[str, str] | None = None,
+        kernel: Kernel = "linear",
+        greedy: bool = True,
+        representation: Representation = "channels",
+        threshold: float = 0.5,
+        bandwidth: Bandwidth = "fixed",
+        max_samples: int = 1024,
+        scope: Literal["layer", "global"] = "layer",
+    ) -> None:
+        if kernel not in ("linear", "rbf"):
+            raise ValueError(f"kernel: expected 'linear' or 'rbf', got {kernel!r}")
+        if representation not in ("channels", "flatten"):
+            raise ValueError(f"representation: expected 'channels' or 'flatten', got {representation!r}")
+        if not (isinstance(threshold, int | float) and math.isfinite(threshold) and threshold > 0):
+            raise ValueError(f"threshold: expected a finite number > 0, got {threshold!r}")
+        if bandwidth not in ("fixed", "per_candidate"):
+            raise ValueError(f"bandwidth: expected 'fixed' or 'per_candidate', got {bandwidth!r}")
+        if not (isinstance(max_samples, int) and max_samples >= 4):
+            raise ValueError(f"max_samples: expected an int >= 4, got {max_samples!r}")
+        if scope not in ("layer", "global"):
+            raise ValueError(f"scope: expected 'layer' or 'global', got {scope!r}")
+        self.model = model
+        self.kernel, self.greedy, self.threshold, self.bandwidth = (
+            kernel,
+            bool(greedy),
+            float(threshold),
+            bandwidth,
+        )
+        self.representation: Representation = "flatten" if kernel == "rbf" else representation
+        self.max_samples, self.scope = max_samples, scope
+        self._layers = _resolve_layers(model, layers)
+        if point == "post":
+            point = _post_activation_points(model, self._layers)
+        elif isinstance(point, str):
+            raise ValueError(f"point: expected None, 'post' or a dict {{layer: module}}, got {point!r}")
+        self._points = _resolve_points(model, self._layers, point)
+        self._active = False
+        self.reset()
+
+    # -- statistics -------------------------------------------------------------------------------------------
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Names of the scored layers, in model order."""
+        return list(self._layers)
+
+    def reset(self) -> None:
+        """Forget all statistics and cached orders."""
+        self._moments: dict[str, list[torch.Tensor | int]] = {}  # name -> [sum a a^T, sum a, rows]
+        self._samples: dict[str, list[torch.Tensor]] = {}  # name -> [(batch, C, T)] float64
+        self._kept_samples: dict[str, int] = {}
+        self._pending: dict[str, bool] = {}
+        self._orders: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._global_rank: dict[str, torch.Tensor] | None = None
+
+    def accumulate(self):
+        """Context in which forward passes of the model add to the statistics (eval mode and no_grad are the
+        caller's choice here; :meth:`accumulate_over` sets both)."""
+        return _Accumulating(self)
+
+    def accumulate_over(
+        self, data: Iterable[Any], max_batches: int | None = None, *, progress: bool = True
+    ) -> CKADamage:
+        """Run ``data`` (a DataLoader, an iterable of batches whose first item is the input, or one tensor)
+        through the model in eval mode without gradients, recording every scored layer. Returns ``self``."""
+        if max_batches is not None and not (isinstance(max_batches, int) and max_batches >= 1):
+            raise ValueError(f"max_batches: expected None or an int >= 1, got {max_batches!r}")
+        batches = [data] if isinstance(data, torch.Tensor) else data
+        device = model_device(self.model)
+        seen = 0
+        with eval_mode(self.model), torch.no_grad(), self.accumulate():
+            for batch in tqdm(batches, desc="CKA statistics", disable=not progress, leave=False):
+                inputs = batch[0] if isinstance(batch, list | tuple) else batch
+                if not isinstance(inputs, torch.Tensor):
+                    raise TypeError(
+                        f"data: expected batches of tensors or (inputs, targets, ...), got {type(inputs).__name__}"
+                    )
+                self.model(inputs.to(device))
+                seen += 1
+                if max_batches is not None and seen >= max_batches:
+                    break
+        if seen == 0:
+            raise ValueError("data: expected at least one batch, got none")
+        return self
+
+    def _on_layer(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
+        if name in self._points:
+            self._pending[name] = True
+            return
+        self._observe(name, output)
+
+    def _on_point(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
+        if not self._pending.pop(name, False):
+            raise RuntimeError(
+                f"point: module {self._points[name]!r} ran without layer {name!r} running before it (is it "
+                "shared by several layers, or called more than once per forward?); pass a dict point naming a "
+                "module that follows only this layer"
+            )
+        self._observe(name, output)
+
+    def _observe(self, name: str, z: Any) -> None:
+        layer = self._layers[name]
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"layer {name!r}: expected a tensor output, got {type(z).__name__}")
+        dim = _channel_dim(z, layer)
+        channels = layer.weight.shape[0]
+        if dim is None or z.shape[dim] != channels:
+            raise ValueError(
+                f"point: the representation observed for {name!r} has shape {tuple(z.shape)}; expected "
+                f"{channels} channels at dim 1 (or last for Linear)"
+            )
+        z = z.detach().to(torch.float64).movedim(dim, 1)  # (batch, C, ...)
+        batch = z.shape[0]
+        if not torch.isfinite(z).all():
+            raise ValueError(f"layer {name!r}: the observed representation contains NaN or inf")
+        if self.representation == "channels":
+            rows = z.movedim(1, -1).reshape(-1, channels)
+            moments = self._moments.setdefault(
+                name,
+                [
+                    torch.zeros(channels, channels, dtype=torch.float64, device=z.device),
+                    torch.zeros(channels, dtype=torch.float64, device=z.device),
+                    0,
+                ],
+            )
+            moments[0] += rows.T @ rows
+            moments[1] += rows.sum(dim=0)
+            moments[2] += rows.shape[0]
+        else:
+            kept = self._kept_samples.get(name, 0)
+            take = min(batch, self.max_samples - kept)
+            if take > 0:
+                self._samples.setdefault(name, []).append(z[:take].reshape(take, channels, -1).clone())
+                self._kept_samples[name] = kept + take
+        self._orders.pop(name, None)
+        self._global_rank = None
+
+    def num_samples(self, name: str) -> int:
+        """Samples (rows of the representation) recorded for layer ``name``."""
+        self._check_name(name)
+        if self.representation == "channels":
+            return int(self._moments[name][2]) if name in self._moments else 0
+        return self._kept_samples.get(name, 0)
+
+    # -- scores -----------------------------------------------------------------------------------------------
+
+    def interaction(self, name: str) -> torch.Tensor:
+        """``M`` of layer ``name`` (linear kernel): ``(C, C)`` float64, see the module docstring."""
+        self._check_ready(name)
+        if self.representation == "channels":
+            outer, total, rows = self._moments[name]
+            mean = total / rows
+            covariance = outer - rows * torch.outer(mean, mean)
+            return covariance * covariance
+        return _flatten_interaction(torch.cat(self._samples[name]))
+
+    def active(self, name: str) -> torch.Tensor:
+        """Bool ``(C,)``: channels whose weights are not all zero (a zero row was pruned before; seed rule)."""
+        self._check_name(name)
+        weight = self._layers[name].weight.detach()
+        return weight.flatten(1).ne(0).any(dim=1).cpu()
+
+    def removal_order(self, name: str) -> torch.Tensor:
+        """Active channels of ``name`` in removal order (first = least damage): int64 ``(n_active,)``."""
+        return self._order(name)[0]
+
+    def trajectory(self, name: str) -> torch.Tensor:
+        """float64 ``(n_active,)``: CKA of the layer after each removal of :meth:`removal_order` (greedy), or the
+        single-removal CKA of each neuron in that order (``greedy=False``)."""
+        return self._order(name)[1]
+
+    def removals_above(self, name: str, stop_cka: float) -> int:
+        """How many channels go before the layer's CKA would fall to ``stop_cka`` or below.
+
+        Greedy: the cumulative CKA of the removed set (the seed's ``stop_cka``, made cumulative). Single: the
+        single-removal CKA, as the seed's code compares it."""
+        if not (isinstance(stop_cka, int | float) and 0 <= stop_cka <= 1):
+            raise ValueError(f"stop_cka: expected a number in [0, 1], got {stop_cka!r}")
+        below = (self.trajectory(name) <= stop_cka).nonzero()
+        return int(below[0]) if below.numel() else int(self.trajectory(name).numel())
+
+    def scores(
+        self, module: nn.Module, name: str, dropped_inputs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Importance ``(C,)``: lower is removed first. Already-pruned channels score -1, then removal positions
+        (per layer, or in the merged global order with ``scope="global"``)."""
+        self._check_name(name)
+        channels = self._layers[name].weight.shape[0]
+        importance = torch.full((channels,), -1.0, dtype=torch.float64)
+        if self.scope == "global":
+            ranks = self._global_ranks()[name]
+        else:
+            ranks = torch.arange(len(self.removal_order(name)), dtype=torch.float64)
+        importance[self.removal_order(name)] = ranks
+        return importance
+
+    def _order(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name not in self._orders:
+            self._check_ready(name)
+            active = self.active(name)
+            if not active.any():
+                raise ValueError(f"layer {name!r}: every channel is already pruned (all weights zero)")
+            if self.kernel == "linear":
+                m = self.interaction(name).cpu()
+                if self.greedy:
+                    order, cka = greedy_removal_order(m, active)
+                else:
+                    order, cka = _single_order(m, active)
+            else:
+                order, cka = _rbf_order(
+                    torch.cat(self._samples[name]), active, self.threshold, self.bandwidth, self.greedy
+                )
+            order, cka = order.cpu(), cka.cpu()
+            if self.greedy or len(order) == 1:
+                # The last removal leaves no active channel: a constant layer, whose CKA is 0 by definition
+                # (SPEC §1.5). The running sums (and the RBF distance updates) leave rounding noise of order
+                # sqrt(eps) there instead, up to ~0.2 with a per-candidate RBF bandwidth.
+                cka = cka.clone()
+                cka[-1] = 0.0
+            self._orders[name] = (order, cka)
+        return self._orders[name]
+
+    def _global_ranks(self) -> dict[str, torch.Tensor]:
+        if self._global_rank is None:
+            sequences = {name: self._order(name) for name in self._layers}
+            self._global_rank = _merge(sequences, by_marginal=self.greedy)
+        return self._global_rank
+
+    def _check_name(self, name: str) -> None:
+        if name not in self._layers:
+            raise ValueError(f"name: {name!r} is not a scored layer; scored: {list(self._layers)}")
+
+    def _check_ready(self, name: str) -> None:
+        self._check_name(name)
+        if self.num_samples(name) < 4:
+            raise ValueError(
+                f"layer {name!r}: {self.num_samples(name)} samples recorded; feed data with accumulate_over "
+                "(at least 4 samples; CKA over a few hundred is stable)"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"CKADamage(layers={len(self._layers)}, kernel={self.kernel!r}, greedy={self.greedy}, "
+            f"representation={self.representation!r}, scope={self.scope!r})"
+        )
+
+
+class _Accumulating:
+    """Hooks of :meth:`CKADamage.accumulate`, removed on exit also when the block raises."""
+
+    def __init__(self, criterion: CKADamage) -> None:
+        self.criterion = criterion
+        self.handles: list[RemovableHandle] = []
+
+    def __enter__(self) -> CKADamage:
+        criterion = self.criterion
+        if criterion._active:
+            raise RuntimeError(
+                "accumulate: this CKADamage criterion is already accumulating; blocks do not nest"
+            )
+        criterion._active = True
+        for name, layer in criterion._layers.items():
+            self.handles.append(layer.register_forward_hook(partial(criterion._on_layer, name)))
+            if name in criterion._points:
+                point = criterion.model.get_submodule(criterion._points[name])
+                self.handles.append(point.register_forward_hook(partial(criterion._on_point, name)))
+        return criterion
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.criterion._active = False
+        self.criterion._pending.clear()
+
+
+def _single_order(m: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Single-removal CKA of every active neuron (SPEC §1.5), sorted best first; ties by index."""
+    m = m * (active[:, None] & active[None, :])
+    column = m.sum(dim=0)
+    total = column.sum()
+    den = total.sqrt() * (total - 2 * column + m.diagonal()).clamp_min(0).sqrt()
+    cka = torch.where(den > 0, (total - column) / den.where(den > 0, 1.0), 0.0)
+    index = active.nonzero().flatten()
+    # Stable sort of -cka keeps equal scores in index order.
+    ranked = torch.sort(-cka[index], stable=True).indices
+    return index[ranked], cka[index[ranked]]
+
+
+def _flatten_interaction(x: torch.Tensor) -> torch.Tensor:
+    """``M[c, d] = <H K_c H, H K_d H>`` for samples ``x`` ``(n, C, T)``, in feature or sample space by cost."""
+    n, channels, positions = x.shape
+    width = channels * positions
+    x = x - x.mean(dim=0)  # centring the features centres every K_c
+    feature_cost, sample_cost = n * width * width, channels * n * n * (positions + channels)
+    if width * width * 8 <= FEATURE_SPACE_BYTES and feature_cost <= sample_cost:
+        flat = x.reshape(n, width)
+        cross = (flat.T @ flat).reshape(channels, positions, channels, positions)
+        return (cross * cross).sum(dim=(1, 3))
+    # Sample space: chunks of per-channel Gram matrices; the fused kernel returns every <K_a, K_b>, row sums and
+    # diagonals, and the Grams are already centred (features centred above), so <K_a, K_b> is what we need.
+    chunk = max(1, SAMPLE_SPACE_CHUNK_BYTES // (2 * n * n * 8))
+    by_channel = x.movedim(1, 0)  # (C, n, T)
+
+    def grams(start: int) -> list[torch.Tensor]:
+        block = by_channel[start : start + chunk]
+        return list(torch.bmm(block, block.transpose(1, 2)))
+
+    m = torch.empty(channels, channels, dtype=torch.float64)
+    for i in range(0, channels, chunk):
+        grams_i = grams(i)
+        for j in range(i, channels, chunk):
+            block = gram_hsic_terms(grams_i, grams_i if j == i else grams(j))["cross"].to(m.device)
+            m[i : i + chunk, j : j + chunk] = block
+            m[j : j + chunk, i : i + chunk] = block.T
+    return m
+
+
+def _rbf_order(
+    samples: torch.Tensor, active: torch.Tensor, threshold: float, bandwidth: Bandwidth, greedy: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RBF CKA removal order of the active channels of ``samples`` ``(n, C, T)`` (module docstring)."""
+    n = samples.shape[0]
+    values = samples.movedim(1, 0).contiguous()  # (C, n, T)
+    distances = _squared_distances(samples.reshape(n, -1))
+    median = _median(distances)
+    if median <= 0:
+        raise ValueError(
+            "the median pairwise distance of the layer's representation is 0 (more than half the samples "
+            "coincide), so the RBF bandwidth is undefined; use kernel='linear'"
+        )
+    target = _centre(torch.exp(-distances / (2 * threshold**2 * median)))
+    target_norm = float(target.square().sum().sqrt())
+    kept = active.clone()
+    index = active.nonzero().flatten()
+    order, cka_after = [], []
+    steps = len(index) if greedy else 1
+    for _ in range(steps):
+        candidates = kept.nonzero().flatten()
+        inv = _inverse_bandwidths(distances, values, candidates, threshold, bandwidth, median)
+        terms = rbf_candidate_scan(distances, values, candidates, inv, target)
+        norm_sq = terms["self_sq"] - 2 * terms["row_sq"] / n + terms["total"].square() / n**2
+        den = target_norm * norm_sq.clamp_min(0).sqrt()
+        cka = torch.where(den > 0, terms["cross"] / den.where(den > 0, 1.0), 0.0)
+        if not greedy:
+            ranked = torch.sort(-cka, stable=True).indices
+            return candidates[ranked], cka[ranked]
+        best = int(torch.argmax(cka))
+        j = int(candidates[best])
+        order.append(j)
+        cka_after.append(float(cka[best]))
+        kept[j] = False
+        distances = (distances - _squared_distances(values[j])).clamp_min(0)
+    return torch.tensor(order, dtype=torch.int64), torch.tensor(cka_after, dtype=torch.float64)
+
+
+def _inverse_bandwidths(
+    distances: torch.Tensor,
+    values: torch.Tensor,
+    candidates: torch.Tensor,
+    threshold: float,
+    bandwidth: Bandwidth,
+    median: float,
+) -> torch.Tensor:
+    if bandwidth == "fixed":
+        return torch.full((len(candidates),), 1 / (2 * threshold**2 * median), dtype=torch.float64)
+    medians = torch.tensor(
+        [_median((distances - _squared_distances(values[j])).clamp_min(0)) for j in candidates.tolist()],
+        dtype=torch.float64,
+    )
+    # A candidate that leaves a representation with zero median distance gets kernel 1 everywhere (CKA 0).
+    return torch.where(medians > 0, 1 / (2 * threshold**2 * medians.where(medians > 0, 1.0)), 0.0)
+
+
+def _squared_distances(x: torch.Tensor) -> torch.Tensor:
+    """``(n, n)`` squared Euclidean distances between the rows of ``x`` ``(n, d)``; exact zeros on the diagonal."""
+    sq = (x * x).sum(dim=1)
+    d = (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp_min(0)
+    return d.fill_diagonal_(0)
+
+
+def _median(d: torch.Tensor) -> float:
+    """Median of all entries, averaging the two middle ones for an even count (``numpy.median``)."""
+    flat = d.flatten().sort().values
+    k = flat.numel()
+    return float(flat[k // 2]) if k % 2 else float((flat[k // 2 - 1] + flat[k // 2]) / 2)
+
+
+def _centre(k: torch.Tensor) -> torch.Tensor:
+    row = k.mean(dim=0)
+    return k - row[None, :] - row[:, None] + row.mean()
+
+
+def _merge(
+    sequences: Mapping[str, tuple[torch.Tensor, torch.Tensor]], by_marginal: bool
+) -> dict[str, torch.Tensor]:
+    """Global ranks of every layer's removal sequence.
+
+    Single (``by_marginal=False``): all neurons sorted by damage ``1 - CKA``; ties by layer order, then position.
+    Greedy: a k-way merge by marginal damage, ``CKA before - CKA after`` the next removal of each layer. A layer's
+    CKA depends only on its own removed set, so the best next removal of a layer is always the next item of its
+    greedy sequence, and the merge is the joint greedy procedure over all layers.
+    """
+    layer_order = {name: i for i, name in enumerate(sequences)}
+    ranks = {name: torch.empty(len(order), dtype=torch.float64) for name, (order, _) in sequences.items()}
+    if not by_marginal:
+        items = sorted(
+            (1.0 - float(c), layer_order[name], position)
+            for name, (_, cka) in sequences.items()
+            for position, c in enumerate(cka.tolist())
+        )
+        names = list(sequences)
+        for rank, (_, layer, position) in enumerate(items):
+            ranks[names[layer]][position] = rank
+        return ranks
+    heap = [
+        (1.0 - float(cka[0]), layer_order[name], name, 0) for name, (_, cka) in sequences.items() if len(cka)
+    ]
+    heapq.heapify(heap)
+    rank = 0
+    while heap:
+        _, layer, name, position = heapq.heappop(heap)
+        ranks[name][position] = rank
+        rank += 1
+        cka = sequences[name][1]
+        if position + 1 < len(cka):
+            heapq.heappush(heap, (float(cka[position]) - float(cka[position + 1]), layer, name, position + 1))
+    return ranks
+
+
+def _post_activation_points(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str, str]:
+    """For each layer, the activation module that directly follows it in definition order (BatchNorm, Dropout
+    and Identity in between are passed over); layers without one keep their own output."""
+    modules = [(name, module) for name, module in model.named_modules() if not list(module.children())]
+    position = {name: i for i, (name, _) in enumerate(modules)}
+    points = {}
+    for name in layers:
+        for follower_name, follower in modules[position[name] + 1 :]:
+            if isinstance(follower, _ELEMENTWISE):
+                points[name] = follower_name
+                break
+            if not isinstance(follower, _PASS_THROUGH):
+                break
+    return points
+
+
+def _names(model: nn.Module, refs: Any) -> set[str]:
+    """Names of ``ignored_layers`` given as names or modules."""
+    refs = [refs] if isinstance(refs, str | nn.Module) else refs
+    by_module = {module: name for name, module in model.named_modules()}
+    return {ref if isinstance(ref, str) else by_module.get(ref, "") for ref in refs}
+
+
+def _planner(greedy: bool):
+    def planner(
+        model: nn.Module,
+        amount: Any,
+        *,
+        example_input: torch.Tensor | None = None,
+        data: Iterable[Any] | None = None,
+        loss_fn: Any = None,
+        layers: Any = None,
+        point: str | Mapping[str, str] | None = None,
+        kernel: Kernel = "linear",
+        representation: Representation = "channels",
+        threshold: float = 0.5,
+        bandwidth: Bandwidth = "fixed",
+        max_samples: int = 1024,
+        max_batches: int | None = None,
+        stop_cka: float | None = None,
+        scope: Literal["layer", "global"] = "layer",
+        mode: Literal["remove", "mask"] = "remove",
+        progress: bool = True,
+        **options: Any,
+    ) -> PruningPlan:
+        """``amount``: fraction of channels to remove per layer (or of all, ``scope="global"``); with
+        ``stop_cka`` each layer instead loses channels while its CKA stays above ``stop_cka`` (pass
+        ``amount=0``; ``amount`` then caps nothing and is ignored)."""
+        ignored = options.get("ignored_layers")
+        if layers is None and ignored is None:
+            output = output_layer_name(model)
+            layers = [
+                name for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and name != output
+            ]
+        criterion = CKADamage(
+            model,
+            layers,
+            point=point,
+            kernel=kernel,
+            greedy=greedy,
+            representation=representation,
+            threshold=threshold,
+            bandwidth=bandwidth,
+            max_samples=max_samples,
+            scope=scope,
+        )
+        if layers is not None and ignored is None:
+            # plan_structured plans every prunable layer that is not ignored: leave out those not scored.
+            scored = set(criterion.layer_names)
+            unscored = [
+                name
+                for name, m in model.named_modules()
+                if isinstance(m, PRUNABLE_TYPES) and name not in scored
+            ]
+            if unscored:
+                options["ignored_layers"] = ignored = unscored
+        criterion.accumulate_over(data, max_batches, progress=progress)
+        if stop_cka is not None:
+            if scope != "layer":
+                raise ValueError("stop_cka: a per-layer stop threshold needs scope='layer'")
+            skip = {output_layer_name(model)} if ignored is None else _names(model, ignored)
+            # amount counts the channels gone after the plan, already-pruned ones (ranked first) included.
+            amount = {
+                name: (criterion.removals_above(name, stop_cka) + int((~criterion.active(name)).sum()))
+                / criterion._layers[name].weight.shape[0]
+                for name in criterion.layer_names
+                if name not in skip
+            }
+            amount = {name: min(value, 1 - 1e-9) for name, value in amount.items()}
+        return plan_structured(
+            model,
+            amount,
+            example_input,
+            criterion=criterion,
+            scope=scope,
+            mode=mode,
+            method="cka_greedy" if greedy else "cka_single",
+            **options,
+        )
+
+    return planner
+
+
+register_method(
+    Method(
+        "cka_single",
+        _planner(greedy=False),
+        "units/channels by single-removal CKA damage of the layer's output (seed 000 code)",
+        structured=True,
+        needs_example_input=True,
+        needs_data=True,
+    )
+)
+register_method(
+    Method(
+        "cka_greedy",
+        _planner(greedy=True),
+        "units/channels by greedy set CKA damage, exact closed form (seed 000 README)",
+        structured=True,
+        needs_example_input=True,
+        needs_data=True,
+    )
+)

@@ -1,0 +1,140 @@
+"""ablation_damage: batched ablation equals a Python loop of full forwards with the unit's weights zeroed."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import pyprune
+from pyprune.pruning import ablation
+
+
+def cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 5, 3),
+        nn.BatchNorm2d(5),
+        nn.ReLU(),
+        nn.Conv2d(5, 4, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, 3),
+    ).double()
+    with torch.no_grad():  # non-trivial running statistics, so eval-mode BatchNorm is not the identity
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+        model[1].weight.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def data(n: int = 14) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, 8, 8, dtype=torch.float64, generator=generator), torch.randint(
+        0, 3, (n,), generator=generator
+    )
+
+
+def ablated(model: nn.Module, layer: str, channel: int) -> nn.Module:
+    copy_ = copy.deepcopy(model)
+    with torch.no_grad():
+        copy_.get_submodule(layer).weight[channel] = 0
+    return copy_
+
+
+def output_at(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    seen = []
+    handle = model.get_submodule(name).register_forward_hook(lambda m, a, out: seen.append(out))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return seen[0].reshape(len(x), -1)
+
+
+def brute_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    n = len(x)
+    h = torch.eye(n, dtype=torch.float64) - 1.0 / n
+    k, l_ = h @ x @ x.T @ h, h @ y @ y.T @ h
+    return float((k * l_).sum() / (k.norm() * l_.norm()))
+
+
+@pytest.mark.parametrize("layer", ["0", "3"])
+def test_loss_damage_equals_a_loop_of_full_forwards(layer):
+    model, (x, y) = cnn(), data()
+    damage = pyprune.ablation_damage(model, layer, [(x[:5], y[:5]), (x[5:], y[5:])], measure="loss")
+    with torch.no_grad():
+        base = nn.functional.cross_entropy(model(x), y)
+        expected = [
+            float(nn.functional.cross_entropy(ablated(model, layer, c)(x), y) - base)
+            for c in range(model.get_submodule(layer).weight.shape[0])
+        ]
+    torch.testing.assert_close(damage, torch.tensor(expected, dtype=torch.float64), rtol=1e-10, atol=1e-12)
+
+
+def test_mse_damage_equals_a_loop_of_full_forwards():
+    model, (x, y) = cnn(), data()
+    damage = pyprune.ablation_damage(model, "0", [(x, y)], measure="mse")
+    with torch.no_grad():
+        expected = [float((ablated(model, "0", c)(x) - model(x)).square().mean()) for c in range(5)]
+    torch.testing.assert_close(damage, torch.tensor(expected, dtype=torch.float64), rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("at", ["4", "0"])
+def test_cka_damage_at_a_later_module_and_at_the_layer_itself(at):
+    model, (x, y) = cnn(), data()
+    damage = pyprune.ablation_damage(model, "0", [(x[:7], y[:7]), (x[7:], y[7:])], measure="cka", at=at)
+    reference = output_at(model, at, x)
+    expected = [1 - brute_cka(reference, output_at(ablated(model, "0", c), at, x)) for c in range(5)]
+    torch.testing.assert_close(damage, torch.tensor(expected, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+
+
+def test_small_stacking_budget_gives_the_same_scores(monkeypatch):
+    model, (x, y) = cnn(), data()
+    full = pyprune.ablation_damage(model, "3", [(x, y)])
+    monkeypatch.setattr(ablation, "MAX_STACKED_ROWS", 1)  # one candidate per stacked forward
+    torch.testing.assert_close(pyprune.ablation_damage(model, "3", [(x, y)]), full)
+
+
+def test_model_left_as_it_was():
+    model, (x, y) = cnn(), data()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pyprune.ablation_damage(model, "0", [(x, y)])
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model[0]._forward_hooks
+
+
+def test_oracle_method_removes_the_least_damaging_channels():
+    model, (x, y) = cnn(), data()
+    damage = pyprune.ablation_damage(model, "0", [(x, y)])
+    plan = pyprune.plan(model, "oracle", 0.4, example_input=x[:1], data=[(x, y)])
+    layer = next(layer for layer in plan.layers if layer.name == "0")
+    assert layer.removed.tolist() == sorted(torch.argsort(damage, stable=True)[:2].tolist())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"layer": "2"}, "layer"),
+        ({"layer": "nope"}, "layer"),
+        ({"measure": "kl"}, "measure"),
+        ({"at": "nope", "measure": "cka"}, "at"),
+        ({"max_batches": 0}, "max_batches"),
+    ],
+)
+def test_bad_input(kwargs, message):
+    model, (x, y) = cnn(), data()
+    arguments = {"layer": "0", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        pyprune.ablation_damage(model, arguments.pop("layer"), [(x, y)], **arguments)
+
+
+def test_loss_needs_targets_and_data_needs_a_batch():
+    model, (x, _) = cnn(), data()
+    with pytest.raises(ValueError, match="targets"):
+        pyprune.ablation_damage(model, "0", x, measure="loss")
+    with pytest.raises(ValueError, match="no"):
+        pyprune.ablation_damage(model, "0", [], measure="mse")
