@@ -235,12 +235,13 @@ class CKADamage(ChannelCriterion):
                 f"point: the representation observed for {name!r} has shape {tuple(z.shape)}; expected "
                 f"{channels} channels at dim 1 (or last for Linear)"
             )
-        z = z.detach().to(torch.float64).movedim(dim, 1)  # (batch, C, ...)
+        z = z.detach()
         batch = z.shape[0]
-        if not torch.isfinite(z).all():
-            raise ValueError(f"layer {name!r}: the observed representation contains NaN or inf")
+        not_finite = ValueError(f"layer {name!r}: the observed representation contains NaN or inf")
         if self.representation == "channels":
-            rows = z.movedim(1, -1).reshape(-1, channels)
+            # One float64 copy, channels last; the finiteness check rides on the accumulated sums (a NaN or inf
+            # anywhere makes the diagonal of the second moments non-finite) instead of a pass over the copy.
+            rows = z.movedim(dim, -1).reshape(-1, channels).to(torch.float64)
             moments = self._moments.setdefault(
                 name,
                 [
@@ -249,14 +250,20 @@ class CKADamage(ChannelCriterion):
                     0,
                 ],
             )
-            moments[0] += rows.T @ rows
+            outer = rows.T @ rows
+            if not torch.isfinite(outer.diagonal()).all():
+                raise not_finite
+            moments[0] += outer
             moments[1] += rows.sum(dim=0)
             moments[2] += rows.shape[0]
         else:
             kept = self._kept_samples.get(name, 0)
             take = min(batch, self.max_samples - kept)
             if take > 0:
-                self._samples.setdefault(name, []).append(z[:take].reshape(take, channels, -1).clone())
+                sample = z[:take].movedim(dim, 1).reshape(take, channels, -1).to(torch.float64)
+                if not torch.isfinite(sample).all():
+                    raise not_finite
+                self._samples.setdefault(name, []).append(sample)
                 self._kept_samples[name] = kept + take
         self._orders.pop(name, None)
         self._global_rank = None
