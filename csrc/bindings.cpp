@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <optional>
 #include <string>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "cpu/cka_damage.h"
 #include "cpu/gram_hsic.h"
 #include "cpu/rbf_gram.h"
+#include "cpu/sensitivity.h"
 
 namespace py = pybind11;
 
@@ -222,6 +224,125 @@ py::dict rbf_candidate_scan(py::array distances_kept, py::array values, py::arra
   return out;
 }
 
+// ---- Sensitivity (SiPP/PFP): float32 or float64. The messages and their order are those of
+// pyprune.ops.sensitivity.check_kernel_arguments, so every backend rejects an input with the same words.
+
+// Python's str(tuple(values)).
+std::string tuple_string(const std::vector<int64_t>& values) {
+  std::string out = "(";
+  for (size_t i = 0; i < values.size(); ++i) out += (i ? ", " : "") + std::to_string(values[i]);
+  return out + (values.size() == 1 ? ",)" : ")");
+}
+
+bool is_float(const py::array& a, py::ssize_t itemsize) {
+  const py::dtype dt = a.dtype();
+  return dt.kind() == 'f' && dt.itemsize() == itemsize && native_order(dt);
+}
+
+void expect_like_weight(const py::array& a, const std::string& name, const py::array& weight) {
+  if (!is_float(a, weight.itemsize()))
+    throw py::type_error(name + ": expected " + std::string(py::str(weight.dtype())) + " (the dtype of weight), got " +
+                         std::string(py::str(a.dtype())));
+}
+
+// Whether every entry is finite, and whether one is negative.
+template <typename T>
+std::pair<bool, bool> scan_values(const py::array& a) {
+  const T* v = static_cast<const T*>(a.data());
+  bool finite = true, negative = false;
+  for (py::ssize_t i = 0, n = a.size(); i < n; ++i) {
+    finite &= std::isfinite(v[i]);
+    negative |= v[i] < 0;
+  }
+  return {finite, negative};
+}
+
+void sensitivity_update(py::array weight, py::array inputs, py::array z, py::array s_mean, py::array s_max,
+                        const std::vector<int64_t>& kernel_size, const std::vector<int64_t>& stride,
+                        const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation, int num_threads) {
+  if (!is_float(weight, 4) && !is_float(weight, 8))
+    throw py::type_error("weight: expected float32 or float64, got " + std::string(py::str(weight.dtype())));
+  if (weight.ndim() != 2)
+    throw py::value_error("weight: expected a 2-D (F, J) matrix, got shape " + shape_string(weight));
+  expect_contiguous(weight, "weight");
+  const int64_t filters = weight.shape(0), columns = weight.shape(1);
+
+  const std::string described = "kernel_size=" + tuple_string(kernel_size) + ", stride=" + tuple_string(stride) +
+                                ", padding=" + tuple_string(padding) + ", dilation=" + tuple_string(dilation);
+  const size_t rank = kernel_size.size();
+  if ((rank != 0 && rank != 2) || stride.size() != rank || padding.size() != rank || dilation.size() != rank)
+    throw py::value_error(
+        "geometry: expected kernel_size, stride, padding and dilation as (h, w) pairs (all four empty for a Linear "
+        "layer), got " + described);
+  const bool linear = rank == 0;
+  pyprune::Window window;
+  if (!linear) {
+    window = pyprune::Window{kernel_size[0], kernel_size[1], stride[0], stride[1],
+                             padding[0],     padding[1],     dilation[0], dilation[1]};
+    if (std::min(kernel_size[0], kernel_size[1]) < 1 || std::min(stride[0], stride[1]) < 1 ||
+        std::min(padding[0], padding[1]) < 0 || std::min(dilation[0], dilation[1]) < 1)
+      throw py::value_error(
+          "geometry: expected kernel_size >= 1, stride >= 1, padding >= 0 and dilation >= 1, got " + described);
+  }
+  const int64_t taps = linear ? 1 : kernel_size[0] * kernel_size[1];
+  if (columns % taps != 0)
+    throw py::value_error("weight: expected J = C_in * " + dim(kernel_size[0]) + " * " + dim(kernel_size[1]) +
+                          " columns, got " + dim(columns));
+
+  expect_like_weight(inputs, "inputs", weight);
+  if (linear)
+    expect_shape(inputs, "inputs", {-1, columns}, "shape (batch, " + dim(columns) + ")");
+  else
+    expect_shape(inputs, "inputs", {-1, columns / taps, -1, -1}, "shape (batch, " + dim(columns / taps) + ", H, W)");
+  expect_contiguous(inputs, "inputs");
+  const int64_t batch = inputs.shape(0);
+  const int64_t height = linear ? 1 : inputs.shape(2), width = linear ? 1 : inputs.shape(3);
+  int64_t positions = 1;
+  if (!linear) {
+    const int64_t out_h = pyprune::window_positions(height, window.kernel_h, window.stride_h, window.pad_h,
+                                                    window.dilation_h);
+    const int64_t out_w = pyprune::window_positions(width, window.kernel_w, window.stride_w, window.pad_w,
+                                                    window.dilation_w);
+    if (out_h < 1 || out_w < 1)
+      throw py::value_error("inputs: a " + dim(height) + " x " + dim(width) +
+                            " input leaves no output position for " + described);
+    positions = out_h * out_w;
+  }
+
+  expect_like_weight(z, "z", weight);
+  expect_shape(z, "z", {batch, 2, filters, positions},
+               "shape (batch, 2, F, P) = " + tuple_string({batch, 2, filters, positions}));
+  expect_contiguous(z, "z");
+  for (const auto& [s, name] : {std::pair{&s_mean, "s_mean"}, std::pair{&s_max, "s_max"}}) {
+    expect_like_weight(*s, name, weight);
+    expect_shape(*s, name, {filters, columns}, "shape " + tuple_string({filters, columns}));
+    expect_contiguous(*s, name);
+    if (!s->writeable()) throw py::value_error(std::string(name) + ": must be writeable (updated in place)");
+  }
+
+  const bool is_double = weight.itemsize() == 8;
+  if (!(is_double ? scan_values<double>(weight) : scan_values<float>(weight)).first)
+    throw py::value_error("weight: contains NaN or inf");
+  const auto [finite, negative] = is_double ? scan_values<double>(inputs) : scan_values<float>(inputs);
+  if (!finite) throw py::value_error("inputs: contains NaN or inf");
+  if (negative)
+    throw py::value_error(
+        "inputs: has negative entries; relative contributions need inputs >= 0 (split a signed batch first with "
+        "the batch-doubling rule, torch.cat([x.clamp_min(0), (-x).clamp_min(0)]), as SensitivityTracker does)");
+
+  py::gil_scoped_release release;
+  if (is_double)
+    pyprune::sensitivity_update<double>(
+        static_cast<const double*>(weight.data()), filters, columns, static_cast<const double*>(inputs.data()), batch,
+        height, width, window, static_cast<const double*>(z.data()), static_cast<double*>(s_mean.mutable_data()),
+        static_cast<double*>(s_max.mutable_data()), num_threads);
+  else
+    pyprune::sensitivity_update<float>(
+        static_cast<const float*>(weight.data()), filters, columns, static_cast<const float*>(inputs.data()), batch,
+        height, width, window, static_cast<const float*>(z.data()), static_cast<float*>(s_mean.mutable_data()),
+        static_cast<float*>(s_max.mutable_data()), num_threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -252,4 +373,14 @@ pyprune.ops.reference.rbf_candidate_scan_reference).
 distances_kept (n, n), values (p, n, T), candidates int64 (m,), inv_two_sigma_sq (m,), target (n, n); all float64
 except candidates, all contiguous; distances_kept and target symmetric (only their lower triangles are read).
 Returns a dict of float64 arrays (m,): cross, self_sq, row_sq, total.)doc");
+  m.def("sensitivity_update", &sensitivity_update, py::arg("weight"), py::arg("inputs"), py::arg("z"),
+        py::arg("s_mean"), py::arg("s_max"), py::arg("kernel_size") = std::vector<int64_t>{},
+        py::arg("stride") = std::vector<int64_t>{}, py::arg("padding") = std::vector<int64_t>{},
+        py::arg("dilation") = std::vector<int64_t>{}, py::arg("num_threads") = 1,
+        R"doc(Fold one batch into the running sensitivity maxima s_mean and s_max, in place (see
+pyprune.ops.sensitivity.sensitivity_update_reference).
+
+weight (F, J) float32 or float64; inputs (batch, J / (kh kw), H, W) for a conv or (batch, J) for a Linear
+(kernel_size, stride, padding, dilation all empty), finite and >= 0; z (batch, 2, F, P): z[:, 0] = W+ A and
+z[:, 1] = W- A; s_mean, s_max (F, J). One dtype, all contiguous.)doc");
 }

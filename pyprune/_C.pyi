@@ -1,5 +1,6 @@
 """Type stub of the compiled module built from csrc/bindings.cpp."""
 
+from collections.abc import Sequence
 from typing import TypedDict
 
 import numpy as np
@@ -41,3 +42,15 @@ def rbf_candidate_scan(
     target: npt.NDArray[np.float64],
     num_threads: int = 1,
 ) -> RbfCandidateScan: ...
+def sensitivity_update(
+    weight: npt.NDArray[np.floating],
+    inputs: npt.NDArray[np.floating],
+    z: npt.NDArray[np.floating],
+    s_mean: npt.NDArray[np.floating],
+    s_max: npt.NDArray[np.floating],
+    kernel_size: Sequence[int] = (),
+    stride: Sequence[int] = (),
+    padding: Sequence[int] = (),
+    dilation: Sequence[int] = (),
+    num_threads: int = 1,
+) -> None: ...

@@ -8,6 +8,7 @@ Similarity: :func:`cka`, :func:`cka_matrix`, :class:`MinibatchCKA`, :func:`cca`,
 
 from importlib import metadata as _metadata
 
+from pyprune import schedules, train
 from pyprune.activations import capture, iterate_activations
 from pyprune.backend import get_backend, set_backend, use_backend
 from pyprune.compare import LayerSimilarity, compare_models
@@ -106,9 +107,11 @@ __all__ = [
     "register_method",
     "report",
     "save_pruned",
+    "schedules",
     "sensitivity_analysis",
     "set_backend",
     "svcca",
     "svd_reduce",
+    "train",
     "use_backend",
 ]

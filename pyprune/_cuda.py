@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,12 @@ CKA_DAMAGE_EXPRESSIONS: tuple[str, ...] = (
     "pyprune::cka_rbf_scan",
 )
 
+
+def sensitivity_expression(dtype: torch.dtype) -> str:
+    """NVRTC name expression of the sensitivity kernel for ``dtype``."""
+    return f"pyprune::sensitivity_rows<{_CTYPES[dtype]}>"
+
+
 #: Every name expression each ``.cu`` file (by stem) must compile; the compile test instantiates all of them.
 NAME_EXPRESSIONS: dict[str, tuple[str, ...]] = {
     "gram_hsic": tuple(
@@ -65,6 +72,7 @@ NAME_EXPRESSIONS: dict[str, tuple[str, ...]] = {
     ),
     "rbf_gram": tuple(expr for dtype in _CTYPES for expr in rbf_expressions(dtype)),
     "cka_damage": CKA_DAMAGE_EXPRESSIONS,
+    "sensitivity": tuple(sensitivity_expression(dtype) for dtype in _CTYPES),
 }
 
 _THREADS = 256  # block size of every kernel (matches __launch_bounds__ in the .cu files) ...
@@ -182,7 +190,9 @@ class _OnTorchStream:
         self._torch_device.__enter__()
         self._cupy_device = cupy.cuda.Device(index)
         self._cupy_device.__enter__()
-        self._stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(index).cuda_stream)
+        with warnings.catch_warnings():  # CuPy 14 deprecates ExternalStream; it still works in every version
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(index).cuda_stream)
         self._stream.__enter__()
         return cupy
 
@@ -377,3 +387,69 @@ def rbf_candidate_scan_cuda(
         total = rows.sum(dim=1)
         row_sq = rows.square().sum(dim=1)
     return {"cross": cross, "self_sq": self_sq, "row_sq": row_sq, "total": total}
+
+
+# Tile of sensitivity.cu: 32 columns x 16 filters per block.
+_SENSITIVITY_COLUMNS = 32
+_SENSITIVITY_FILTERS = 16
+
+
+def sensitivity_update_cuda(
+    weight: torch.Tensor,
+    inputs: torch.Tensor,
+    geometry: Any,
+    z: torch.Tensor,
+    s_mean: torch.Tensor,
+    s_max: torch.Tensor,
+) -> None:
+    """CUDA version of ``pyprune._C.sensitivity_update``: folds one batch into ``s_mean``/``s_max`` in place.
+
+    ``geometry`` is a :class:`pyprune.ops.sensitivity.Geometry`; ``z`` ``(batch, 2, F, P)`` holds ``W+ A`` and
+    ``W- A``. Checked by :func:`pyprune.ops.sensitivity.check_kernel_arguments` (the messages of
+    ``pyprune._C``): one dtype (float32 or float64), contiguous, on one CUDA device.
+    """
+    from pyprune.ops.sensitivity import check_kernel_arguments
+
+    _, patches = check_kernel_arguments(weight, inputs, geometry, z, s_mean, s_max)
+    _check_cuda(weight, "weight")
+    sensitivity_update_cuda_unchecked(weight, inputs, geometry, z, s_mean, s_max, patches)
+
+
+def sensitivity_update_cuda_unchecked(
+    weight: torch.Tensor,
+    inputs: torch.Tensor,
+    geometry: Any,
+    z: torch.Tensor,
+    s_mean: torch.Tensor,
+    s_max: torch.Tensor,
+    patches: int,
+) -> None:
+    """:func:`sensitivity_update_cuda` for arguments already checked (``patches``: P), as the dispatcher has."""
+    filters, columns = weight.shape
+    batch = inputs.shape[0]
+    if batch == 0 or filters == 0 or columns == 0:
+        return
+    if geometry.is_linear:
+        window = (0,) * 8
+        channels, height, width, out_w = columns, 1, 1, 1
+    else:
+        window = (*geometry.kernel_size, *geometry.stride, *geometry.padding, *geometry.dilation)
+        channels, height, width = inputs.shape[1:]
+        span = width + 2 * geometry.padding[1] - geometry.dilation[1] * (geometry.kernel_size[1] - 1) - 1
+        out_w = span // geometry.stride[1] + 1
+    device = weight.device
+    with _OnTorchStream(device) as cupy:
+        raw_mean = torch.zeros_like(s_mean)
+        raw_max = torch.zeros_like(s_max)
+        tiles = math.ceil(columns / _SENSITIVITY_COLUMNS) * math.ceil(filters / _SENSITIVITY_FILTERS)
+        splits = max(1, min(batch, _MAX_GRID, math.ceil(4 * _sm_count(device.index) / tiles)))
+        grid = (math.ceil(columns / _SENSITIVITY_COLUMNS), math.ceil(filters / _SENSITIVITY_FILTERS), splits)
+        arrays = [cupy.from_dlpack(t.detach()) for t in (weight, inputs, z)]
+        sizes = [np.int64(v) for v in (filters, columns, batch, channels, height, width)]
+        args = (*arrays, *sizes, *(np.int32(v) for v in window), np.int64(out_w), np.int64(patches))
+        args += (cupy.from_dlpack(raw_mean), cupy.from_dlpack(raw_max))
+        _function("sensitivity", sensitivity_expression(weight.dtype))(grid, (_THREADS,), args)
+        # As the C++ kernel: contributions within 4 ulps of 1 are 1 (see at_most_one in csrc/cpu/sensitivity.cpp).
+        scale, limit = weight.abs(), 1 - 2 * torch.finfo(weight.dtype).eps
+        for s, raw in ((s_mean, scale * raw_mean / patches), (s_max, scale * raw_max)):
+            torch.maximum(s, raw.masked_fill_(raw >= limit, 1), out=s)

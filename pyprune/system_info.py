@@ -19,6 +19,7 @@ KERNELS: dict[str, tuple[str, str]] = {
     "rbf_from_linear_gram": ("C++ csrc/cpu/rbf_gram.cpp", "CUDA csrc/cuda/rbf_gram.cu"),
     "greedy_removal_order": ("C++ csrc/cpu/cka_damage.cpp", "CUDA csrc/cuda/cka_damage.cu"),
     "rbf_candidate_scan": ("C++ csrc/cpu/cka_damage.cpp", "CUDA csrc/cuda/cka_damage.cu"),
+    "sensitivity_update": ("C++ csrc/cpu/sensitivity.cpp", "CUDA csrc/cuda/sensitivity.cu"),
 }
 
 

@@ -59,6 +59,7 @@ def test_info_reports_kernels_and_threads():
         "rbf_from_linear_gram",
         "greedy_removal_order",
         "rbf_candidate_scan",
+        "sensitivity_update",
     }
     assert details["kernels"]["gram_hsic_terms"]["cpu"].startswith("C++")
     with pyprune.use_backend("reference"):

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,29 @@ def compile_with_nvrtc(source: Path, expressions: tuple[str, ...]) -> str:
         nvrtc.nvrtcDestroyProgram(prog)
 
 
+def _compile_with_nvrtc_in_child(source: Path, expressions: tuple[str, ...]) -> str:
+    """:func:`compile_with_nvrtc` in a fresh interpreter.
+
+    Once libnvrtc has compiled a program in a process, later ``torch.load`` calls in that process can fail
+    ("record size ... does not match expected size"), so the compiler never runs inside the test process.
+    """
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom tests.test_cuda_compile import compile_with_nvrtc\n"
+        f"sys.stdout.write(compile_with_nvrtc(Path({str(source)!r}), {tuple(expressions)!r}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"NVRTC could not compile {source.name}:\n{done.stderr[-4000:]}", pytrace=False)
+    return done.stdout
+
+
 def compile_with_nvcc(source: Path, expressions: tuple[str, ...], tmp_path: Path) -> str:
     """``nvcc -ptx`` fallback: the name expressions are instantiated by taking the kernels' addresses."""
     nvcc = _nvcc_path()
@@ -160,7 +184,7 @@ def test_cuda_source_compiles(source: Path, tmp_path: Path) -> None:
     assert not includes, f"{source.name}: NVRTC sources must be self-contained, found {includes}"
     expressions = _cuda.NAME_EXPRESSIONS.get(source.stem, ())
     if which == "nvrtc":
-        ptx = compile_with_nvrtc(source, expressions)
+        ptx = _compile_with_nvrtc_in_child(source, expressions)
     else:
         ptx = compile_with_nvcc(source, expressions, tmp_path)
     assert ".entry" in ptx, f"{source.name} defines no kernel"

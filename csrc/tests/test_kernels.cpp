@@ -5,15 +5,18 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <limits>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cpu/cka_damage.h"
 #include "cpu/gram_hsic.h"
 #include "cpu/rbf_gram.h"
+#include "cpu/sensitivity.h"
 
 namespace {
 
@@ -382,6 +385,162 @@ void test_rbf_scan_rejects_bad_candidates() {
   }
 }
 
+// ---- sensitivity_update ---------------------------------------------------------------------------------
+
+struct SensitivityCase {
+  int64_t filters, channels, height, width;  // Linear: height = width = 0, J = channels
+  pyprune::Window window;
+};
+
+// z = (z+, z-) of every example and position, in double, then rounded to T (what the kernel is given).
+template <typename T>
+std::vector<T> denominators(const SensitivityCase& c, const std::vector<T>& w, int64_t batch, int64_t out_h, int64_t out_w,
+                            const std::function<double(int64_t, int64_t, int64_t)>& patch) {
+  const int64_t J = static_cast<int64_t>(w.size()) / c.filters, P = out_h * out_w;
+  std::vector<T> z(batch * 2 * c.filters * P);
+  for (int64_t x = 0; x < batch; ++x)
+    for (int64_t f = 0; f < c.filters; ++f)
+      for (int64_t p = 0; p < P; ++p) {
+        double pos = 0, neg = 0;
+        for (int64_t j = 0; j < J; ++j) {
+          const double prod = static_cast<double>(w[f * J + j]) * patch(x, j, p);
+          (w[f * J + j] > 0 ? pos : neg) += prod;
+        }
+        z[((2 * x) * c.filters + f) * P + p] = static_cast<T>(pos);
+        z[((2 * x + 1) * c.filters + f) * P + p] = static_cast<T>(neg);
+      }
+  return z;
+}
+
+template <typename T>
+void test_sensitivity(const SensitivityCase& c, int64_t batch, int threads, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal;
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  const bool linear = c.window.linear();
+  const pyprune::Window& win = c.window;
+  const int64_t taps = linear ? 1 : win.kernel_h * win.kernel_w, J = c.channels * taps;
+  const int64_t out_h = linear ? 1 : pyprune::window_positions(c.height, win.kernel_h, win.stride_h, win.pad_h, win.dilation_h);
+  const int64_t out_w = linear ? 1 : pyprune::window_positions(c.width, win.kernel_w, win.stride_w, win.pad_w, win.dilation_w);
+  const int64_t P = out_h * out_w, plane = linear ? 1 : c.height * c.width;
+  std::vector<T> w(c.filters * J);
+  for (auto& v : w) v = uniform(rng) < 0.15 ? T(0) : static_cast<T>(normal(rng));  // some pruned weights
+  for (int64_t j = 0; j < J; ++j) w[j] = 0;  // a dead filter: every contribution 0
+  std::vector<T> s_mean(c.filters * J), s_max(c.filters * J);
+  for (auto& v : s_mean) v = static_cast<T>(uniform(rng) < 0.2 ? 0.3 * uniform(rng) : 0.0);
+  for (auto& v : s_max) v = static_cast<T>(uniform(rng) < 0.2 ? 0.3 * uniform(rng) : 0.0);
+  std::vector<double> want_mean(s_mean.begin(), s_mean.end()), want_max(s_max.begin(), s_max.end());
+
+  for (int call = 0; call < 2; ++call) {  // the running max over two batches
+    std::vector<T> a(batch * c.channels * plane);
+    for (auto& v : a) v = uniform(rng) < 0.3 ? T(0) : static_cast<T>(uniform(rng));  // ReLU-like
+    if (batch > 1)  // an all-zero example: every denominator 0, every contribution 0
+      std::fill(a.begin() + c.channels * plane, a.begin() + 2 * c.channels * plane, T(0));
+    auto patch = [&](int64_t x, int64_t j, int64_t p) -> double {
+      if (linear) return a[x * J + j];
+      const int64_t ch = j / taps, u = j % taps / win.kernel_w, v = j % win.kernel_w;
+      const int64_t ih = p / out_w * win.stride_h - win.pad_h + u * win.dilation_h;
+      const int64_t iw = p % out_w * win.stride_w - win.pad_w + v * win.dilation_w;
+      if (ih < 0 || ih >= c.height || iw < 0 || iw >= c.width) return 0.0;
+      return a[((x * c.channels + ch) * c.height + ih) * c.width + iw];
+    };
+    const std::vector<T> z = denominators<T>(c, w, batch, out_h, out_w, patch);
+    // Brute force: g = W A / z^{sign W} with the epsilon rule on the z the kernel sees.
+    for (int64_t f = 0; f < c.filters; ++f)
+      for (int64_t j = 0; j < J; ++j) {
+        const double wf = w[f * J + j];
+        double best_mean = 0, best_max = 0;
+        for (int64_t x = 0; x < batch; ++x) {
+          double sum = 0, max = 0;
+          for (int64_t p = 0; p < P; ++p) {
+            const double zz = z[((2 * x + (wf > 0 ? 0 : 1)) * c.filters + f) * P + p];
+            const double g = wf == 0 || std::fabs(zz) <= pyprune::kSensitivityEpsilon ? 0.0 : wf * patch(x, j, p) / zz;
+            sum += g;
+            max = std::max(max, g);
+          }
+          best_mean = std::max(best_mean, sum / P);
+          best_max = std::max(best_max, max);
+        }
+        want_mean[f * J + j] = std::max(want_mean[f * J + j], best_mean);
+        want_max[f * J + j] = std::max(want_max[f * J + j], best_max);
+      }
+    pyprune::sensitivity_update<T>(w.data(), c.filters, J, a.data(), batch, linear ? 0 : c.height,
+                                   linear ? 0 : c.width, win, z.data(), s_mean.data(), s_max.data(), threads);
+  }
+  const double rel = sizeof(T) == 8 ? 1e-12 : 2e-5;
+  const std::string what = std::string(linear ? "linear" : "conv") + (sizeof(T) == 8 ? " f64" : " f32");
+  for (size_t i = 0; i < s_mean.size(); ++i) {
+    expect_close(s_mean[i], want_mean[i], rel, (what + " s_mean").c_str(), 1e-3);
+    expect_close(s_max[i], want_max[i], rel, (what + " s_max").c_str(), 1e-3);
+  }
+  for (int64_t j = 0; j < J; ++j)  // the dead filter keeps its initial values (raised to at least 0)
+    if (s_max[j] != static_cast<T>(want_max[j])) {
+      std::printf("FAIL %s: dead filter changed\n", what.c_str());
+      ++failures;
+    }
+}
+
+// A weight that carries its whole denominator contributes exactly 1 (not 1 - ulp from multiplying by 1/z).
+template <typename T>
+void test_sensitivity_exact_one() {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<double> uniform(0.01, 3.0);
+  const int64_t F = 7, J = 5, batch = 40;
+  std::vector<T> w(F * J, T(0)), a(batch * J), z(batch * 2 * F), s_mean(F * J, T(0)), s_max(F * J, T(0));
+  for (int64_t f = 0; f < F; ++f) w[f * J + f % J] = static_cast<T>(f % 2 ? -uniform(rng) : uniform(rng));
+  for (auto& v : a) v = static_cast<T>(uniform(rng));
+  for (int64_t x = 0; x < batch; ++x)
+    for (int64_t f = 0; f < F; ++f) {
+      const T c = w[f * J + f % J] * a[x * J + f % J];  // the only term of z, rounded as a GEMM rounds it
+      z[(2 * x) * F + f] = c > 0 ? c : T(0);
+      z[(2 * x + 1) * F + f] = c < 0 ? c : T(0);
+    }
+  pyprune::sensitivity_update<T>(w.data(), F, J, a.data(), batch, 0, 0, pyprune::Window{}, z.data(), s_mean.data(),
+                                 s_max.data(), 2);
+  for (int64_t f = 0; f < F; ++f)
+    if (s_max[f * J + f % J] != T(1) || s_mean[f * J + f % J] != T(1)) {
+      std::printf("FAIL sensitivity: a lone weight's contribution is %.17g, not 1\n",
+                  static_cast<double>(s_max[f * J + f % J]));
+      ++failures;
+    }
+}
+
+void test_sensitivity_all() {
+  test_sensitivity_exact_one<float>();
+  test_sensitivity_exact_one<double>();
+  pyprune::Window linear;
+  pyprune::Window plain{3, 3, 1, 1, 1, 1, 1, 1};
+  pyprune::Window odd{3, 2, 2, 1, 1, 0, 1, 2};  // non-square, stride (2, 1), padding (1, 0), dilation (1, 2)
+  pyprune::Window wide{1, 5, 1, 3, 0, 2, 1, 1};
+  const std::vector<std::pair<SensitivityCase, int64_t>> cases = {
+      {{5, 7, 0, 0, linear}, 3},
+      {{40, 300, 0, 0, linear}, 300},  // several column tiles; more examples than one chunk
+      {{3, 2, 5, 6, odd}, 3},
+      {{20, 30, 4, 4, plain}, 2},      // two filter tiles, columns 270 > one column tile
+      {{4, 3, 19, 21, plain}, 2},      // P = 399 > one chunk of positions
+      {{6, 2, 7, 9, wide}, 4},
+  };
+  for (const auto& [c, batch] : cases)
+    for (int threads : {1, 2, 3}) {
+      test_sensitivity<double>(c, batch, threads, static_cast<unsigned>(batch * 7 + threads));
+      test_sensitivity<float>(c, batch, threads, static_cast<unsigned>(batch * 7 + threads));
+    }
+  // Inconsistent windows are rejected.
+  pyprune::Window bad{3, 3, 1, 1, 0, 0, 1, 1};
+  std::vector<double> w(4 * 9, 1.0), a(2 * 9, 1.0), z(2 * 2 * 4, 1.0), s(4 * 9, 0.0), t(4 * 9, 0.0);
+  for (const auto& [window, columns, size] :
+       {std::tuple{bad, int64_t{8}, int64_t{3}}, std::tuple{bad, int64_t{9}, int64_t{2}},
+        std::tuple{pyprune::Window{3, 3, 0, 1, 0, 0, 1, 1}, int64_t{9}, int64_t{3}}}) {
+    try {
+      pyprune::sensitivity_update<double>(w.data(), 4, columns, a.data(), 1, size, size, window, z.data(), s.data(),
+                                          t.data(), 1);
+      std::printf("FAIL sensitivity accepted a bad window\n");
+      ++failures;
+    } catch (const std::invalid_argument&) {
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -401,6 +560,7 @@ int main() {
   test_rbf_scan(130, 3, 4, 1, 4);
   test_rbf_scan(64, 2, 1, 0, 2);
   test_rbf_scan_rejects_bad_candidates();
+  test_sensitivity_all();
   std::printf("%d failed\n", failures);
   return failures == 0 ? 0 : 1;
 }

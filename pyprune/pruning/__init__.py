@@ -5,6 +5,7 @@ See :mod:`pyprune.pruning.criteria`, :mod:`~pyprune.pruning.planner`, :mod:`~pyp
 named-method registry).
 """
 
+from pyprune.pruning import provable  # importing it registers the SiPP and PFP methods
 from pyprune.pruning.ablation import AblationDamage, ablation_damage
 from pyprune.pruning.apply import apply_plan, make_permanent
 from pyprune.pruning.cka_damage import CKADamage
@@ -52,6 +53,7 @@ __all__ = [
     "plan",
     "plan_structured",
     "plan_unstructured",
+    "provable",
     "prune",
     "register_method",
     "save_pruned",

@@ -1,0 +1,592 @@
+"""Benchmark: empirical sensitivities (SiPP/PFP, SPEC §5.3) with pyprune's fused kernel against plain torch.
+
+Layers, all float32 with He-initialised weights:
+
+* a 4096 x 4096 Linear on ``relu(randn)`` inputs;
+* every distinct conv layer of ``pyprune.models.resnet56()`` (and its ``fc``), on the inputs it receives from
+  seeded CIFAR-shaped images (the stem's signed inputs are split by the batch-doubling rule, as
+  ``SensitivityTracker`` does, so it sees 2|S| examples). Each distinct layer is measured once and counted as
+  often as it occurs in the network (18 of the 55 convs are ``16 -> 16`` at 32 x 32, for instance).
+
+Implementations, each folding the whole set S (|S| examples, one call) into fresh running maxima:
+
+1. ``pyprune``: ``pyprune.ops.sensitivity.sensitivity_update`` (backend "auto"): the denominators z+ and z- by one
+   torch convolution of ``[W+; W-]`` per block of examples, then the C++ kernel (no ``(|S|, J, P)`` patches).
+2. ``pyprune kernel only``: the C++ kernel alone, given z for the whole set (its own extra memory, z excluded).
+3. ``chunked torch``: the plain-torch reference ``sensitivity_update_reference`` with a filter chunk sized so
+   that one ``(|S|, chunk, J, P)`` block holds at most 2^24 entries; it still forms the ``(|S|, J, P)`` patches.
+4. ``broadcast torch``: the same reference with every filter at once, where its estimated peak (6 blocks of
+   ``|S| F J P`` entries plus the patches) is within ``--broadcast-limit-gib``; elsewhere it is skipped.
+5. ``GEMM``: ``torch.mm`` of a ``(|S| P, J)`` by ``(J, F)`` float32 matrix, the cost of the layer's forward pass.
+
+Goals (issue, 2-core CPU): the kernel within 3x of the time of the GEMM of the same shape, and peak extra memory
+independent of |S| (shown at |S| = 64, 128, 256 for the Linear and the first 16 -> 16 conv).
+
+Every (layer, |S|) runs in a fresh ``spawn`` subprocess with ``MALLOC_MMAP_THRESHOLD_=262144`` (every large block
+is returned to the system when freed), so each implementation's peak extra resident memory (VmHWM reset through
+``/proc/self/clear_refs``, minus the resident memory before the call, with the inputs loaded) is its own. Fast
+implementations get a warm-up and ``--repeats`` timed runs (median), the two plain-torch ones a single run.
+
+Run ``python benchmarks/bench_sensitivity.py`` (about 6 minutes on a 2-core CPU, half of it in the plain-torch runs
+on the Linear); it writes ``benchmarks/results/sensitivity_cpu.{json,md}``. ``--quick`` (a 1024 x 1024 Linear,
+|S| in {16, 32}, in this process, < 1 minute) is a smoke test and writes nothing unless ``--out DIR`` is given
+(then ``DIR/sensitivity_cpu_quick.{json,md}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from _common import (
+    RESULTS_DIR,
+    OtherCpuLoad,
+    PeakMemory,
+    fmt_mib,
+    fmt_seconds,
+    format_machine,
+    machine_info,
+    markdown_table,
+    run_isolated,
+    wait_for_idle,
+    write_results,
+)
+from torch import nn
+
+from pyprune import models
+from pyprune.backend import cpu_kernels, num_threads
+from pyprune.ops.sensitivity import Geometry, denominators, sensitivity_update, sensitivity_update_reference
+
+GOAL_GEMM_RATIO = 3.0
+MIN_JUDGED_GEMM_S = 1e-3
+CHUNK_ENTRIES = 1 << 24
+BROADCAST_BLOCKS = 6  # live (|S|, F, J, P) temporaries of the broadcast reference, for its memory estimate
+MEMORY_SIZES = (64, 128, 256)
+IMAGE_SEED = 0
+MODEL_SEED = 0
+VARIANTS = ("pyprune", "kernel", "chunked", "broadcast", "gemm")
+LABELS = {
+    "pyprune": "pyprune `sensitivity_update` (z + kernel)",
+    "kernel": "pyprune kernel only (z given)",
+    "chunked": "chunked torch (reference, filter chunk)",
+    "broadcast": "broadcast torch (reference, all filters)",
+    "gemm": "GEMM (|S| P x J) @ (J x F)",
+}
+_START = time.perf_counter()
+
+
+def log(message: str) -> None:
+    print(f"[{time.perf_counter() - _START:5.0f} s] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------- layers
+
+
+def geometry_of(module: nn.Module) -> Geometry:
+    if isinstance(module, nn.Linear):
+        return Geometry()
+    return Geometry(module.kernel_size, module.stride, module.padding, module.dilation)
+
+
+def signature(module: nn.Module, inputs: torch.Tensor) -> tuple:
+    return (type(module).__name__, tuple(module.weight.shape), tuple(inputs.shape[1:]), geometry_of(module))
+
+
+def doubled(inputs: torch.Tensor) -> torch.Tensor:
+    """The tracker's batch-doubling rule for inputs with negative entries."""
+    if bool((inputs < 0).any()):
+        return torch.cat([inputs.clamp_min(0), (-inputs).clamp_min(0)])
+    return inputs
+
+
+def linear_layer(width: int, samples: int) -> dict[str, Any]:
+    torch.manual_seed(MODEL_SEED)
+    layer = nn.Linear(width, width)
+    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    inputs = torch.randn(samples, width, generator=torch.Generator().manual_seed(IMAGE_SEED)).clamp_min(0)
+    return {
+        "name": f"Linear {width} x {width}",
+        "weight": layer.weight.detach().clone(),
+        "inputs": inputs,
+        "geometry": Geometry(),
+        "count": 1,
+        "memory_sweep": True,
+    }
+
+
+def resnet_layers(samples: int) -> list[dict[str, Any]]:
+    """Each distinct Linear/Conv2d of ResNet-56 with the inputs it sees on seeded images, and its multiplicity."""
+    torch.manual_seed(MODEL_SEED)
+    model = models.resnet56().eval()
+    images = torch.randn(samples, 3, 32, 32, generator=torch.Generator().manual_seed(IMAGE_SEED))
+    seen: dict[tuple, dict[str, Any]] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            continue
+
+        def hook(module: nn.Module, args: tuple, name: str = name) -> None:
+            key = signature(module, args[0])
+            if key in seen:
+                seen[key]["count"] += 1
+                return
+            seen[key] = {
+                "name": f"resnet56.{name}",
+                "weight": module.weight.detach().flatten(1).clone(),
+                "inputs": args[0].detach().clone(),
+                "geometry": geometry_of(module),
+                "count": 1,
+                "memory_sweep": name == "layer1.0.conv1",
+            }
+
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(seen.values())
+
+
+def describe(layer: dict[str, Any], size: int) -> dict[str, Any]:
+    """Shapes of the computation at |S| = size: (examples after doubling, F, J, P)."""
+    weight, geometry = layer["weight"], layer["geometry"]
+    inputs = doubled(layer["inputs"][:size])
+    z = denominators(weight, inputs[:1], geometry)
+    return {
+        "examples": inputs.shape[0],
+        "filters": weight.shape[0],
+        "columns": weight.shape[1],
+        "patches": z.shape[-1],
+    }
+
+
+# ----------------------------------------------------------------------------------------- measurement
+
+
+def _timed_runs(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, Any]:
+    """Warm-up runs, then `repeats` timed runs, the first of them inside PeakMemory."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    for _ in range(repeats - 1):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "peak_extra_bytes": memory.peak_extra_bytes,
+        "memory_method": memory.method,
+    }
+
+
+def _kernel_only(weight: torch.Tensor, inputs: torch.Tensor, geometry: Geometry, fresh: Callable) -> Callable:
+    """The C++ kernel alone, with z for the whole set computed once beforehand."""
+    z = denominators(weight, inputs, geometry)
+    pairs = (geometry.kernel_size, geometry.stride, geometry.padding, geometry.dilation)
+    kernels = cpu_kernels()
+
+    def run() -> None:
+        s_mean, s_max = fresh()
+        kernels.sensitivity_update(
+            weight.numpy(), inputs.numpy(), z.numpy(), s_mean.numpy(), s_max.numpy(), *pairs, num_threads()
+        )
+
+    return run
+
+
+def _gemm(rows: int, inner: int, cols: int) -> Callable:
+    a, m = torch.randn(rows, inner), torch.randn(inner, cols)
+    return lambda: torch.mm(a, m)
+
+
+def measure_layer(
+    path: str, size: int, repeats: int, threads: int, broadcast_limit: float
+) -> list[dict[str, Any]]:
+    """Every implementation on one layer at |S| = size (run in a fresh subprocess)."""
+    torch.set_num_threads(threads)
+    layer = torch.load(path, weights_only=False)
+    weight, geometry = layer["weight"], layer["geometry"]
+    inputs = doubled(layer["inputs"][:size]).contiguous()
+    shape = describe(layer, size)
+    b, F, J, P = shape["examples"], shape["filters"], shape["columns"], shape["patches"]
+    records: list[dict[str, Any]] = []
+
+    def record(variant: str, result: dict[str, Any] | None, **extra: Any) -> None:
+        records.append(
+            {"layer": layer["name"], "size": size, "variant": variant, **shape, **(result or {}), **extra}
+        )
+
+    def fresh() -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros_like(weight), torch.zeros_like(weight)
+
+    state = fresh()
+    out = _timed_runs(lambda: sensitivity_update(weight, inputs, geometry, *fresh()), 1, repeats)
+    sensitivity_update(weight, inputs, geometry, *state)
+    record("pyprune", out)
+
+    record("kernel", _timed_runs(_kernel_only(weight, inputs, geometry, fresh), 1, repeats))
+    record("gemm", _timed_runs(_gemm(b * P, J, F), 1, repeats))
+
+    chunk = max(1, CHUNK_ENTRIES // (b * J * P))
+    reference = fresh()
+    out = _timed_runs(
+        lambda: sensitivity_update_reference(weight, inputs, geometry, *reference, filter_chunk=chunk), 0, 1
+    )
+    diff = max(float((x - y).abs().max()) for x, y in zip(state, reference, strict=True))
+    record("chunked", out, filter_chunk=chunk, max_abs_diff_vs_pyprune=diff)
+
+    estimate = (BROADCAST_BLOCKS * b * F * J * P + b * J * P) * weight.element_size()
+    if estimate <= broadcast_limit * 2**30:
+        out = _timed_runs(
+            lambda: sensitivity_update_reference(weight, inputs, geometry, *fresh(), filter_chunk=F), 0, 1
+        )
+        record("broadcast", out, estimated_bytes=estimate)
+    else:
+        record("broadcast", None, skipped=f"needs ~{estimate / 2**30:.1f} GiB", estimated_bytes=estimate)
+    return records
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "—" if a is None or b is None or b <= 0 else f"{a / b:.2f}×"
+
+
+def _time_or_skip(rec: dict[str, Any] | None) -> str:
+    if rec is None:
+        return "—"
+    return f"skipped ({rec['skipped']})" if "skipped" in rec else fmt_seconds(rec["median_s"])
+
+
+def _mib_or_skip(rec: dict[str, Any] | None) -> str:
+    return "—" if rec is None or "skipped" in rec else fmt_mib(rec["peak_extra_bytes"])
+
+
+def index(records: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    return {(r["layer"], r["size"], r["variant"]): r for r in records}
+
+
+def goal_lines(payload: dict[str, Any]) -> list[str]:
+    by = index(payload["records"])
+    size = payload["config"]["size"]
+    lines = []
+    # Layers whose GEMM takes under a millisecond measure fixed per-call costs (threads, dispatch), not the kernel.
+    judged, small = {"kernel": [], "pyprune": []}, []
+    for layer in payload["layers"]:
+        gemm = by.get((layer["name"], size, "gemm"))
+        if gemm is None:
+            continue
+        if gemm["median_s"] < MIN_JUDGED_GEMM_S:
+            small.append(layer["name"])
+            continue
+        for variant in judged:
+            rec = by.get((layer["name"], size, variant))
+            if rec:
+                judged[variant].append((rec["median_s"] / gemm["median_s"], layer["name"]))
+    totals = payload["network_totals"]
+    network = {
+        v: totals[v] / totals["gemm"] if totals.get(v) and totals.get("gemm") else math.nan for v in judged
+    }
+    worst = {v: max(judged[v], default=(math.nan, "none")) for v in judged}
+    met = worst["kernel"][0] <= GOAL_GEMM_RATIO and network["kernel"] <= GOAL_GEMM_RATIO
+    lines.append(
+        f"- Kernel within {GOAL_GEMM_RATIO:.0f}× of the GEMM of the same shape at |S| = {size}: worst layer "
+        f"{worst['kernel'][0]:.2f}× ({worst['kernel'][1]}), ResNet-56 total {network['kernel']:.2f}× -> "
+        f"{'MET' if met else 'NOT MET'}. The whole update (the kernel plus the two GEMM-sized products that form z+ "
+        f"and z-): worst layer {worst['pyprune'][0]:.2f}× ({worst['pyprune'][1]}), ResNet-56 total "
+        f"{network['pyprune']:.2f}×."
+        + (
+            f" Not judged (GEMM under {MIN_JUDGED_GEMM_S * 1e3:.0f} ms, fixed per-call costs): {', '.join(small)}."
+            if small
+            else ""
+        )
+    )
+    for layer in payload["layers"]:
+        if not layer["memory_sweep"]:
+            continue
+        peaks = [by.get((layer["name"], s, "pyprune")) for s in payload["config"]["memory_sizes"]]
+        if all(peaks):
+            values = [p["peak_extra_bytes"] for p in peaks]
+            # Independent: no growth beyond a quarter of the peak (plus 16 MiB of allocator noise) while |S| grows 4x.
+            verdict = "MET" if max(values) - min(values) <= 0.25 * max(values) + 16 * 2**20 else "NOT MET"
+            lines.append(
+                f"- Peak extra memory independent of |S| ({layer['name']}): pyprune "
+                + ", ".join(
+                    f"{fmt_mib(v)} MiB at |S| = {s}"
+                    for s, v in zip(payload["config"]["memory_sizes"], values, strict=True)
+                )
+                + f" -> {verdict} (chunked torch: "
+                + ", ".join(
+                    _mib_or_skip(by.get((layer["name"], s, "chunked")))
+                    for s in payload["config"]["memory_sizes"]
+                )
+                + " MiB)"
+            )
+    return lines
+
+
+def results_markdown(payload: dict[str, Any]) -> str:
+    config = payload["config"]
+    by = index(payload["records"])
+    size = config["size"]
+    lines = [
+        f"# Empirical sensitivity (SiPP/PFP) on CPU{' (quick)' if config['quick'] else ''}",
+        "",
+        format_machine(payload["machine"]),
+        f"- timed with {config['threads']} threads; pyprune kernel: {payload['kernel_path']}",
+        "",
+        "## Goals",
+        "",
+        *payload["goals"],
+        "",
+        f"## Memory and time against |S| ({', '.join(map(str, config['memory_sizes']))})",
+        "",
+        "Peak extra resident memory of one call folding all of S, in a fresh process (MiB), and its time (s).",
+        "",
+    ]
+    headers = ["layer", "|S|", "examples", *[LABELS[v] for v in VARIANTS]]
+    rows = []
+    for layer in payload["layers"]:
+        if not layer["memory_sweep"]:
+            continue
+        for s in config["memory_sizes"]:
+            cells = []
+            for variant in VARIANTS:
+                rec = by.get((layer["name"], s, variant))
+                cells.append("—" if rec is None else f"{_time_or_skip(rec)} s / {_mib_or_skip(rec)} MiB")
+            first = by.get((layer["name"], s, "pyprune")) or {}
+            rows.append([layer["name"], s, first.get("examples", "—"), *cells])
+    lines += [markdown_table(headers, rows), ""]
+    lines += [
+        f"## Every distinct layer of ResNet-56 and the 4096 x 4096 Linear at |S| = {size}",
+        "",
+        "Seconds per call (median); `×n` = occurrences in ResNet-56; ratios are to the GEMM of the same shape. The "
+        "network total sums time × occurrences over ResNet-56's layers (the Linear 4096 excluded).",
+        "",
+    ]
+    headers = [
+        "layer",
+        "×n",
+        "examples, F, J, P",
+        *[LABELS[v] for v in VARIANTS],
+        "kernel / GEMM",
+        "pyprune / GEMM",
+        "chunked / pyprune",
+        "max |Δ| vs chunked",
+    ]
+    rows = []
+    for layer in payload["layers"]:
+        recs = {v: by.get((layer["name"], size, v)) for v in VARIANTS}
+        first = recs["pyprune"] or {}
+        gemm = recs["gemm"]["median_s"] if recs["gemm"] else None
+        rows.append(
+            [
+                layer["name"],
+                layer["count"],
+                f"{first.get('examples')}, {first.get('filters')}, {first.get('columns')}, {first.get('patches')}",
+                *[_time_or_skip(recs[v]) for v in VARIANTS],
+                _ratio(recs["kernel"]["median_s"] if recs["kernel"] else None, gemm),
+                _ratio(recs["pyprune"]["median_s"] if recs["pyprune"] else None, gemm),
+                _ratio(recs["chunked"]["median_s"] if recs["chunked"] else None, first.get("median_s")),
+                "—" if not recs["chunked"] else f"{recs['chunked']['max_abs_diff_vs_pyprune']:.1e}",
+            ]
+        )
+    totals = payload["network_totals"]
+    rows.append(
+        [
+            "**ResNet-56 total**",
+            sum(lay["count"] for lay in payload["layers"] if lay["name"].startswith("resnet56")),
+            "",
+            *[("—" if totals.get(v) is None else fmt_seconds(totals[v])) for v in VARIANTS],
+            _ratio(totals.get("kernel"), totals.get("gemm")),
+            _ratio(totals.get("pyprune"), totals.get("gemm")),
+            _ratio(totals.get("chunked"), totals.get("pyprune")),
+            "",
+        ]
+    )
+    lines += [markdown_table(headers, rows), "", "Notes:", ""]
+    lines += [f"- {note}" for note in payload["notes"]]
+    return "\n".join(lines)
+
+
+def build_notes(payload: dict[str, Any]) -> list[str]:
+    config = payload["config"]
+    notes = [
+        "Each call starts from zero running maxima and folds all |S| examples (the stem: 2|S| after the batch-"
+        "doubling rule); SensitivityTracker makes the same call once per batch of its data.",
+        "pyprune computes z+ and z- (two GEMM-sized products, as one conv/linear of [W+; W-]) in blocks of at most "
+        "2^21 z entries, so its memory does not grow with |S|; 'kernel only' is the C++ kernel given z for all "
+        "of S (memory: the kernel's own, z excluded).",
+        f"chunked torch: sensitivity_update_reference with filter_chunk = max(1, 2^24 / (examples J P)); it forms "
+        "the (examples, J, P) patches and z in full, so its memory grows with |S|. broadcast torch: filter_chunk = F, "
+        f"run only where ~{BROADCAST_BLOCKS} (examples, F, J, P) float32 blocks fit in "
+        f"{config['broadcast_limit_gib']} GiB.",
+        "The plain-torch implementations ran once (no warm-up); pyprune, the kernel and the GEMM got one warm-up "
+        f"and {config['repeats']} timed runs (median). Peak memory: the first timed run.",
+        "max |Δ| vs chunked: largest difference between pyprune's and the reference's s_mean/s_max (float32).",
+    ]
+    others = [r["other_cpu_cores"] for r in payload["records"] if r.get("other_cpu_cores") is not None]
+    if others:
+        notes.append(
+            f"'others' CPU': cores kept busy by other processes during each layer's measurements: {min(others):.2f} "
+            f"to {max(others):.2f} (of {payload['machine']['cores_available']})."
+        )
+    return notes
+
+
+# -------------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="1024-wide Linear, |S| in {16, 32}, in process (< 1 min)"
+    )
+    parser.add_argument(
+        "--size", type=int, default=None, help="|S| for the per-layer table (default 256; quick 32)"
+    )
+    parser.add_argument(
+        "--linear-width", type=int, default=None, help="Linear layer width (default 4096; quick 1024)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of the fast implementations (default 3)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch and kernel threads"
+    )
+    parser.add_argument(
+        "--broadcast-limit-gib", type=float, default=4.0, help="run broadcast torch up to this"
+    )
+    parser.add_argument(
+        "--in-process",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure here instead of in a fresh subprocess per (layer, |S|) (default: only with --quick)",
+    )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=None,
+        help="wait up to this many seconds for an idle CPU (default 5; quick 0)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"results folder (default {RESULTS_DIR} for a full run; --quick writes nothing without it)",
+    )
+    args = parser.parse_args(argv)
+    q = args.quick
+    for key, value in {
+        "size": 32 if q else 256,
+        "linear_width": 1024 if q else 4096,
+        "in_process": q,
+        "wait_idle": 0.0 if q else 5.0,
+    }.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.memory_sizes = [16, 32] if q else list(MEMORY_SIZES)
+    if not q and args.out is None:
+        args.out = RESULTS_DIR
+    if args.size < 1 or args.repeats < 1 or args.threads < 1:
+        parser.error("--size, --repeats and --threads must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    # Large blocks straight from and back to the system, so that one implementation's freed memory does not hide
+    # the next one's peak (read by the spawned workers at start-up).
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "262144")
+    samples = max(args.size, *args.memory_sizes)
+    layers = [linear_layer(args.linear_width, samples), *resnet_layers(samples)]
+    log(f"{len(layers)} distinct layers; threads = {args.threads}")
+    records: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench_sensitivity_") as tmp:
+        for i, layer in enumerate(layers):
+            path = str(Path(tmp) / f"layer{i}.pt")
+            torch.save(layer, path)
+            sizes = sorted({args.size, *(args.memory_sizes if layer["memory_sweep"] else ())})
+            for size in sizes:
+                wait_for_idle(args.wait_idle)
+                with OtherCpuLoad() as load:
+                    recs = run_isolated(
+                        measure_layer,
+                        path,
+                        size,
+                        args.repeats,
+                        args.threads,
+                        args.broadcast_limit_gib,
+                        isolate=not args.in_process,
+                    )
+                for rec in recs:
+                    rec["other_cpu_cores"] = load.cores
+                records += recs
+                times = ", ".join(
+                    f"{r['variant']} {fmt_seconds(r.get('median_s'))}" for r in recs if "median_s" in r
+                )
+                log(f"{layer['name']} |S| = {size}: {times}")
+    by = index(records)
+    network = [lay for lay in layers if lay["name"].startswith("resnet56")]
+    totals: dict[str, float | None] = {}
+    for variant in VARIANTS:
+        parts = [(by.get((lay["name"], args.size, variant)), lay["count"]) for lay in network]
+        ok = all(rec is not None and "median_s" in rec for rec, _ in parts)
+        totals[variant] = sum(rec["median_s"] * count for rec, count in parts) if ok else None
+    compiled = cpu_kernels()
+    payload: dict[str, Any] = {
+        "machine": machine_info("cpu"),
+        "kernel_path": "C++ pyprune._C.sensitivity_update"
+        if compiled
+        else "torch reference (pyprune._C missing)",
+        "config": {
+            "quick": args.quick,
+            "size": args.size,
+            "memory_sizes": args.memory_sizes,
+            "linear_width": args.linear_width,
+            "repeats": args.repeats,
+            "threads": args.threads,
+            "broadcast_limit_gib": args.broadcast_limit_gib,
+            "in_process": args.in_process,
+            "goal_gemm_ratio": GOAL_GEMM_RATIO,
+        },
+        "layers": [{k: lay[k] for k in ("name", "count", "memory_sweep")} for lay in layers],
+        "records": records,
+        "network_totals": totals,
+    }
+    payload["goals"] = goal_lines(payload)
+    payload["notes"] = build_notes(payload)
+    payload["wall_s"] = time.perf_counter() - _START
+    markdown = results_markdown(payload)
+    print()
+    print(markdown)
+    print()
+    if args.out is not None:
+        stem = "sensitivity_cpu" + ("_quick" if args.quick else "")
+        paths = write_results(stem, payload, markdown, args.out)
+        print("wrote " + ", ".join(str(p) for p in paths))
+    else:
+        print("--quick without --out: nothing written")
+    print(f"total {payload['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
