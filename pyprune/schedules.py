@@ -522,6 +522,8 @@ def iterative(
     )
     data = data if data is not None else train_loader
     taylor: Taylor | None = None
+    if flops_target is not None:
+        _check_flops_target_reachable(model, session.example(model), flops_target, options)
 
     def fine_tune() -> tuple[dict[str, Any], float]:
         # fit() stops at max_steps; epochs only bounds the passes over a loader shorter than that.
@@ -1290,6 +1292,22 @@ def _rewind_point(
             "schedule can only be rewound to whole epochs"
         )
     return step
+
+
+def _check_flops_target_reachable(
+    model: nn.Module, example: torch.Tensor, flops_target: float, options: Mapping[str, Any]
+) -> None:
+    """Raise before any training when even the narrowest model the planner allows misses ``flops_target``."""
+    # Every group cut to its minimum width (the criterion is irrelevant when almost everything goes).
+    limits = {k: options[k] for k in ("ignored_layers", "min_channels", "round_to") if k in options}
+    narrowest = plan_structured(model, 1 - 1e-9, example, scope="layer", method="flops floor", **limits)
+    dense, least = narrowest.totals["flops"]
+    if least > flops_target * dense:
+        raise ValueError(
+            f"flops_target: {flops_target} of the round-0 FLOPs cannot be reached: removing every prunable "
+            f"channel the options allow still leaves {least / dense:.3f} of them ({format_count(least)} of "
+            f"{format_count(dense)}); raise the target or prune more layers (ignored_layers, min_channels)"
+        )
 
 
 def _steps_per_epoch(train_loader: Iterable[Any]) -> int:

@@ -548,3 +548,15 @@ def test_rescale_with_a_wrong_shape_is_refused_before_anything_changes():
     with pytest.raises(ValueError, match=r"rescale\['fc1'\]"):
         plan.apply(model)
     assert_unchanged(model, snapshot)
+
+
+def test_measure_false_skips_the_counts_but_plans_the_same_channels():
+    model = models.mlp([6, 8, 3])
+    x = torch.randn(2, 6)
+    measured = plan_structured(model, 0.5, x)
+    quick = plan_structured(model, 0.5, x, measure=False)
+    assert measured.totals["params"][1] < measured.totals["params"][0]
+    assert quick.totals == {}
+    assert [layer.removed.tolist() for layer in quick.layers] == [
+        layer.removed.tolist() for layer in measured.layers
+    ]

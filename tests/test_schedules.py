@@ -7,6 +7,7 @@ from the model independently.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -19,6 +20,8 @@ import torch
 from torch import nn
 
 from pyprune import data, models, schedules
+from pyprune.measure import count
+from pyprune.pruning.planner import plan_structured
 from pyprune.pruning.taylor import Taylor
 from pyprune.schedules import ScheduleResult, cascade, imp, iterative, one_shot
 from pyprune.train import Callback, snapshot
@@ -610,3 +613,27 @@ def test_bad_arguments_name_the_argument(flat_digits, image_digits, schedule, ar
         model = small_mlp()
     with pytest.raises(ValueError, match=f"^{argument}: "):
         schedule(model, **call)
+
+
+def test_iterative_refuses_an_unreachable_flops_target_before_training(image_digits, monkeypatch):
+    train_loader, test_loader = image_digits
+    model = small_cnn()
+    x = next(iter(test_loader))[0][:1]
+    # The narrowest model the planner allows: one channel per group, the output layer untouched.
+    narrowest = copy.deepcopy(model)
+    plan_structured(narrowest, 1 - 1e-9, x, scope="layer").apply(narrowest)
+    floor = count(narrowest, x).flops / count(model, x).flops
+    trained = []
+    monkeypatch.setattr(schedules._Trainer, "run", lambda *a, **k: trained.append(1))
+    with pytest.raises(ValueError, match="flops_target") as error:
+        iterative(
+            model,
+            "l1_filter",
+            flops_target=floor / 2,
+            example_input=x,
+            train_loader=train_loader,
+            eval_loader=test_loader,
+            progress=False,
+        )
+    assert f"{floor:.3f}" in str(error.value)
+    assert not trained
