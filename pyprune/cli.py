@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with every registered pruning method at sparsities 0.25 to 0.95, fine-tune each pruned model briefly, "
         "and print a table of accuracy, parameters, FLOPs and latency. Saves accuracy_vs_sparsity.png, "
         "cka_pruned_vs_dense.png (linear CKA of a pruned model's layers vs the dense model's), results.json and "
-        "one pruned model (pyprune.save_pruned). About 3 minutes on a 2-core CPU; --quick about 15 s. Needs "
+        "one pruned model (pyprune.save_pruned). About 2.5 minutes on a 2-core CPU; --quick about 20 s. Needs "
         "pip install pyprune[demo].",
     )
     demo.add_argument(

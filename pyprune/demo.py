@@ -12,7 +12,7 @@ test digits (:func:`pyprune.compare_models`).
 Writes into the output folder: ``accuracy_vs_sparsity.png``, ``cka_pruned_vs_dense.png``, ``results.json``
 and the showcased pruned model (``pruned_<method>_<sparsity>.pt``, see :func:`pyprune.save_pruned`).
 
-Run it with ``pyprune demo`` (about 2-3 minutes on a 2-core CPU) or ``pyprune demo --quick`` (about 15 s).
+Run it with ``pyprune demo`` (about 2.5 minutes on a 2-core CPU) or ``pyprune demo --quick`` (about 20 s).
 """
 
 from __future__ import annotations
