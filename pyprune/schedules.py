@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from pyprune.measure import count, format_count
+from pyprune.pruning import planner
 from pyprune.pruning.apply import HISTORY_ATTRIBUTE
 from pyprune.pruning.io import load_pruned, save_pruned
 from pyprune.pruning.methods import get_method
@@ -1300,7 +1301,9 @@ def _check_flops_target_reachable(
     """Raise before any training when even the narrowest model the planner allows misses ``flops_target``."""
     # Every group cut to its minimum width (the criterion is irrelevant when almost everything goes).
     limits = {k: options[k] for k in ("ignored_layers", "min_channels", "round_to") if k in options}
-    narrowest = plan_structured(model, 1 - 1e-9, example, scope="layer", method="flops floor", **limits)
+    narrowest = planner.plan_structured(
+        model, 1 - 1e-9, example, scope="layer", method="flops floor", **limits
+    )
     dense, least = narrowest.totals["flops"]
     if least > flops_target * dense:
         raise ValueError(

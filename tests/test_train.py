@@ -1236,8 +1236,14 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> Non
             "shard": list(iter(train_loader.sampler)),
         }
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
+    # Rarely, gloo's background threads abort the interpreter's own shutdown ("terminate called without an
+    # active exception") after all the work above is done; leave without running static destructors.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 ROOT = Path(__file__).resolve().parents[1]
