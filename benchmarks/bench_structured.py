@@ -31,7 +31,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 import torch_pruning as tp
@@ -291,8 +290,9 @@ def planning_records(args: argparse.Namespace, step: list[float], total: int) ->
     ]
     # plan_structured fills the plan's parameter/FLOP table by applying it to a copy and counting both models
     # (two FlopCounterMode forwards); this row shows how much of the planning time that bookkeeping is.
-    if hasattr(planner_module, "_measure"):  # a private helper: skip the diagnostic row if it is renamed
-        runs.append(("pyprune", "l1_filter, no param/FLOP table", _pyprune_run("l1_filter", x, None)))
+    runs.append(
+        ("pyprune", "l1_filter, no param/FLOP table", _pyprune_run("l1_filter", x, None, measure=False))
+    )
     runs.append(
         (
             "torch-pruning",
@@ -313,11 +313,7 @@ def planning_records(args: argparse.Namespace, step: list[float], total: int) ->
             wait_for_idle(args.wait_idle)
         with OtherCpuLoad() as load, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if label.endswith("no param/FLOP table"):
-                with mock.patch.object(planner_module, "_measure", return_value=None):
-                    timing = _timed_runs(run, dense, args)
-            else:
-                timing = _timed_runs(run, dense, args)
+            timing = _timed_runs(run, dense, args)
         rec = {"library": library, "label": label, **timing, "other_cpu_cores": load.cores}
         records.append(rec)
         progress(

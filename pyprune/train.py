@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.utils import prune
 from tqdm.auto import tqdm
 
-from pyprune.activations import eval_mode
+from pyprune.activations import eval_mode, model_device
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -441,13 +441,6 @@ def evaluate(
         "accuracy": float(totals[1] / totals[2]) if accuracy_known else None,
         "n": int(totals[2]),
     }
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer; CPU for a model without either."""
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

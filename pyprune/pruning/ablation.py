@@ -32,7 +32,7 @@ from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
 from pyprune.pruning.methods import Method, register_method
 from pyprune.pruning.plan import PruningPlan
 from pyprune.pruning.planner import output_layer_name, plan_structured
-from pyprune.pruning.taylor import _channel_dim
+from pyprune.pruning.taylor import channel_dim
 
 Measure = Literal["cka", "loss", "mse"]
 
@@ -160,7 +160,7 @@ def _stacked_ablation(candidates: list[int], bias: torch.Tensor | None, module: 
     its bias (0 without one), stacked along the batch dimension."""
 
     def hook(mod: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-        dim = _channel_dim(output, module)
+        dim = channel_dim(output, module)
         copies = output.unsqueeze(0).repeat(len(candidates), *([1] * output.ndim))
         moved = copies.movedim(dim + 1, 1)  # (copies, C, batch, ...) view
         for i, c in enumerate(candidates):

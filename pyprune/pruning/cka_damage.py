@@ -63,7 +63,7 @@ from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
 from pyprune.pruning.methods import Method, register_method
 from pyprune.pruning.plan import PruningPlan
 from pyprune.pruning.planner import output_layer_name, plan_structured
-from pyprune.pruning.taylor import _channel_dim, _resolve_layers, _resolve_points
+from pyprune.pruning.taylor import channel_dim, resolve_points, resolve_scored_layers
 
 Kernel = Literal["linear", "rbf"]
 Representation = Literal["channels", "flatten"]
@@ -154,12 +154,12 @@ class CKADamage(ChannelCriterion):
         )
         self.representation: Representation = "flatten" if kernel == "rbf" else representation
         self.max_samples, self.scope = max_samples, scope
-        self._layers = _resolve_layers(model, layers)
+        self._layers = resolve_scored_layers(model, layers)
         if point == "post":
             point = _post_activation_points(model, self._layers)
         elif isinstance(point, str):
             raise ValueError(f"point: expected None, 'post' or a dict {{layer: module}}, got {point!r}")
-        self._points = _resolve_points(model, self._layers, point)
+        self._points = resolve_points(model, self._layers, point)
         self._active = False
         self.reset()
 
@@ -228,7 +228,7 @@ class CKADamage(ChannelCriterion):
         layer = self._layers[name]
         if not isinstance(z, torch.Tensor):
             raise TypeError(f"layer {name!r}: expected a tensor output, got {type(z).__name__}")
-        dim = _channel_dim(z, layer)
+        dim = channel_dim(z, layer)
         channels = layer.weight.shape[0]
         if dim is None or z.shape[dim] != channels:
             raise ValueError(

@@ -108,7 +108,7 @@ def plan_unstructured(
         options={"amount": _jsonable_amount(amount), "scope": scope, "criterion": repr(criterion)},
     )
     if example_input is not None and measure:
-        _measure(plan, model, example_input)
+        measure_plan(plan, model, example_input)
     return plan
 
 
@@ -245,7 +245,7 @@ def plan_structured(
         },
     )
     if example_input is not None and measure:
-        _measure(plan, model, example_input)
+        measure_plan(plan, model, example_input)
     return plan
 
 
@@ -417,7 +417,7 @@ def _coupled_names(group: Any, names: Mapping[nn.Module, str], root: str) -> tup
     return tuple(found)
 
 
-def _measure(plan: PruningPlan, model: nn.Module, example_input: torch.Tensor) -> None:
+def measure_plan(plan: PruningPlan, model: nn.Module, example_input: torch.Tensor) -> None:
     """Fill the plan's parameter and FLOP counts by applying it to a copy of ``model``."""
     from pyprune.measure import count
 

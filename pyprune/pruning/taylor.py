@@ -127,8 +127,8 @@ class Taylor(ChannelCriterion):
         self.flops_lambda = float(flops_lambda)
         self.flops_unit = float(flops_unit)
         self.loss_reduction: LossReduction = loss_reduction
-        self._layers = _resolve_layers(model, layers)
-        self._points = _resolve_points(model, self._layers, point)
+        self._layers = resolve_scored_layers(model, layers)
+        self._points = resolve_points(model, self._layers, point)
         # Per layer: float64 (C,) sums of per-example |mean z·g| (paper) or of per-batch signed means.
         self._sums: dict[str, torch.Tensor] = {}
         self._examples: dict[str, int] = {}
@@ -371,7 +371,7 @@ class Taylor(ChannelCriterion):
                 f"point: module {self._points[name]!r} (observing {name!r}) returned {type(z).__name__}; "
                 "expected a tensor"
             )
-        dim = _channel_dim(z, layer)
+        dim = channel_dim(z, layer)
         channels = int(layer.weight.shape[0])
         if dim is None or z.shape[dim] != channels:
             where = f"module {self._points[name]!r}" if name in self._points else f"layer {name!r}"
@@ -425,7 +425,8 @@ class Taylor(ChannelCriterion):
         self._batches[name] += 1
 
 
-def _resolve_layers(model: nn.Module, layers: LayerSelector | None) -> dict[str, nn.Module]:
+def resolve_scored_layers(model: nn.Module, layers: LayerSelector | None) -> dict[str, nn.Module]:
+    """``{name: module}`` of the Linear/ConvNd layers a data-driven criterion scores (default: all of them)."""
     if layers is None:
         selected = [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
         if not selected:
@@ -440,7 +441,8 @@ def _resolve_layers(model: nn.Module, layers: LayerSelector | None) -> dict[str,
     return dict(selected)
 
 
-def _resolve_points(model: nn.Module, layers: Mapping[str, nn.Module], point: Any) -> dict[str, str]:
+def resolve_points(model: nn.Module, layers: Mapping[str, nn.Module], point: Any) -> dict[str, str]:
+    """Check a ``{layer name: module name}`` measurement-point mapping against the model; ``{}`` for None."""
     if point is None:
         return {}
     if not isinstance(point, Mapping):
@@ -472,7 +474,7 @@ def _close(name: Any, valid: list[str]) -> str:
     return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
 
 
-def _channel_dim(z: torch.Tensor, layer: nn.Module) -> int | None:
+def channel_dim(z: torch.Tensor, layer: nn.Module) -> int | None:
     """Channel dim of ``z`` read as an output of ``layer``: last for Linear; 1 (0 if unbatched) for ConvNd."""
     if isinstance(layer, nn.Linear):
         return z.ndim - 1 if z.ndim >= 1 else None

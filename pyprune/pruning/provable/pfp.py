@@ -48,9 +48,9 @@ from pyprune.pruning.groups import build_dependency_graph
 from pyprune.pruning.methods import Method, register_method
 from pyprune.pruning.plan import ApplyMode, PruningPlan
 from pyprune.pruning.planner import (
-    _measure,
     _resolve_refs,
     check_amount,
+    measure_plan,
     output_layer_name,
     plan_structured,
     select_layers,
@@ -78,11 +78,6 @@ MAX_TRIALS = 20
 """Iterations of the outer root search on the nominal keep ratio (torchprune)."""
 
 _FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
-# sample_complexity squares eps, which underflows to 0 below ~1.5e-154, and returns exact (arbitrarily large)
-# ints that torch cannot multiply. Draws are capped at _MAX_DRAWS, where every unit with p > ~1e-17 is surely drawn;
-# any eps below _EPS_FLOOR already reaches that cap unless the coefficient itself is below ~1e-280.
-_EPS_FLOOR = 1e-150
-_MAX_DRAWS = 2**62
 # Bisection on log(eps) stops when the bracket is this narrow (about 50 halvings of [log 1e-300, log 1e150]).
 _LOG_TOLERANCE = 1e-12
 
@@ -211,8 +206,8 @@ class PFPAllocator:
 
     def draws(self, epsilon: float) -> dict[str, int]:
         """``m_l(eps)``, the sample complexity of every layer with units."""
-        eps = max(epsilon, _EPS_FLOOR)
-        return {name: min(sample_complexity(eps, a), _MAX_DRAWS) for name, a in self._coefficients.items()}
+        # sample_complexity guards the eps^2 underflow and caps the draws (bounds.MAX_DRAWS).
+        return {name: sample_complexity(epsilon, a) for name, a in self._coefficients.items()}
 
     def inputs(self, epsilon: float) -> dict[str, int]:
         """``in_l(eps) = min(units, max(1, ceil(sum_c 1 - (1 - p_c)^m_l)))`` for every layer with units."""
@@ -609,7 +604,7 @@ def plan_pfp(
             "can be worth more than the tolerance, and units of zero sensitivity always go)"
         )
     plan = best.plan
-    _measure(plan, model, example_input)  # rescale zeroes columns: refresh the nonzero counts
+    measure_plan(plan, model, example_input)  # rescale zeroes columns: refresh the nonzero counts
     plan.options.update(
         {
             "amount": amount,
@@ -750,7 +745,7 @@ def _build_plan(
     plan.rescale = rescale
     if mode == "mask":
         plan.input_shape = tuple(example_input.shape)
-        _measure(plan, model, example_input)
+        measure_plan(plan, model, example_input)
     return plan
 
 

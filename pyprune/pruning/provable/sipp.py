@@ -71,7 +71,7 @@ from torch import nn
 from pyprune.ops.sensitivity import EPSILON
 from pyprune.pruning.methods import Method, Planner, register_method
 from pyprune.pruning.plan import LayerPlan, PruningPlan, model_fingerprint
-from pyprune.pruning.planner import _measure, check_amount
+from pyprune.pruning.planner import check_amount, measure_plan
 from pyprune.pruning.provable.bounds import adapt_sample_size, alpha, sensitivity_set_size
 from pyprune.pruning.provable.tracker import SensitivityTracker
 
@@ -553,7 +553,7 @@ def _plan(
         rescale={name: gamma.view(shapes[name]) for name, gamma in rescale.items()},
     )
     if example_input is not None:
-        _measure(plan, model, example_input)
+        measure_plan(plan, model, example_input)
     return plan
 
 
