@@ -541,8 +541,8 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
         "(`scope='global'`), not per group like the other rows.",
         "pyprune's planning time is dominated by bookkeeping, not scoring: `plan_structured` applies the plan to "
         "a copy and counts parameters and FLOPs of both models (two `FlopCounterMode` forwards) so the plan "
-        "can print a per-layer table; the 'no param/FLOP table' row skips that (diagnostic only: it patches "
-        "the private `_measure`). pyprune also traces the model twice (plan, then apply), Torch-Pruning once.",
+        "can print a per-layer table; the 'no param/FLOP table' row skips that (`measure=False`). "
+        "pyprune also traces the model twice (plan, then apply), Torch-Pruning once.",
         "Models are untrained (seeded He init); latency does not depend on weight values, only shapes.",
     ]
     others = [
