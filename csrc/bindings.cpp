@@ -5,18 +5,66 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <cstdint>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cpu/cka_damage.h"
 #include "cpu/gram_hsic.h"
+#include "cpu/nm_select.h"
+#include "cpu/permutation_hsic.h"
 #include "cpu/rbf_gram.h"
 #include "cpu/sensitivity.h"
 
 namespace py = pybind11;
 
 namespace {
+
+// ---- Checks shared by every binding: they protect memory, so they are repeated here even where the Python
+// layer already validated. Dtypes are compared by value (kind, size, byte order), never by identity, so an
+// equal dtype carrying metadata is accepted; size arithmetic is overflow-checked before anything is indexed.
+
+bool native_order(const py::dtype& dt) { return dt.byteorder() != '>'; }
+
+// True when a's dtype is a native-order IEEE float of itemsize bytes.
+bool is_float(const py::array& a, py::ssize_t itemsize) {
+  const py::dtype dt = a.dtype();
+  return dt.kind() == 'f' && dt.itemsize() == itemsize && native_order(dt);
+}
+
+[[noreturn]] void overflow(const std::string& what) {
+  throw py::value_error(what + ": size arithmetic overflows 64-bit integers; the sizes are not plausible");
+}
+
+int64_t checked_mul(int64_t a, int64_t b, const std::string& what) {
+  int64_t out;
+  if (__builtin_mul_overflow(a, b, &out)) overflow(what);
+  return out;
+}
+
+int64_t checked_add(int64_t a, int64_t b, const std::string& what) {
+  int64_t out;
+  if (__builtin_add_overflow(a, b, &out)) overflow(what);
+  return out;
+}
+
+// Every kernel starts min(num_threads, blocks) std::threads: an absurd count would fail half-way through
+// starting them, and a failed std::thread constructor with running siblings terminates the process.
+constexpr int kMaxThreads = 1024;
+
+void check_num_threads(int num_threads) {
+  if (num_threads < 1 || num_threads > kMaxThreads)
+    throw py::value_error("num_threads: expected 1 to " + std::to_string(kMaxThreads) + ", got " +
+                          std::to_string(num_threads));
+}
+
+// The kernels index with ptr + i * stride in elements: the data must be aligned to its element size.
+void expect_aligned(const py::array& a, const std::string& name) {
+  if (reinterpret_cast<std::uintptr_t>(a.data()) % static_cast<std::uintptr_t>(a.itemsize()) != 0)
+    throw py::value_error(name + ": data is not aligned to its element size");
+}
 
 // A list of square, row-contiguous matrices of one floating dtype, as pointers and leading dimensions.
 struct GramList {
@@ -34,15 +82,17 @@ GramList check_grams(const std::vector<py::array>& grams, const char* name, int6
   for (size_t i = 0; i < grams.size(); ++i) {
     const py::array& g = grams[i];
     const std::string where = std::string(name) + "[" + std::to_string(i) + "]";
-    const bool is_f32 = py::isinstance<py::array_t<float>>(g) && g.dtype().is(py::dtype::of<float>());
-    const bool is_f64 = g.dtype().is(py::dtype::of<double>());
+    const bool is_f32 = is_float(g, 4);
+    const bool is_f64 = is_float(g, 8);
     if (!is_f32 && !is_f64) throw py::type_error(where + ": expected float32 or float64, got " + std::string(py::str(g.dtype())));
     if (g.ndim() != 2 || g.shape(0) != g.shape(1))
       throw py::value_error(where + ": expected a square 2-D matrix, got shape " + std::string(py::str(py::cast(std::vector<py::ssize_t>(g.shape(), g.shape() + g.ndim())))));
     if (g.shape(1) > 1 && g.strides(1) != g.itemsize())
       throw py::value_error(where + ": rows must be contiguous (column stride == itemsize)");
-    if (g.strides(0) % g.itemsize() != 0 || g.strides(0) < g.shape(1) * g.itemsize())
+    if (g.shape(0) > 1 && (g.strides(0) % g.itemsize() != 0 ||
+                           g.strides(0) < checked_mul(g.shape(1), g.itemsize(), where + " row length")))
       throw py::value_error(where + ": unsupported row stride " + std::to_string(g.strides(0)));
+    expect_aligned(g, where);
     if (out.n == -1) out.n = g.shape(0);
     if (g.shape(0) != out.n)
       throw py::value_error(where + ": expected " + std::to_string(out.n) + " x " + std::to_string(out.n) + ", got " +
@@ -51,7 +101,7 @@ GramList check_grams(const std::vector<py::array>& grams, const char* name, int6
     if (is_f64 != static_cast<bool>(expected_double))
       throw py::type_error(where + ": all Gram matrices must share one dtype");
     out.data.push_back(g.data());
-    out.ld.push_back(g.strides(0) / g.itemsize());
+    out.ld.push_back(g.shape(0) > 1 ? g.strides(0) / g.itemsize() : g.shape(1));
   }
   out.is_double = expected_double;
   return out;
@@ -66,10 +116,14 @@ std::vector<const T*> typed(const GramList& list) {
 
 py::dict gram_hsic_terms(const std::vector<py::array>& grams_a, const std::optional<std::vector<py::array>>& grams_b,
                          int num_threads) {
+  check_num_threads(num_threads);
   const GramList a = check_grams(grams_a, "grams_a");
   const bool same = !grams_b.has_value();
   GramList b = same ? GramList{} : check_grams(*grams_b, "grams_b", a.n, a.is_double);
   const int64_t n = a.n, la = a.data.size(), lb = same ? la : b.data.size();
+  // Outputs and per-thread partials: La * Lb and (La + Lb) * n doubles per worker.
+  checked_mul(checked_mul(la, lb, "grams_a x grams_b"), checked_mul(num_threads, 8, "num_threads"), "cross");
+  checked_mul(checked_mul(la + lb, n, "row sums"), checked_mul(num_threads, 8, "num_threads"), "row sums");
   py::array_t<double> cross({la, lb}), self_a(la), self_b(lb), rows_a({la, n}), diag_a({la, n}), rows_b({lb, n}),
       diag_b({lb, n});
   double *p_cross = cross.mutable_data(), *p_sa = self_a.mutable_data(), *p_sb = self_b.mutable_data(),
@@ -105,8 +159,10 @@ py::dict gram_hsic_terms(const std::vector<py::array>& grams_a, const std::optio
 }
 
 double rbf_from_linear_gram(py::array gram, double threshold, int num_threads) {
+  check_num_threads(num_threads);
   const GramList g = check_grams({gram}, "gram");
   if (!gram.writeable()) throw py::value_error("gram: must be writeable (the kernel works in place)");
+  checked_mul(g.n, g.n, "gram: n * n");
   double median;
   py::gil_scoped_release release;
   if (g.is_double)
@@ -127,8 +183,6 @@ std::string shape_string(const py::array& a) {
   return out + (a.ndim() == 1 ? ",)" : ")");
 }
 
-bool native_order(const py::dtype& dt) { return dt.byteorder() != '>'; }
-
 void expect_dtype(const py::array& a, const std::string& name, const char* want) {
   const py::dtype dt = a.dtype();
   const std::string w(want);
@@ -144,6 +198,7 @@ void expect_dtype(const py::array& a, const std::string& name, const char* want)
 
 void expect_contiguous(const py::array& a, const std::string& name) {
   if (!(a.flags() & py::array::c_style)) throw py::value_error(name + ": must be contiguous");
+  expect_aligned(a, name);
 }
 
 void expect_shape(const py::array& a, const std::string& name, const std::vector<py::ssize_t>& shape,
@@ -156,6 +211,7 @@ void expect_shape(const py::array& a, const std::string& name, const std::vector
 std::string dim(py::ssize_t v) { return std::to_string(v); }
 
 py::tuple greedy_removal_order(py::array interaction, std::optional<py::array> active, int num_threads) {
+  check_num_threads(num_threads);
   expect_dtype(interaction, "interaction", "float64");
   if (interaction.ndim() != 2 || interaction.shape(0) != interaction.shape(1))
     throw py::value_error("interaction: expected a square 2-D matrix, got shape " + shape_string(interaction));
@@ -183,6 +239,7 @@ py::tuple greedy_removal_order(py::array interaction, std::optional<py::array> a
 
 py::dict rbf_candidate_scan(py::array distances_kept, py::array values, py::array candidates,
                             py::array inv_two_sigma_sq, py::array target, int num_threads) {
+  check_num_threads(num_threads);
   expect_dtype(distances_kept, "distances_kept", "float64");
   if (distances_kept.ndim() != 2 || distances_kept.shape(0) != distances_kept.shape(1))
     throw py::value_error("distances_kept: expected a square 2-D matrix, got shape " + shape_string(distances_kept));
@@ -234,11 +291,6 @@ std::string tuple_string(const std::vector<int64_t>& values) {
   return out + (values.size() == 1 ? ",)" : ")");
 }
 
-bool is_float(const py::array& a, py::ssize_t itemsize) {
-  const py::dtype dt = a.dtype();
-  return dt.kind() == 'f' && dt.itemsize() == itemsize && native_order(dt);
-}
-
 void expect_like_weight(const py::array& a, const std::string& name, const py::array& weight) {
   if (!is_float(a, weight.itemsize()))
     throw py::type_error(name + ": expected " + std::string(py::str(weight.dtype())) + " (the dtype of weight), got " +
@@ -284,7 +336,7 @@ void sensitivity_update(py::array weight, py::array inputs, py::array z, py::arr
       throw py::value_error(
           "geometry: expected kernel_size >= 1, stride >= 1, padding >= 0 and dilation >= 1, got " + described);
   }
-  const int64_t taps = linear ? 1 : kernel_size[0] * kernel_size[1];
+  const int64_t taps = linear ? 1 : checked_mul(kernel_size[0], kernel_size[1], "kernel_size: kh * kw");
   if (columns % taps != 0)
     throw py::value_error("weight: expected J = C_in * " + dim(kernel_size[0]) + " * " + dim(kernel_size[1]) +
                           " columns, got " + dim(columns));
@@ -299,6 +351,11 @@ void sensitivity_update(py::array weight, py::array inputs, py::array z, py::arr
   const int64_t height = linear ? 1 : inputs.shape(2), width = linear ? 1 : inputs.shape(3);
   int64_t positions = 1;
   if (!linear) {
+    // The kernel's index arithmetic stays below size + 2 pad + dilation (kernel - 1): check that it fits first.
+    for (const auto& [size, k, p, d] : {std::tuple{height, window.kernel_h, window.pad_h, window.dilation_h},
+                                        std::tuple{width, window.kernel_w, window.pad_w, window.dilation_w}})
+      checked_add(checked_add(size, checked_mul(2, p, "padding"), "size + 2 padding"),
+                  checked_mul(d, k - 1, "dilation * (kernel_size - 1)"), "window span for " + described);
     const int64_t out_h = pyprune::window_positions(height, window.kernel_h, window.stride_h, window.pad_h,
                                                     window.dilation_h);
     const int64_t out_w = pyprune::window_positions(width, window.kernel_w, window.stride_w, window.pad_w,
@@ -306,7 +363,7 @@ void sensitivity_update(py::array weight, py::array inputs, py::array z, py::arr
     if (out_h < 1 || out_w < 1)
       throw py::value_error("inputs: a " + dim(height) + " x " + dim(width) +
                             " input leaves no output position for " + described);
-    positions = out_h * out_w;
+    positions = checked_mul(out_h, out_w, "output positions for " + described);
   }
 
   expect_like_weight(z, "z", weight);
@@ -320,7 +377,11 @@ void sensitivity_update(py::array weight, py::array inputs, py::array z, py::arr
     if (!s->writeable()) throw py::value_error(std::string(name) + ": must be writeable (updated in place)");
   }
 
+  check_num_threads(num_threads);
   const bool is_double = weight.itemsize() == 8;
+  // The value scans read every input once: done without the GIL, like the kernel. The exceptions thrown here
+  // are translated once the GIL is back.
+  py::gil_scoped_release release;
   if (!(is_double ? scan_values<double>(weight) : scan_values<float>(weight)).first)
     throw py::value_error("weight: contains NaN or inf");
   const auto [finite, negative] = is_double ? scan_values<double>(inputs) : scan_values<float>(inputs);
@@ -329,8 +390,6 @@ void sensitivity_update(py::array weight, py::array inputs, py::array z, py::arr
     throw py::value_error(
         "inputs: has negative entries; relative contributions need inputs >= 0 (split a signed batch first with "
         "the batch-doubling rule, torch.cat([x.clamp_min(0), (-x).clamp_min(0)]), as SensitivityTracker does)");
-
-  py::gil_scoped_release release;
   if (is_double)
     pyprune::sensitivity_update<double>(
         static_cast<const double*>(weight.data()), filters, columns, static_cast<const double*>(inputs.data()), batch,
@@ -343,10 +402,93 @@ void sensitivity_update(py::array weight, py::array inputs, py::array z, py::arr
         static_cast<float*>(s_max.mutable_data()), num_threads);
 }
 
+py::array_t<uint8_t> nm_select(const py::array& weight, const std::optional<py::array>& norms, int64_t k, int64_t n,
+                               int64_t m, int num_threads) {
+  const bool is_f32 = weight.dtype().is(py::dtype::of<float>());
+  const bool is_f64 = weight.dtype().is(py::dtype::of<double>());
+  if (!is_f32 && !is_f64)
+    throw py::type_error("weight: expected float32 or float64, got " + std::string(py::str(weight.dtype())));
+  if (weight.ndim() != 2) throw py::value_error("weight: expected a 2-D (rows, cols) matrix");
+  const int64_t rows = weight.shape(0), cols = weight.shape(1);
+  if (cols > 1 && weight.strides(1) != weight.itemsize())
+    throw py::value_error("weight: rows must be contiguous (column stride == itemsize)");
+  if (rows > 1 && (weight.strides(0) % weight.itemsize() != 0 || weight.strides(0) < cols * weight.itemsize()))
+    throw py::value_error("weight: unsupported row stride " + std::to_string(weight.strides(0)));
+  const int64_t ld = rows > 1 ? weight.strides(0) / weight.itemsize() : cols;
+  const double* norm_data = nullptr;
+  if (norms.has_value()) {
+    const py::array& x = *norms;
+    if (!x.dtype().is(py::dtype::of<double>()))
+      throw py::type_error("norms: expected float64, got " + std::string(py::str(x.dtype())));
+    if (x.ndim() != 1 || x.shape(0) != cols)
+      throw py::value_error("norms: expected shape (" + std::to_string(cols) + ",) (one per weight column)");
+    if (cols > 1 && x.strides(0) != x.itemsize()) throw py::value_error("norms: must be contiguous");
+    norm_data = static_cast<const double*>(x.data());
+    for (int64_t j = 0; j < cols; ++j)
+      if (!std::isfinite(norm_data[j]) || norm_data[j] < 0)
+        throw py::value_error("norms: expected finite, non-negative input-feature norms");
+  }
+  if (m == 0 && (k < 0 || k > cols))
+    throw py::value_error("k: expected 0 <= k <= " + std::to_string(cols) + " (the number of columns), got " +
+                          std::to_string(k));
+  if (m != 0 && !(0 < n && n < m))
+    throw py::value_error("n_m: expected 0 < n < m (keep n of every m weights), got (" + std::to_string(n) + ", " +
+                          std::to_string(m) + ")");
+  if (m != 0 && cols % m != 0)
+    throw py::value_error("n_m: " + std::to_string(cols) + " columns do not split into groups of m=" +
+                          std::to_string(m));
+  if (num_threads < 1) throw py::value_error("num_threads: expected >= 1, got " + std::to_string(num_threads));
+  py::array_t<uint8_t> removed({rows, cols});
+  uint8_t* out = removed.mutable_data();
+  {
+    py::gil_scoped_release release;
+    if (is_f64)
+      pyprune::nm_select<double>(static_cast<const double*>(weight.data()), rows, cols, ld, norm_data, k, n, m, out,
+                                 num_threads);
+    else
+      pyprune::nm_select<float>(static_cast<const float*>(weight.data()), rows, cols, ld, norm_data, k, n, m, out,
+                                num_threads);
+  }
+  return removed;
+}
+
+// ---- Permutation test of CKA. The full checks (one dtype, symmetric roles, every row a permutation) are
+// pyprune.ops.reference.check_permutation_arguments; here only what protects memory is re-checked.
+py::array_t<double> permutation_hsic(const py::array& a, const py::array& b, const py::array& permutations,
+                                     int num_threads) {
+  const GramList ga = check_grams({a}, "a");
+  const GramList gb = check_grams({b}, "b", ga.n, ga.is_double);
+  const py::dtype dt = permutations.dtype();
+  if (dt.kind() != 'i' || dt.itemsize() != 8 || !native_order(dt))
+    throw py::type_error("permutations: expected int64, got " + std::string(py::str(dt)));
+  if (permutations.ndim() != 2 || permutations.shape(1) != ga.n)
+    throw py::value_error("permutations: expected shape (S, " + std::to_string(ga.n) + "), got " +
+                          shape_string(permutations));
+  if (!(permutations.flags() & py::array::c_style)) throw py::value_error("permutations: must be contiguous");
+  const int64_t n = ga.n, num_perms = permutations.shape(0);
+  const auto* perms = static_cast<const int64_t*>(permutations.data());
+  for (int64_t k = 0; k < num_perms * n; ++k)
+    if (perms[k] < 0 || perms[k] >= n)
+      throw py::value_error("permutations: entries must lie in [0, " + std::to_string(n) + "), got " +
+                            std::to_string(perms[k]));
+  py::array_t<double> out(num_perms);
+  double* p_out = out.mutable_data();
+  py::gil_scoped_release release;
+  if (ga.is_double)
+    pyprune::permutation_hsic(static_cast<const double*>(ga.data[0]), ga.ld[0], static_cast<const double*>(gb.data[0]),
+                              gb.ld[0], n, perms, num_perms, num_threads, p_out);
+  else
+    pyprune::permutation_hsic(static_cast<const float*>(ga.data[0]), ga.ld[0], static_cast<const float*>(gb.data[0]),
+                              gb.ld[0], n, perms, num_perms, num_threads, p_out);
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "pyprune's CPU kernels (framework-agnostic, float64 accumulation, std::thread parallelism)";
+  m.doc() =
+      "pyprune's CPU kernels (framework-agnostic, std::thread parallelism; float64 accumulation except "
+      "sensitivity_update, which accumulates in the inputs' dtype)";
   m.attr("__version__") = PYPRUNE_VERSION;
   m.def("gram_hsic_terms", &gram_hsic_terms, py::arg("grams_a"), py::arg("grams_b") = py::none(),
         py::arg("num_threads") = 1,
@@ -382,5 +524,21 @@ pyprune.ops.sensitivity.sensitivity_update_reference).
 
 weight (F, J) float32 or float64; inputs (batch, J / (kh kw), H, W) for a conv or (batch, J) for a Linear
 (kernel_size, stride, padding, dilation all empty), finite and >= 0; z (batch, 2, F, P): z[:, 0] = W+ A and
-z[:, 1] = W- A; s_mean, s_max (F, J). One dtype, all contiguous.)doc");
+z[:, 1] = W- A; s_mean, s_max (F, J). One dtype, all contiguous. Arithmetic is in that dtype: a float32 sum
+over the P positions is two-level (chunks of about 64 positions, then the chunk sums), within about 5e-7 relative
+of a float64 sum of the same float32 data (benchmarks/bench_sensitivity.py measures it).)doc");
+  m.def("nm_select", &nm_select, py::arg("weight"), py::arg("norms"), py::arg("k") = 0, py::arg("n") = 0,
+        py::arg("m") = 0, py::arg("num_threads") = 1,
+        R"doc(Per-row lowest-k (m == 0) or N:M (keep n of every m columns) selection of |W_ij| * norms_j, ties to the
+lowest column (see pyprune.ops.reference.nm_select_reference).
+
+weight (rows, cols) float32 or float64, rows contiguous, finite (the caller checks); norms (cols,) float64 >= 0
+or None (magnitude). Returns uint8 (rows, cols), 1 where removed.)doc");
+  m.def("permutation_hsic", &permutation_hsic, py::arg("a"), py::arg("b"), py::arg("permutations"),
+        py::arg("num_threads") = 1,
+        R"doc(Inner products <A, P_s B P_s^T>_F of a symmetric matrix with permuted copies of another (see
+pyprune.ops.reference.permutation_hsic_reference).
+
+a, b (n, n) float32 or float64 (one dtype), rows contiguous, symmetric; only the lower triangle of a is read, b
+is read in full. permutations (S, n) int64, contiguous, each row a permutation of 0..n-1. Returns float64 (S,).)doc");
 }

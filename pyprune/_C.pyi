@@ -54,3 +54,17 @@ def sensitivity_update(
     dilation: Sequence[int] = (),
     num_threads: int = 1,
 ) -> None: ...
+def nm_select(
+    weight: npt.NDArray[np.floating],
+    norms: npt.NDArray[np.float64] | None,
+    k: int = 0,
+    n: int = 0,
+    m: int = 0,
+    num_threads: int = 1,
+) -> npt.NDArray[np.uint8]: ...
+def permutation_hsic(
+    a: npt.NDArray[np.floating],
+    b: npt.NDArray[np.floating],
+    permutations: npt.NDArray[np.int64],
+    num_threads: int = 1,
+) -> npt.NDArray[np.float64]: ...

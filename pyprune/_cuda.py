@@ -1,9 +1,11 @@
 """CUDA kernels through CuPy: ``csrc/cuda/*.cu`` compiled at run time by NVRTC, launched on torch's stream.
 
-The ``.cu`` files are plain NVRTC sources (no host code, no includes). They are looked up in the source
-checkout (``<repo>/csrc/cuda``, which an editable install uses) and then in the installed package
-(``<package>/cuda``, where CMake puts them). CuPy compiles each kernel instantiation the first time it is
-needed and caches the binary on disk (``~/.cupy/kernel_cache``); :func:`module` caches the loaded module.
+The ``.cu`` files are plain NVRTC sources (no host code); each includes ``pp_common.cuh`` (shared device
+helpers) from its own directory, and takes its launch constants (:data:`LAUNCH_CONSTANTS`) as ``-D`` options
+from :func:`nvrtc_options`. They are looked up in the source checkout (``<repo>/csrc/cuda``, which an editable
+install uses) and then in the installed package (``<package>/cuda``, where CMake puts them). CuPy compiles each
+kernel instantiation the first time it is needed and caches the binary on disk (``~/.cupy/kernel_cache``);
+:func:`module` caches the loaded module.
 
 Tensors cross from torch to CuPy by DLPack without copies, and every launch goes on
 ``torch.cuda.current_stream()``, so the kernels are ordered with the surrounding torch work exactly like a
@@ -13,8 +15,8 @@ torch operation. CuPy is imported lazily: this module imports (and :func:`availa
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,44 @@ from pyprune.ops.reference import (
     RBF_MEDIAN_ZERO_MESSAGE,
     check_grams,
     check_greedy_arguments,
+    check_permutation_arguments,
     check_rbf_arguments,
     check_rbf_scan_arguments,
 )
 
-#: NVRTC options for every module. CuPy adds ``-arch`` for the device and appends ``-ftz=true``.
+#: NVRTC options for every module besides those of :func:`nvrtc_options`. CuPy adds ``-arch`` for the device
+#: and appends ``-ftz=true``.
 NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17",)
+
+#: Launch constants shared by the launches below and the kernels, defined here only: every module is compiled
+#: with them as ``-D`` options (``csrc/cuda/pp_common.cuh`` refuses to compile without them), so a block or
+#: tile size cannot differ between host and device.
+LAUNCH_CONSTANTS: dict[str, int] = {
+    "PP_THREADS": 256,  # threads per block of every kernel but the greedy removal loop
+    "PP_GREEDY_THREADS": 1024,  # the greedy removal loop: one block of this many threads
+    "PP_TILE": 64,  # edge of the tiles covering the lower triangle of an n x n matrix
+    "PP_SENS_COLUMNS": 32,  # sensitivity: a block's tile of columns ...
+    "PP_SENS_FILTERS": 16,  # ... and of filters
+}
+
+#: The header of shared device helpers, beside the ``.cu`` files; shipped with them.
+COMMON_HEADER = "pp_common.cuh"
+
+
+def nvrtc_options(source_dir: Path) -> tuple[str, ...]:
+    """NVRTC options for the ``.cu`` files of ``source_dir``: :data:`NVRTC_OPTIONS`, the include path of
+    :data:`COMMON_HEADER`, the :data:`LAUNCH_CONSTANTS` as ``-D`` options, and ``-DPP_COMMON_DIGEST``.
+
+    CuPy's on-disk kernel cache is keyed by the source and the options, not by included files: the digest of
+    the header's bytes, an option no source reads, makes an edited header recompile every module.
+    """
+    header = source_dir / COMMON_HEADER
+    if not header.is_file():
+        raise FileNotFoundError(f"{COMMON_HEADER} not found beside the CUDA sources in {source_dir}")
+    digest = hashlib.sha256(header.read_bytes()).hexdigest()[:16]
+    defines = tuple(f"-D{name}={value}" for name, value in LAUNCH_CONSTANTS.items())
+    return (*NVRTC_OPTIONS, f"-I{source_dir}", *defines, f"-DPP_COMMON_DIGEST=0x{digest}")
+
 
 #: Register tiles (BM x BN matrices per thread block) of ``gram_hsic.cu``; all combinations are instantiated.
 GRAM_HSIC_TILES: tuple[int, ...] = (1, 2, 4, 8)
@@ -73,11 +107,15 @@ NAME_EXPRESSIONS: dict[str, tuple[str, ...]] = {
     "rbf_gram": tuple(expr for dtype in _CTYPES for expr in rbf_expressions(dtype)),
     "cka_damage": CKA_DAMAGE_EXPRESSIONS,
     "sensitivity": tuple(sensitivity_expression(dtype) for dtype in _CTYPES),
+    "nm_select": tuple(
+        f"nm_select_{kind}_{suffix}" for kind in ("rows", "groups") for suffix in ("f32", "f64")
+    ),
+    "permutation_hsic": tuple(f"pyprune::permutation_hsic<{ctype}>" for ctype in _CTYPES.values()),
 }
 
-_THREADS = 256  # block size of every kernel (matches __launch_bounds__ in the .cu files) ...
-_GREEDY_THREADS = 1024  # ... except cka_greedy_order, one block of 1024 threads
-_TILE = 64  # gram_hsic.cu tile edge
+_THREADS = LAUNCH_CONSTANTS["PP_THREADS"]
+_GREEDY_THREADS = LAUNCH_CONSTANTS["PP_GREEDY_THREADS"]
+_TILE = LAUNCH_CONSTANTS["PP_TILE"]
 _MAX_GRID = 65535
 
 
@@ -156,7 +194,7 @@ def cuda_source(name: str) -> Path:
 
 @functools.cache
 def module(name: str, name_expressions: tuple[str, ...] | None = None) -> Any:
-    """The ``cupy.RawModule`` of ``<name>.cu``, compiled with :data:`NVRTC_OPTIONS`, once per process.
+    """The ``cupy.RawModule`` of ``<name>.cu``, compiled with :func:`nvrtc_options`, once per process.
 
     ``name_expressions`` selects the template instantiations to compile (default: all of
     :data:`NAME_EXPRESSIONS` ``[name]``); fetch them with ``module(...).get_function(expression)``.
@@ -164,8 +202,12 @@ def module(name: str, name_expressions: tuple[str, ...] | None = None) -> Any:
     cupy = _cupy()
     if name_expressions is None:
         name_expressions = NAME_EXPRESSIONS.get(name, ())
-    code = cuda_source(name).read_text()
-    return cupy.RawModule(code=code, options=NVRTC_OPTIONS, name_expressions=list(name_expressions) or None)
+    source = cuda_source(name)
+    return cupy.RawModule(
+        code=source.read_text(),
+        options=nvrtc_options(source.parent),
+        name_expressions=list(name_expressions) or None,
+    )
 
 
 def _function(name: str, expression: str) -> Any:
@@ -175,6 +217,28 @@ def _function(name: str, expression: str) -> Any:
 @functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+class _StreamHandle:
+    """A raw ``cudaStream_t`` under the CUDA stream protocol (``__cuda_stream__``: version 0, the handle)."""
+
+    def __init__(self, handle: int):
+        self.handle = handle
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return (0, self.handle)
+
+
+def cupy_stream(cupy: Any, stream: torch.cuda.Stream) -> Any:
+    """A CuPy stream that launches on the torch stream ``stream`` (which it neither owns nor destroys).
+
+    CuPy 14 takes foreign streams through the CUDA stream protocol, ``cupy.cuda.Stream.from_external``, and
+    deprecates ``cupy.cuda.ExternalStream``; CuPy 13 has only the latter.
+    """
+    from_external = getattr(cupy.cuda.Stream, "from_external", None)
+    if from_external is not None:
+        return from_external(_StreamHandle(stream.cuda_stream))
+    return cupy.cuda.ExternalStream(stream.cuda_stream, stream.device_index)
 
 
 class _OnTorchStream:
@@ -190,9 +254,7 @@ class _OnTorchStream:
         self._torch_device.__enter__()
         self._cupy_device = cupy.cuda.Device(index)
         self._cupy_device.__enter__()
-        with warnings.catch_warnings():  # CuPy 14 deprecates ExternalStream; it still works in every version
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self._stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(index).cuda_stream)
+        self._stream = cupy_stream(cupy, torch.cuda.current_stream(index))
         self._stream.__enter__()
         return cupy
 
@@ -389,9 +451,8 @@ def rbf_candidate_scan_cuda(
     return {"cross": cross, "self_sq": self_sq, "row_sq": row_sq, "total": total}
 
 
-# Tile of sensitivity.cu: 32 columns x 16 filters per block.
-_SENSITIVITY_COLUMNS = 32
-_SENSITIVITY_FILTERS = 16
+_SENSITIVITY_COLUMNS = LAUNCH_CONSTANTS["PP_SENS_COLUMNS"]
+_SENSITIVITY_FILTERS = LAUNCH_CONSTANTS["PP_SENS_FILTERS"]
 
 
 def sensitivity_update_cuda(
@@ -453,3 +514,26 @@ def sensitivity_update_cuda_unchecked(
         scale, limit = weight.abs(), 1 - 2 * torch.finfo(weight.dtype).eps
         for s, raw in ((s_mean, scale * raw_mean / patches), (s_max, scale * raw_max)):
             torch.maximum(s, raw.masked_fill_(raw >= limit, 1), out=s)
+
+
+def permutation_hsic_cuda(a: torch.Tensor, b: torch.Tensor, permutations: torch.Tensor) -> torch.Tensor:
+    """CUDA version of ``pyprune._C.permutation_hsic``: float64 ``(S,)`` with ``<A, P_s B P_s^T>_F``.
+
+    Same arguments as :func:`~pyprune.ops.reference.permutation_hsic_reference`, checked by
+    :func:`~pyprune.ops.reference.check_permutation_arguments`; only the lower triangle of ``a`` is read.
+    """
+    n, num_perms = check_permutation_arguments(a, b, permutations)
+    device = _check_cuda(a, "a")
+    with _OnTorchStream(device) as cupy:
+        out = torch.zeros(num_perms, dtype=torch.float64, device=device)
+        if num_perms > 0 and n > 0:
+            # Enough row chunks to fill the device several times over, each of at least one row.
+            chunks = max(1, min(n, _MAX_GRID, math.ceil(8 * _sm_count(device.index) / num_perms)))
+            rows_per_block = math.ceil(n / chunks)
+            chunks = math.ceil(n / rows_per_block)
+            kernel = _function("permutation_hsic", f"pyprune::permutation_hsic<{_CTYPES[a.dtype]}>")
+            args = (cupy.from_dlpack(a.detach()), np.int64(a.stride(0)), cupy.from_dlpack(b.detach()))
+            args += (np.int64(b.stride(0)), np.int64(n), cupy.from_dlpack(permutations.detach()))
+            args += (np.int64(rows_per_block), cupy.from_dlpack(out))
+            kernel((num_perms, chunks), (_THREADS,), args)
+    return out

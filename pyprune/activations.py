@@ -107,35 +107,88 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def batch_input(batch: Any) -> torch.Tensor:
-    """The model input of one batch: the batch itself if a tensor, else its first element (tuple or list) or
-    its ``"x"`` / ``"input"`` / ``"inputs"`` entry (dict)."""
+def call_model(model: Callable[..., Any], inputs: Any) -> Any:
+    """``model(inputs)`` for a tensor, ``model(*inputs)`` for a tuple/list, ``model(**inputs)`` for a dict
+    (Hugging Face style ``input_ids`` / ``attention_mask`` / ``pixel_values``)."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def batch_input(batch: Any, input_key: str | None = None) -> Any:
+    """The model input of one batch: the batch itself if a tensor, else its first element (tuple or list); for a
+    dict, its ``input_key`` entry if given, else its ``"x"`` / ``"input"`` / ``"inputs"`` entry, else the whole
+    dict (fed as keyword arguments: ``input_ids``, ``attention_mask``, ``pixel_values``...)."""
     if isinstance(batch, Mapping):
-        key = next((k for k in INPUT_KEYS if k in batch), None)
-        if key is None:
-            raise ValueError(f"data: a dict batch needs one of the keys {INPUT_KEYS}, got keys {list(batch)}")
-        x = batch[key]
+        if input_key is not None:
+            if input_key not in batch:
+                raise ValueError(
+                    f"input_key: a dict batch has no key {input_key!r}; its keys are {list(batch)}"
+                )
+            x = batch[input_key]
+        else:
+            key = next((k for k in INPUT_KEYS if k in batch), None)
+            if key is None:
+                return _keyword_batch(batch)
+            x = batch[key]
     elif isinstance(batch, (tuple, list)):
         if not batch:
             raise ValueError("data: got an empty batch")
         x = batch[0]
+        if isinstance(x, Mapping):
+            return _keyword_batch(x)
     else:
         x = batch
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"data: expected batches whose input is a tensor, got {type(x).__name__}")
+        raise TypeError(f"data: expected batches whose input is a tensor or a dict, got {type(x).__name__}")
     if x.ndim == 0:
         raise ValueError("data: expected batch inputs with a leading batch dimension, got a 0-d tensor")
     return x
 
 
-def input_batches(data: Any, batch_size: int = 256, max_samples: int | None = None) -> Iterator[torch.Tensor]:
+def _keyword_batch(batch: Mapping[str, Any]) -> dict[str, Any]:
+    if not any(isinstance(v, torch.Tensor) and v.ndim > 0 for v in batch.values()):
+        raise ValueError(f"data: a dict batch needs at least one batched tensor, got keys {list(batch)}")
+    return dict(batch)
+
+
+def batch_size_of(x: Any) -> int:
+    """Samples in a model input: the leading dim of a tensor, or of the first batched tensor of a dict."""
+    if isinstance(x, torch.Tensor):
+        return x.shape[0]
+    return next(v.shape[0] for v in x.values() if isinstance(v, torch.Tensor) and v.ndim > 0)
+
+
+def _take(x: Any, n: int) -> Any:
+    return _slice(x, 0, n)
+
+
+def _slice(x: Any, start: int, stop: int) -> Any:
+    """Samples ``start:stop`` of a tensor input, or of every batched tensor of a dict input."""
+    if isinstance(x, torch.Tensor):
+        return x[start:stop]
+    return {k: v[start:stop] if isinstance(v, torch.Tensor) and v.ndim > 0 else v for k, v in x.items()}
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    """A model input (tensor or dict of tensors) on ``device``."""
+    if isinstance(x, Mapping):
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in x.items()}
+    return x.to(device)
+
+
+def input_batches(
+    data: Any, batch_size: int = 256, max_samples: int | None = None, input_key: str | None = None
+) -> Iterator[Any]:
     """The model inputs in ``data``, batch by batch, stopping after ``max_samples`` (last batch cut short).
 
     ``data`` is a tensor or array ``(n, ...)`` (split into batches of ``batch_size``), a ``DataLoader`` or any
-    iterable of batches (see :func:`batch_input`); empty batches are skipped. Arguments are checked at the
-    call, not at the first ``next()``.
+    iterable of batches (see :func:`batch_input`; ``input_key`` picks a dict batch's entry); empty batches are
+    skipped. Arguments are checked at the call, not at the first ``next()``.
     """
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
@@ -148,23 +201,30 @@ def input_batches(data: Any, batch_size: int = 256, max_samples: int | None = No
         if data.ndim == 0:
             raise ValueError("data: expected a tensor with a leading sample dimension, got a 0-d tensor")
         return iter(data[:max_samples].split(batch_size))
+    if isinstance(data, Mapping):
+        # One dict of tensors holding every sample: batches of batch_size, like a tensor.
+        whole = batch_input(data, input_key)
+        n = batch_size_of(whole) if max_samples is None else min(batch_size_of(whole), max_samples)
+        return (_slice(whole, i, min(i + batch_size, n)) for i in range(0, n, batch_size))
     if not isinstance(data, Iterable):
         raise TypeError(
             f"data: expected a tensor, a DataLoader or an iterable of batches, got {type(data).__name__}"
         )
-    return _iterable_batches(data, max_samples)
+    return _iterable_batches(data, max_samples, input_key)
 
 
-def _iterable_batches(data: Iterable[Any], max_samples: int | None) -> Iterator[torch.Tensor]:
+def _iterable_batches(data: Iterable[Any], max_samples: int | None, input_key: str | None) -> Iterator[Any]:
     remaining = math.inf if max_samples is None else max_samples
     for batch in data:
-        x = batch_input(batch)
-        if x.shape[0] == 0:
+        x = batch_input(batch, input_key)
+        size = batch_size_of(x)
+        if size == 0:
             continue
-        if x.shape[0] > remaining:
-            x = x[: int(remaining)]
+        if size > remaining:
+            x = _take(x, int(remaining))
+            size = int(remaining)
         yield x
-        remaining -= x.shape[0]
+        remaining -= size
         if remaining <= 0:
             return
 
@@ -250,9 +310,13 @@ class LayerRecorder:
         device: torch.device | str | None = None,
         to_cpu: bool = True,
         flatten: Flatten | None = None,
+        forward: Callable[[nn.Module, Any], Any] | None = None,
     ) -> None:
         if flatten is not None and flatten not in FLATTEN_MODES:
             raise ValueError(f"flatten: expected None or one of {FLATTEN_MODES}, got {flatten!r}")
+        if forward is not None and not callable(forward):
+            raise TypeError(f"forward: expected None or a callable (model, input) -> output, got {forward!r}")
+        self.forward = forward
         self.model = model
         self.targets = resolve_layers(model, layers)
         self.device = torch.device(device) if device is not None else model_device(model)
@@ -264,8 +328,9 @@ class LayerRecorder:
         """The recorded module names, in output order."""
         return [name for name, _ in self.targets]
 
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Forward ``x`` ``(b, ...)``; returns ``{name: activation (b, ...)}`` (2-D if ``flatten`` is set)."""
+    def __call__(self, x: Any) -> dict[str, torch.Tensor]:
+        """Forward ``x`` ``(b, ...)`` (or a dict of keyword inputs); returns ``{name: activation (b, ...)}`` (2-D if
+        ``flatten`` is set)."""
         store: dict[str, torch.Tensor] = {}
         handles = []
         try:
@@ -273,7 +338,13 @@ class LayerRecorder:
                 hook = partial(_record_output, store, name, self.to_cpu)
                 handles.append(module.register_forward_hook(hook))
             with eval_mode(self.model), torch.no_grad():
-                self.model(x.to(self.device))
+                x = to_device(x, self.device)
+                if self.forward is not None:
+                    self.forward(self.model, x)
+                elif isinstance(x, Mapping):
+                    self.model(**x)
+                else:
+                    self.model(x)
         finally:
             for handle in handles:
                 handle.remove()
@@ -295,6 +366,8 @@ def iterate_activations(
     device: torch.device | str | None = None,
     to_cpu: bool = True,
     flatten: Flatten | None = None,
+    input_key: str | None = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield the chosen layers' activations one batch at a time, for streaming metrics.
 
@@ -302,10 +375,10 @@ def iterate_activations(
     in layer order. Hooks are attached only while a batch runs, so the model is untouched while the generator
     is suspended, closed early or garbage-collected.
     """
-    recorder = LayerRecorder(model, layers, device=device, to_cpu=to_cpu, flatten=flatten)
+    recorder = LayerRecorder(model, layers, device=device, to_cpu=to_cpu, flatten=flatten, forward=forward)
     # A generator expression rather than a generator function, so bad arguments raise here and not at the
     # first next().
-    return (recorder(x) for x in input_batches(data, batch_size, max_samples))
+    return (recorder(x) for x in input_batches(data, batch_size, max_samples, input_key))
 
 
 def capture(
@@ -318,6 +391,8 @@ def capture(
     device: torch.device | str | None = None,
     to_cpu: bool = True,
     flatten: Flatten | None = None,
+    input_key: str | None = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run ``model`` over ``data`` and return the outputs of the chosen layers.
 
@@ -328,7 +403,9 @@ def capture(
         model: any ``nn.Module``.
         data: a tensor or array ``(n, ...)`` of inputs (split into batches of ``batch_size``), a
             ``DataLoader`` or any iterable of batches. A batch is a tensor, a tuple/list whose first element
-            is the input (``(x, y)`` pairs), or a dict with an ``"x"``, ``"input"`` or ``"inputs"`` entry.
+            is the input (``(x, y)`` pairs), or a dict: its ``"x"``, ``"input"`` or ``"inputs"`` entry is the
+            input, otherwise the whole dict is passed as keyword arguments (Hugging Face style ``input_ids``,
+            ``attention_mask``, ``pixel_values``). A dict of tensors holding all samples is batched too.
         layers: module names as in ``model.named_modules()`` (kept in the given order), a predicate
             ``(name, module) -> bool``, or a module type / tuple of types (both in ``named_modules()`` order).
         batch_size: batch size when ``data`` is a tensor.
@@ -338,6 +415,9 @@ def capture(
             computed them.
         flatten: None keeps each output's shape; ``"example"`` gives ``(n, C*H*W)`` and ``"channel"``
             ``(n*H*W, C)``, see :func:`pyprune.flatten_activations`.
+        input_key: feed this entry of each dict batch (e.g. ``"pixel_values"``) as the only input.
+        forward: ``forward(model, input)`` runs the model instead of ``model(input)`` / ``model(**input)``
+            (e.g. ``lambda m, b: m.generate(**b)`` or a model whose inputs need preparing).
 
     Returns:
         ``{name: tensor}`` in layer order; each tensor is ``(n, ...)``, the module's output for all ``n``
@@ -364,11 +444,14 @@ def capture(
         device=device,
         to_cpu=to_cpu,
         flatten=flatten,
+        input_key=input_key,
+        forward=forward,
     ):
         if batches is None:
             batches = {name: [] for name in acts}
         for name, tensor in acts.items():
             batches[name].append(tensor)
-    if batches is None:
+    captured = {name: torch.cat(parts) for name, parts in (batches or {}).items()}
+    if not captured or next(iter(captured.values())).shape[0] == 0:
         raise ValueError("data: contains no samples")
-    return {name: torch.cat(parts) for name, parts in batches.items()}
+    return captured

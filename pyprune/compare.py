@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pyprune.activations import LayerRecorder, LayerSelector, count_samples, input_batches
+from pyprune.activations import LayerRecorder, LayerSelector, batch_size_of, count_samples, input_batches
 from pyprune.similarity._inputs import Flatten
 from pyprune.similarity.cka import Kernel, cka_matrix
 
@@ -39,6 +40,8 @@ class LayerSimilarity:
         names_b: model B's layer names, columns.
         metric: what ``values`` holds, e.g. ``"linear CKA"`` or ``"minibatch linear CKA (unbiased)"``.
         n_samples: how many input samples the values were computed from.
+        p_values: optional float64 ``(L1, L2)`` permutation p-values (from :func:`pyprune.cka_matrix_test`);
+            :meth:`plot` marks the cells that are not significant.
     """
 
     values: torch.Tensor
@@ -46,6 +49,7 @@ class LayerSimilarity:
     names_b: list[str]
     metric: str
     n_samples: int
+    p_values: torch.Tensor | None = None
 
     def plot(
         self,
@@ -56,10 +60,12 @@ class LayerSimilarity:
         *,
         xlabel: str = "model B",
         ylabel: str = "model A",
+        alpha: float = 0.05,
     ) -> Figure:
         """Heatmap of :attr:`values` (rows model A, columns model B); see :func:`pyprune.plot_similarity`.
 
-        The default title names the metric and sample count. Needs matplotlib.
+        The default title names the metric and sample count. With :attr:`p_values`, cells with ``p > alpha``
+        are dotted as not significant. Needs matplotlib.
         """
         from pyprune.plot import plot_similarity
 
@@ -74,6 +80,8 @@ class LayerSimilarity:
             xlabel=xlabel,
             ylabel=ylabel,
             colorbar_label=self.metric,
+            p_values=self.p_values,
+            alpha=alpha,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +120,8 @@ def compare_models(
     max_samples: int | None = None,
     batch_size: int = 256,
     progress: bool = True,
+    input_key: str | None = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
 ) -> LayerSimilarity:
     """CKA between every chosen layer of ``model_a`` and every chosen layer of ``model_b`` on ``data``.
 
@@ -136,6 +146,8 @@ def compare_models(
         max_samples: use at most this many samples of ``data``.
         batch_size: batch size when ``data`` is a tensor (with ``streaming`` it is also the CKA minibatch).
         progress: show a tqdm progress bar (on stderr).
+        input_key, forward: how a batch is fed, as in :func:`pyprune.capture` (dict batches of Hugging Face
+            models: the whole dict as keyword arguments by default, or one entry by ``input_key``).
 
     Returns:
         A :class:`LayerSimilarity` with the ``(L1, L2)`` float64 matrix on the CPU.
@@ -151,17 +163,19 @@ def compare_models(
             "unbiased: streaming (minibatch) CKA is always unbiased; leave unbiased=None or True"
         )
     same_model = model_b is model_a
-    recorder_a = LayerRecorder(model_a, layers_a, to_cpu=False)
-    recorder_b = LayerRecorder(model_b, layers_a if layers_b is None else layers_b, to_cpu=False)
+    recorder_a = LayerRecorder(model_a, layers_a, to_cpu=False, forward=forward)
+    recorder_b = LayerRecorder(
+        model_b, layers_a if layers_b is None else layers_b, to_cpu=False, forward=forward
+    )
     names_a, names_b = recorder_a.names, recorder_b.names
     symmetric = same_model and names_a == names_b
     if same_model:
         # One forward pass per batch records the union of both layer lists.
         union = list(dict.fromkeys(names_a + names_b))
-        recorder_a = recorder_b = LayerRecorder(model_a, union, to_cpu=False)
+        recorder_a = recorder_b = LayerRecorder(model_a, union, to_cpu=False, forward=forward)
     # Activations meet on model A's device, where the similarity is computed.
     device = recorder_a.device
-    batches = input_batches(data, batch_size, max_samples)
+    batches = input_batches(data, batch_size, max_samples, input_key)
 
     accumulator = None
     if streaming:
@@ -183,8 +197,8 @@ def compare_models(
             else:
                 _append(parts_x, xs)
                 _append(parts_y, ys or {})
-            n_samples += x.shape[0]
-            bar.update(x.shape[0])
+            n_samples += batch_size_of(x)
+            bar.update(batch_size_of(x))
     if n_samples == 0:
         raise ValueError("data: contains no samples")
     if accumulator is not None:

@@ -233,3 +233,92 @@ def _optional(module: str, package: str) -> ModuleType:
             f'pyprune.data needs {package}, which is not installed: pip install "pyprune[demo]" '
             f"(or pip install {package})"
         ) from error
+
+
+# ------------------------------------------------------------------------------------------------ text corpus
+
+TEXT_SPLITS = ("train", "held_out")
+
+
+def stdlib_source_files(root: str | None = None) -> list[str]:
+    """Relative paths (sorted) of the ``.py`` files of the installed Python standard library (``site-packages``
+    excluded): a text corpus that ships with every Python."""
+    import sysconfig
+    from pathlib import Path
+
+    base = Path(root or sysconfig.get_paths()["stdlib"])
+    if not base.is_dir():
+        raise ValueError(f"root: {str(base)!r} is not a directory")
+    return sorted(
+        str(p.relative_to(base))
+        for p in base.rglob("*.py")
+        if "site-packages" not in p.relative_to(base).parts
+    )
+
+
+def stdlib_corpus(
+    split: str = "train",
+    *,
+    held_out_fraction: float = 0.1,
+    max_bytes: int | None = None,
+    root: str | None = None,
+) -> torch.Tensor:
+    """The standard library's Python sources as one byte-level token stream (uint8 values, vocabulary 256).
+
+    Files go to ``"held_out"`` when the first 8 bytes of the SHA-256 of their relative path, as an integer, fall
+    in the lowest ``held_out_fraction`` of the range; so the split is by whole file, deterministic and the same
+    on every machine with the same Python. Files are concatenated in path order, separated by a blank line.
+
+    Args:
+        split: ``"train"`` or ``"held_out"``.
+        held_out_fraction: share of files (not bytes) held out, in (0, 1).
+        max_bytes: stop after this many bytes (the stream is cut there).
+        root: another directory of ``.py`` files instead of the standard library.
+
+    Returns:
+        int64 tensor ``(num_bytes,)`` with values in [0, 256).
+    """
+    import hashlib
+    import sysconfig
+    from pathlib import Path
+
+    if split not in TEXT_SPLITS:
+        raise ValueError(f"split: expected one of {TEXT_SPLITS}, got {split!r}")
+    if not (isinstance(held_out_fraction, float) and 0 < held_out_fraction < 1):
+        raise ValueError(f"held_out_fraction: expected a float in (0, 1), got {held_out_fraction!r}")
+    if max_bytes is not None:
+        _check_positive_int(max_bytes, "max_bytes")
+    base = Path(root or sysconfig.get_paths()["stdlib"])
+    cut = held_out_fraction * 2**64
+    chunks: list[bytes] = []
+    size = 0
+    for relative in stdlib_source_files(root):
+        digest = int.from_bytes(hashlib.sha256(relative.encode()).digest()[:8], "big")
+        if (digest < cut) != (split == "held_out"):
+            continue
+        text = (base / relative).read_bytes() + b"\n\n"
+        chunks.append(text)
+        size += len(text)
+        if max_bytes is not None and size >= max_bytes:
+            break
+    data = b"".join(chunks)[:max_bytes]
+    if not data:
+        raise ValueError(f"split: no file of {str(base)!r} falls in {split!r}")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+
+
+def token_windows(tokens: torch.Tensor, seq_len: int, count: int, *, seed: int | None = 0) -> torch.Tensor:
+    """``(count, seq_len)`` windows of a token stream: at random offsets drawn with ``seed``, or consecutive
+    non-overlapping windows from the start with ``seed=None`` (the evaluation convention)."""
+    _check_positive_int(seq_len, "seq_len")
+    _check_positive_int(count, "count")
+    if tokens.dim() != 1 or tokens.numel() < seq_len:
+        raise ValueError(f"tokens: expected a 1-D stream of at least seq_len={seq_len} tokens")
+    if seed is None:
+        available = tokens.numel() // seq_len
+        if count > available:
+            raise ValueError(f"count: the stream holds {available} windows of {seq_len}, asked for {count}")
+        return tokens[: count * seq_len].reshape(count, seq_len)
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, tokens.numel() - seq_len + 1, (count,), generator=g)
+    return torch.stack([tokens[s : s + seq_len] for s in starts.tolist()])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.utils.flop_counter import FlopCounterMode
 
-from pyprune.activations import eval_mode
+from pyprune.activations import call_model, eval_mode
 
 SLOW_FORWARD_S = 1.0
 """A first forward pass slower than this (seconds) makes :func:`latency` cut its repeats to fit the budget."""
@@ -159,7 +159,9 @@ def _format_ms(ms: float) -> str:
     return f"{ms:.3g}" if ms < 100 else f"{ms:.1f}"
 
 
-def count(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> ModelCount:
+def count(
+    model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...] | Mapping[str, Any]
+) -> ModelCount:
     """Parameters, nonzero parameters and FLOPs of ``model`` for one forward pass on ``example_input``.
 
     The forward pass runs once, as ``model(*example_input)`` (or ``model(example_input)`` for a tensor), in eval
@@ -180,8 +182,8 @@ def count(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ..
 
     Args:
         model: the model; its parameters and ``example_input`` must be on the same device.
-        example_input: a tensor, e.g. ``(batch, channels, height, width)`` for a CNN, or a tuple of tensors
-            passed as positional arguments.
+        example_input: a tensor, e.g. ``(batch, channels, height, width)`` for a CNN, a tuple of tensors
+            passed as positional arguments, or a dict passed as keyword arguments (``input_ids``, ...).
 
     Returns:
         A :class:`ModelCount`.
@@ -190,10 +192,18 @@ def count(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ..
         TypeError: ``model`` is not an ``nn.Module`` or ``example_input`` is not a tensor or tuple of tensors.
     """
     _check_model(model)
-    inputs = _as_inputs(example_input)
+    inputs = example_input if isinstance(example_input, Mapping) else _as_inputs(example_input)
     flop_counter = FlopCounterMode(display=False)
-    with eval_mode(model), torch.no_grad(), flop_counter:
-        model(*inputs)
+    # nn.MultiheadAttention's (and nn.TransformerEncoderLayer's) inference fast path runs one fused native op
+    # that FlopCounterMode does not know (it counted 0 FLOPs for torchvision's vit_b_16 attention): count the
+    # same computation through its decomposed path.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with eval_mode(model), torch.no_grad(), flop_counter:
+            call_model(model, inputs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     flops = flop_counter.get_total_flops()
     return ModelCount(
         params=sum(p.numel() for p in model.parameters()),

@@ -49,6 +49,8 @@ def plot_similarity(
     xlabel: str | None = None,
     ylabel: str | None = None,
     colorbar_label: str | None = None,
+    p_values: Any = None,
+    alpha: float = 0.05,
 ) -> Figure:
     """Draw a labelled heatmap of a similarity matrix.
 
@@ -68,6 +70,9 @@ def plot_similarity(
         vmin, vmax: colour scale limits.
         xlabel, ylabel: axis titles.
         colorbar_label: colourbar title.
+        p_values: optional ``(L1, L2)`` p-values (e.g. :func:`pyprune.cka_matrix_test`); cells with
+            ``p > alpha`` (not significant) get a grey dot pattern and a legend entry.
+        alpha: significance level for ``p_values``.
 
     Returns:
         The ``matplotlib.figure.Figure`` drawn on (``ax.figure`` when ``ax`` is given).
@@ -124,10 +129,15 @@ def plot_similarity(
                 (j - 0.5, i - 0.5), 1, 1, facecolor="none", edgecolor="#808080", hatch="///", linewidth=0
             )
         )
+    handles = []
     if len(nan_cells):
-        handle = Patch(facecolor=_NAN_COLOUR, edgecolor="#808080", hatch="///", label="NaN (undefined)")
+        nan_label = "NaN (undefined)"
+        handles.append(Patch(facecolor=_NAN_COLOUR, edgecolor="#808080", hatch="///", label=nan_label))
+    if p_values is not None:
+        handles += _mark_not_significant(ax, p_values, values.shape, alpha)
+    if handles:
         ax.legend(
-            handles=[handle],
+            handles=handles,
             loc="lower right",
             bbox_to_anchor=(1.0, 1.0),
             frameon=False,
@@ -138,7 +148,7 @@ def plot_similarity(
     if annotate if annotate is not None else max(rows, cols) <= ANNOTATE_MAX:
         _annotate(ax, values, colormap, norm, fontsize)
     if title:
-        ax.set_title(title, loc="left" if len(nan_cells) else "center")
+        ax.set_title(title, loc="left" if handles else "center")
     if path is not None:
         fig.savefig(path, dpi=150)
     return fig
@@ -154,3 +164,22 @@ def _annotate(ax: Axes, values: np.ndarray, colormap: Any, norm: Any, fontsize: 
         luminance = 0.299 * red + 0.587 * green + 0.114 * blue
         colour = "black" if luminance > 0.5 else "white"
         ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=fontsize, color=colour)
+
+
+def _mark_not_significant(ax: Axes, p_values: Any, shape: tuple[int, ...], alpha: float) -> list[Any]:
+    """Dot the cells whose p-value exceeds ``alpha``; returns the legend handle (none if every cell passes)."""
+    from matplotlib.patches import Patch, Rectangle
+
+    p = np.asarray(p_values.cpu() if hasattr(p_values, "cpu") else p_values, dtype=np.float64)
+    if p.shape != shape:
+        raise ValueError(f"p_values: expected shape {shape} like the matrix, got {p.shape}")
+    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+        raise ValueError(f"alpha: expected a significance level in (0, 1), got {alpha!r}")
+    cells = np.argwhere(p > alpha)
+    for i, j in cells:
+        rectangle = Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="none", edgecolor="#9a9a9a", hatch="..")
+        ax.add_patch(rectangle)
+    if not len(cells):
+        return []
+    label = f"not significant (p > {alpha:g})"
+    return [Patch(facecolor="white", edgecolor="#9a9a9a", hatch="..", label=label)]

@@ -56,14 +56,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from pyprune.distributed import unwrap_model
 from pyprune.measure import count, format_count
 from pyprune.pruning import planner
 from pyprune.pruning.apply import HISTORY_ATTRIBUTE
-from pyprune.pruning.io import load_pruned, save_pruned
+from pyprune.pruning.io import checksum, load_checked, load_pruned, save_checked, save_pruned
 from pyprune.pruning.methods import get_method
 from pyprune.pruning.methods import plan as plan_method
 from pyprune.pruning.plan import PruningPlan
-from pyprune.pruning.planner import check_amount, plan_structured, select_layers
+from pyprune.pruning.planner import check_amount, check_materialised, plan_structured, select_layers
 from pyprune.pruning.taylor import Taylor
 from pyprune.train import (
     Callback,
@@ -126,7 +127,7 @@ class RoundRecord:
             layers it prunes, or output channels of its dependency groups); 1.0 in round 0.
         params: parameters (a masked tensor counts whole).
         nonzero_params: nonzero entries of the effective parameters.
-        flops: FLOPs of one forward pass on one example (``example_input``).
+        flops: FLOPs of one forward pass on one example (the first example of ``example_input``).
         accuracy: fraction of ``eval_loader`` classified correctly, ``None`` if targets are not class indices.
         loss: mean loss per example on ``eval_loader``.
         train_seconds: wall time of the round's training (0.0 without training).
@@ -196,8 +197,10 @@ class ScheduleResult:
         }
 
     def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int | None = 1) -> str:
-        """The result as JSON text; also written to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=indent)
+        """The result as JSON text, with a ``checksum`` of its content that :meth:`from_json` verifies; also
+        written to ``path`` when given."""
+        data = json.loads(json.dumps(self.to_dict()))  # the form from_json will see (tuples become lists)
+        text = json.dumps({**data, "checksum": checksum(data)}, indent=indent)
         if path is not None:
             with open(path, "w", encoding="utf-8") as handle:
                 handle.write(text)
@@ -205,6 +208,11 @@ class ScheduleResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ScheduleResult:
+        """Read :meth:`to_dict`'s form; a ``checksum`` entry (written by :meth:`to_json`) must match the rest."""
+        if isinstance(data, Mapping) and "checksum" in data:
+            data = dict(data)
+            if data.pop("checksum") != checksum(data):
+                raise ValueError("corrupt schedule result: its content does not match its checksum")
         if not isinstance(data, Mapping) or data.get("format") != SCHEDULE_FORMAT:
             found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
             raise ValueError(
@@ -319,7 +327,8 @@ def one_shot(
             is not given).
         eval_loader: batches measured after every round; ``example_input`` defaults to its first example.
         epochs: fine-tuning epochs, >= 0 (0: prune only).
-        example_input: one input batch for tracing and FLOP counting; FLOPs are reported per this batch.
+        example_input: one input batch for tracing and FLOP counting; FLOPs are counted on its first example, so
+            they are per example whatever the batch size.
         data: batches for data-driven methods (e.g. ``"taylor"``); default ``train_loader``.
         loss_fn: ``loss_fn(output, targets)``, mean over the batch; default cross-entropy.
         optimizer_factory: ``factory(model) -> optimizer``, called after pruning (structured pruning replaces
@@ -850,10 +859,13 @@ def cascade(
     ``keep_ratios[i]`` of round 0's prunable units; if ``i`` is in ``retrain_at`` it then retrains for
     ``epochs`` epochs with a fresh optimiser and the full schedule (learning-rate rewinding with t = T).
 
-    Keep ratio -> ``amount``: for masks (weights or masked channels) the planner counts masked units as
-    removed, so ``amount = 1 - keep``; for removed channels the next plan sees only the survivors, so
-    ``amount = 1 - keep · prunable / kept`` over the current channels (exact with ``scope="global"``, per
-    dependency group up to rounding with ``scope="layer"``). Records carry the actual ``keep``.
+    Keep ratio -> ``amount``, in the unit the method's ``amount`` has (:attr:`pyprune.pruning.Method.amount_unit`):
+    for masks (weights or masked channels) the planner counts masked units as removed, so ``amount = 1 - keep``;
+    for removed channels the next plan sees only the survivors, so ``amount = 1 - keep · prunable / kept`` over
+    the current channels (exact with ``scope="global"``, per dependency group up to rounding with
+    ``scope="layer"``); for a fraction of all parameters (PFP) ``keep`` is of round 0's parameters (nonzero
+    ones with ``mode="mask"``) and ``amount = 1 - keep · params_0 / params_now``. Each record carries the
+    achieved ``keep`` in that unit, and its notes the target next to it (``keep_target``, ``keep_achieved``).
 
     Args:
         model: the trained model; pruned in place.
@@ -870,7 +882,9 @@ def cascade(
         ValueError: ``keep_ratios`` empty, not strictly decreasing or outside (0, 1], ``retrain_at`` indices out
             of range, other bad arguments.
     """
-    get_method(method)
+    unit = get_method(method).amount_unit
+    # PFP measures its amount on all parameters, nonzero ones when it masks.
+    params_metric = "nonzero_params" if (method_options or {}).get("mode") == "mask" else "params"
     ratios = _check_keep_ratios(keep_ratios)
     _check_int(epochs, "epochs", 1)
     if retrain_at is None:
@@ -918,7 +932,10 @@ def cascade(
         keep = ratios[index]
         previous = session.result.final
         start = time.perf_counter()
-        if session.result.notes.get("mode") == "remove":
+        if unit == "params":
+            dense = getattr(session.result.rounds[0], params_metric)
+            amount = max(0.0, 1.0 - keep * dense / getattr(previous, params_metric))
+        elif session.result.notes.get("mode") == "remove":
             # Recorded by the earlier round that set the mode.
             assert previous.kept is not None
             assert previous.prunable is not None
@@ -929,7 +946,11 @@ def cascade(
         pruning.apply(model)
         prune_seconds = time.perf_counter() - start
         session.result.notes["mode"] = pruning.mode
-        kept, prunable = _units(model, pruning, previous.prunable)
+        if unit == "params":
+            kept = getattr(count(model, session.example(model)[:1]), params_metric)
+            prunable = getattr(session.result.rounds[0], params_metric)
+        else:
+            kept, prunable = _units(model, pruning, previous.prunable)
         history, train_seconds = None, 0.0
         if index in retrain:
             history, train_seconds, _ = trainer.run(model, epochs)
@@ -941,7 +962,7 @@ def cascade(
             kept=kept,
             prunable=prunable,
             history=history,
-            notes={"keep_target": keep, "retrained": index in retrain},
+            notes={"keep_target": keep, "keep_achieved": kept / prunable, "retrained": index in retrain},
         ):
             return session.finish(model, "callback")
     return session.finish(model, "completed")
@@ -974,6 +995,7 @@ class _Session:
             raise ValueError("resume: needs checkpoint_dir, the directory of the run to continue")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        check_materialised(model)
         self.result = ScheduleResult(schedule, method, _jsonable(config))
         self.eval_loader = eval_loader
         self.loss_fn = loss_fn
@@ -985,6 +1007,11 @@ class _Session:
         self.total = total
         # Taken before any reseeding, so a resumed run takes the same example.
         self.example_input = example_input if example_input is not None else _first_example(eval_loader)
+        try:
+            count(model, self.example(model)[:1])
+        except (RuntimeError, TypeError, ValueError, IndexError) as error:
+            source = "example_input" if example_input is not None else "eval_loader"
+            raise ValueError(f"{source}: the model fails on its first example: {error}") from error
         if self.directory is not None:
             self._start(model, resume)
 
@@ -1019,7 +1046,8 @@ class _Session:
         state: dict[str, Any] | None = None,
     ) -> bool:
         """Measure and append the next round, checkpoint it, print it, call the callback; True to stop."""
-        counts = count(model, self.example(model))
+        # FLOPs per example, as the records and plots say: count on one example, not the whole batch.
+        counts = count(model, self.example(model)[:1])
         metrics = evaluate(model, self.eval_loader, loss_fn=self.loss_fn)
         dense_params = self.result.rounds[0].params if self.result.rounds else counts.params
         record = RoundRecord(
@@ -1043,7 +1071,7 @@ class _Session:
         if self.directory is not None and is_main_process():
             stem = os.path.join(self.directory, f"round_{record.round:03d}")
             _atomic(f"{stem}.pt", lambda path: save_pruned(model, path, round=record.round))
-            _atomic(f"{stem}_state.pt", lambda path: torch.save(state or {}, path))
+            _atomic(f"{stem}_state.pt", lambda path: save_checked(state or {}, path))
             # Written last: a round is complete once result.json lists it.
             _atomic(os.path.join(self.directory, RESULT_FILE), self.result.to_json)
         if self.progress and is_main_process():
@@ -1054,7 +1082,7 @@ class _Session:
         """The schedule state checkpointed with round ``round_index`` (resumed runs only)."""
         assert self.directory is not None  # only resumed runs, which have a directory, reach this
         path = os.path.join(self.directory, f"round_{round_index:03d}_state.pt")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_checked(path, map_location="cpu")
 
     def finish(self, model: nn.Module, stop_reason: str) -> ScheduleResult:
         self.result.notes["stop_reason"] = stop_reason
@@ -1074,7 +1102,12 @@ class _Session:
                 f"checkpoint_dir: {self.directory!r} already holds a schedule run ({RESULT_FILE}); pass "
                 "resume=True to continue it, or choose another directory"
             )
-        loaded = ScheduleResult.from_json(path)
+        try:
+            loaded = ScheduleResult.from_json(path)
+            if not loaded.rounds:
+                raise ValueError("it records no round")
+        except (ValueError, TypeError, KeyError) as error:
+            raise ValueError(f"resume: {path!r} is corrupt or not a schedule result ({error})") from error
         mine = self.result
         recorded = f"{loaded.schedule}({loaded.method!r})"
         if (loaded.schedule, loaded.method) != (mine.schedule, mine.method):
@@ -1093,9 +1126,12 @@ class _Session:
                 "model: resuming replays the checkpointed plans on a freshly built model; this one has been pruned"
             )
         last = loaded.rounds[-1].round
-        load_pruned(
-            os.path.join(self.directory, f"round_{last:03d}.pt"), model, map_location=model_device(model)
-        )
+        checkpoint = os.path.join(self.directory, f"round_{last:03d}.pt")
+        load_pruned(checkpoint, model, map_location=model_device(model))
+        if getattr(model, "pyprune_extra", {}).get("round") != last:
+            raise ValueError(
+                f"resume: {checkpoint!r} does not hold round {last}, which {path!r} records last"
+            )
         # A finished run resumed (e.g. with a callback that stopped it) decides anew where to stop.
         loaded.notes.pop("stop_reason", None)
         self.result = loaded
@@ -1210,7 +1246,7 @@ def _units(model: nn.Module, pruning: PruningPlan, prunable: int | None) -> tupl
     """
     kept = 0
     for layer in pruning.layers:
-        module = model.get_submodule(layer.name)
+        module = unwrap_model(model).get_submodule(layer.name)  # plans name a DDP model's layers unwrapped
         mask = getattr(module, "weight_mask", None)
         if layer.granularity == "weights":
             kept += int(mask.count_nonzero()) if mask is not None else module.weight.numel()

@@ -20,6 +20,8 @@ KERNELS: dict[str, tuple[str, str]] = {
     "greedy_removal_order": ("C++ csrc/cpu/cka_damage.cpp", "CUDA csrc/cuda/cka_damage.cu"),
     "rbf_candidate_scan": ("C++ csrc/cpu/cka_damage.cpp", "CUDA csrc/cuda/cka_damage.cu"),
     "sensitivity_update": ("C++ csrc/cpu/sensitivity.cpp", "CUDA csrc/cuda/sensitivity.cu"),
+    "nm_select": ("C++ csrc/cpu/nm_select.cpp", "CUDA csrc/cuda/nm_select.cu"),
+    "permutation_hsic": ("C++ csrc/cpu/permutation_hsic.cpp", "CUDA csrc/cuda/permutation_hsic.cu"),
 }
 
 

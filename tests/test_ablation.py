@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import pyprune
+from pyprune.models import resnet20
 from pyprune.pruning import ablation
 
 
@@ -138,3 +139,12 @@ def test_loss_needs_targets_and_data_needs_a_batch():
         pyprune.ablation_damage(model, "0", x, measure="loss")
     with pytest.raises(ValueError, match="no"):
         pyprune.ablation_damage(model, "0", [], measure="mse")
+
+
+def test_cka_damage_without_at_compares_the_model_output():
+    torch.manual_seed(0)
+    model = resnet20().eval()
+    data = [(torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,)))]
+    at_output = pyprune.ablation_damage(model, "layer2.0.conv1", data, measure="cka", at="fc")
+    default = pyprune.ablation_damage(model, "layer2.0.conv1", data, measure="cka")
+    torch.testing.assert_close(default, at_output, rtol=0, atol=0)

@@ -60,6 +60,8 @@ def test_info_reports_kernels_and_threads():
         "greedy_removal_order",
         "rbf_candidate_scan",
         "sensitivity_update",
+        "nm_select",
+        "permutation_hsic",
     }
     assert details["kernels"]["gram_hsic_terms"]["cpu"].startswith("C++")
     with pyprune.use_backend("reference"):

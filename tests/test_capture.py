@@ -186,7 +186,8 @@ def test_tuple_list_dict_and_numpy_batches():
         torch.testing.assert_close(
             capture(model, data, ["fc"])["fc"], expected, rtol=1e-5, atol=1e-6, msg=kind
         )
-    with pytest.raises(ValueError, match="'x'"):
+    # A dict without an x/input/inputs entry is fed as keyword arguments (Hugging Face style): this model has none.
+    with pytest.raises(TypeError, match="'image'"):
         capture(model, [{"image": x}], ["fc"])
 
 
@@ -289,3 +290,9 @@ def test_inputs_follow_model_device_and_outputs_to_cpu():
 def test_parameterless_model_runs_on_cpu():
     acts = capture(nn.Sequential(nn.ReLU()), np.ones((3, 2), dtype=np.float32), ["0"])
     assert acts["0"].shape == (3, 2)
+
+
+def test_capture_refuses_a_batch_without_rows():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="data: contains no samples"):
+        capture(model, torch.zeros(0, 3), ["0"])

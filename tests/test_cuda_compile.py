@@ -85,7 +85,8 @@ def compile_with_nvrtc(source: Path, expressions: tuple[str, ...]) -> str:
     from cuda.bindings import nvrtc
 
     (archs,) = _nvrtc_check(nvrtc.nvrtcGetSupportedArchs(), "nvrtcGetSupportedArchs")
-    options = [*_cuda.NVRTC_OPTIONS, f"-arch=compute_{_pick_arch(list(archs))}", *CUPY_APPENDED_OPTIONS]
+    options = [*_cuda.nvrtc_options(source.parent), f"-arch=compute_{_pick_arch(list(archs))}"]
+    options += CUPY_APPENDED_OPTIONS
     created = nvrtc.nvrtcCreateProgram(source.read_bytes(), source.name.encode(), 0, [], [])
     (prog,) = _nvrtc_check(created, "nvrtcCreateProgram")
     try:
@@ -145,7 +146,7 @@ def compile_with_nvcc(source: Path, expressions: tuple[str, ...], tmp_path: Path
         lines.append("void* pp_instances[] = {" + ", ".join(f"(void*)&{e}" for e in expressions) + "};")
     unit = tmp_path / source.name
     unit.write_text("\n".join(lines) + "\n")
-    options = [*_cuda.NVRTC_OPTIONS, f"-arch=compute_{arch}", *CUPY_APPENDED_OPTIONS]
+    options = [*_cuda.nvrtc_options(source.parent), f"-arch=compute_{arch}", *CUPY_APPENDED_OPTIONS]
     ptx_path = tmp_path / (source.stem + ".ptx")
     command = [nvcc, "-ptx", *options, str(unit), "-o", str(ptx_path)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -165,6 +166,35 @@ def _fail_on_source_warnings(source: Path, log: str, tool: str) -> None:
         pytest.fail(f"{tool} warns about {source.name}:\n{log}", pytrace=False)
 
 
+def _check_includes(source: Path) -> None:
+    """NVRTC has no system headers here: a source may include only the headers shipped beside it."""
+    for line in re.findall(r"^\s*#\s*include.*$", source.read_text(), flags=re.MULTILINE):
+        name = re.fullmatch(r'\s*#\s*include\s+"([\w.]+)"\s*', line)
+        assert name, f"{source.name}: may include only quoted local headers, found {line!r}"
+        assert (source.parent / name.group(1)).is_file(), f"{source.name}: {line!r} is not beside it"
+
+
+def test_launch_constants_defined_once() -> None:
+    """The launch constants come from pyprune._cuda as -D options; no CUDA source may define its own."""
+    headers = sorted(SOURCES[0].parent.glob("*.cuh")) if SOURCES else []
+    for path in [*SOURCES, *headers]:
+        for name in _cuda.LAUNCH_CONSTANTS:
+            assert not re.search(rf"^\s*#\s*define\s+{name}\b", path.read_text(), flags=re.MULTILINE), (
+                f"{path.name} defines {name}, which pyprune._cuda.LAUNCH_CONSTANTS passes as -D{name}"
+            )
+    options = _cuda.nvrtc_options(SOURCES[0].parent)
+    for name, value in _cuda.LAUNCH_CONSTANTS.items():
+        assert f"-D{name}={value}" in options
+
+
+def test_common_header_ships_with_sources() -> None:
+    """CMake installs every .cu and .cuh beside the module, and the sdist includes them."""
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "csrc" / "cuda" / _cuda.COMMON_HEADER).is_file()
+    assert re.search(r"GLOB\s+\w+\s+[^)]*csrc/cuda/\*\.cuh", (root / "CMakeLists.txt").read_text())
+    assert '"csrc/cuda/*.cuh"' in (root / "pyproject.toml").read_text()
+
+
 def test_sources_found_and_registered() -> None:
     assert SOURCES, "no csrc/cuda/*.cu found by pyprune._cuda.cuda_sources()"
     assert {p.stem for p in SOURCES} == set(_cuda.NAME_EXPRESSIONS), (
@@ -179,9 +209,7 @@ def test_cuda_source_compiles(source: Path, tmp_path: Path) -> None:
         if _in_ci():
             pytest.fail(f"no CUDA compiler under CI=true: {reason}", pytrace=False)
         pytest.skip(f"no CUDA compiler: {reason}")
-    text = source.read_text()
-    includes = re.findall(r"^\s*#\s*include.*$", text, flags=re.MULTILINE)
-    assert not includes, f"{source.name}: NVRTC sources must be self-contained, found {includes}"
+    _check_includes(source)
     expressions = _cuda.NAME_EXPRESSIONS.get(source.stem, ())
     if which == "nvrtc":
         ptx = _compile_with_nvrtc_in_child(source, expressions)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import warnings
 from collections import OrderedDict
 
 import pytest
@@ -30,7 +31,7 @@ from pyprune.pruning.provable import (
     sample_complexity,
     select_channels,
 )
-from pyprune.pruning.provable.pfp import EPSILON_RANGE, KEEP_RATIO_TOLERANCE
+from pyprune.pruning.provable.pfp import EPSILON_RANGE, KEEP_RATIO_TOLERANCE, KeepRatioMissedWarning
 
 # More samples than SPEC §5.4's |S| for the tiny nets below (c = 3, delta = 1e-16), so no warning fires.
 SAMPLES = 200
@@ -469,7 +470,10 @@ def test_amount_zero_keeps_everything_and_dead_units_go_first():
     assert nothing.num_removed == 0
     assert nothing.rescale == {}
     assert nothing.options["keep_ratio_achieved"] == 1.0
-    some = plan_pfp(model, 0.2, x[:1], tracker)
+    with pytest.warns(
+        KeepRatioMissedWarning, match="keep 0.8000 of the params"
+    ):  # the dead units alone are more
+        some = plan_pfp(model, 0.2, x[:1], tracker)
     assert set(range(4)) <= set(some.layer("fc1").removed.tolist())
 
 
@@ -479,7 +483,8 @@ def test_an_entirely_dead_layer_keeps_one_channel():
         model.fc1.weight.fill_(-1.0)
         model.fc1.bias.fill_(-1.0)
     x = torch.rand(SAMPLES, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    plan = plan_pfp(model, 0.5, x[:1], [x], progress=False)
+    with pytest.warns(KeepRatioMissedWarning, match="keep 0.5000 of the params"):  # all of fc1 is dead
+        plan = plan_pfp(model, 0.5, x[:1], [x], progress=False)
     assert plan.layer("fc1").removed.tolist() == list(range(1, 12))  # ties by index: unit 0 stays
     pruned = copy.deepcopy(model)
     plan.apply(pruned)
@@ -579,12 +584,22 @@ def test_a_tracker_of_another_model_is_refused():
         plan_pfp(model, 0.5, x[:1], other)
 
 
-def test_grouped_convolutions_are_refused_by_name():
+def test_depthwise_convolutions_follow_the_channels_of_their_dense_neighbours():
+    # conv -> depthwise -> 1x1: PFP rates the channels by the 1x1's input sensitivities; the depthwise conv (not
+    # tracked: sensitivities are defined for dense kernels) loses the same channels as the conv before it.
     model = nn.Sequential(
-        OrderedDict(conv=nn.Conv2d(4, 8, 3), depthwise=nn.Conv2d(8, 8, 3, groups=8), flat=nn.Flatten())
-    )
-    with pytest.raises(TypeError, match="layer 'depthwise' is a grouped Conv2d"):
-        plan_pfp(model, 0.5, torch.rand(1, 4, 7, 7), [torch.rand(2, 4, 7, 7)], progress=False)
+        OrderedDict(
+            conv=nn.Conv2d(4, 8, 3), relu=nn.ReLU(), depthwise=nn.Conv2d(8, 8, 3, groups=8), point=nn.Conv2d(8, 6, 1),
+            flat=nn.Flatten(), fc=nn.Linear(6 * 3 * 3, 2),
+        )
+    )  # fmt: skip
+    x = torch.rand(16, 4, 7, 7, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 16 samples are far below the bound's sensitivity-set size
+        plan = plan_pfp(model, 0.3, x[:1], [x], progress=False)
+    pruned = plan.apply(copy.deepcopy(model))
+    assert pruned.depthwise.groups == pruned.depthwise.in_channels == pruned.conv.out_channels < 8
+    assert pruned(x).shape == (16, 2)
 
 
 def test_untraceable_models_are_refused():

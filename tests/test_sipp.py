@@ -544,10 +544,12 @@ def test_dead_layers_keep_one_weight():
         plan.apply(copy.deepcopy(model))
 
 
-def test_grouped_convolutions_are_refused():
+def test_grouped_convolutions_are_left_out_and_listed():
     model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 2)).double()
-    with pytest.raises(TypeError, match="grouped"):
-        sipp_det_plan(model, 0.5, inputs((4, 4, 3, 3)), progress=False)
+    with pytest.warns(SmallSensitivitySetWarning):
+        plan = sipp_det_plan(model, 0.5, inputs((4, 4, 3, 3)), progress=False)
+    assert [layer.name for layer in plan.layers] == ["2"]
+    assert "grouped/depthwise Conv2d (groups=2)" in plan.options["untouched"]["0"]
 
 
 def test_tracker_of_another_model_is_refused(conv_tracker):

@@ -120,8 +120,9 @@ void gram_hsic_terms(const T* const* grams_a, const int64_t* ld_a, int64_t num_a
       part.rows_b.assign(num_b * n, 0.0);
     }
   }
-  // Blocks are handed out bottom-up: the long rows first, so the short ones at the end even out the workers.
-  parallel_blocks(num_blocks, workers, [&](int worker, int64_t block) {
+  // Blocks are dealt bottom-up (the long rows first) in a fixed cyclic order, and the partials are merged in
+  // worker order below: the floating-point sums are then the same on every run with this thread count.
+  parallel_blocks_cyclic(num_blocks, workers, [&](int worker, int64_t block) {
     const int64_t hi = n - block * kRowsPerBlock;
     const int64_t lo = std::max<int64_t>(0, hi - kRowsPerBlock);
     for (int64_t r = hi - 1; r >= lo; --r)

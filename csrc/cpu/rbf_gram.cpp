@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <utility>
 #include <stdexcept>
@@ -15,11 +16,59 @@ namespace {
 
 constexpr int64_t kRowsPerBlock = 32;
 
+// exp(x) for the kernel's arguments x = scale * d <= 0, written without calls or branches so that the pass
+// below vectorises (a scalar libm exp costs several times the rest of the pass): x = k ln2 + r with
+// |r| <= ln2 / 2 (Cody-Waite: ln2 split in two so k ln2 is exact), exp(r) by its Taylor polynomial of degree
+// 13 (truncation below 4e-18 relative), times 2^k built in the exponent bits. Within 2 ulps of exp for
+// x >= -708; below, where exp(x) < 3.4e-308, it returns 0 (as exp(-inf)); NaN stays NaN.
+inline double exp_nonpositive(double x) {
+  constexpr double kLog2e = 1.4426950408889634, kLn2Hi = 6.93147180369123816490e-01;
+  constexpr double kLn2Lo = 1.90821492927058770002e-10, kRound = 6755399441055744.0;  // 1.5 * 2^52
+  const bool underflow = x < -708.0;
+  const double y = underflow ? 0.0 : x;
+  const double shifted = y * kLog2e + kRound;  // round to nearest: k sits in the low mantissa bits
+  const double k = shifted - kRound;
+  const double r = (y - k * kLn2Hi) - k * kLn2Lo;
+  double p = 1.0 / 6227020800.0;  // 1/13!, then Horner down to 1/0!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  int64_t shifted_bits, scale_bits;
+  std::memcpy(&shifted_bits, &shifted, sizeof(double));
+  scale_bits = (shifted_bits - static_cast<int64_t>(0x4338000000000000) + 1023) << 52;  // 2^k, k in [-1022, 0]
+  double scale;
+  std::memcpy(&scale, &scale_bits, sizeof(double));
+  const double value = p * scale;
+  return x != x ? x : (underflow ? 0.0 : value);
+}
+
+// row[c] = exp(scale * row[c]) for c < count: one vectorised loop per ISA, picked at load time.
+template <typename T>
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void exp_row(T* __restrict__ row, int64_t count, double scale) {
+#pragma omp simd
+  for (int64_t c = 0; c < count; ++c) row[c] = static_cast<T>(exp_nonpositive(scale * static_cast<double>(row[c])));
+}
+
 // Selecting the median by a full nth_element over n(n-1)/2 values costs more than the rest of the kernel, so
-// it is bracketed first: a deterministic grid sample of ~kSample distances gives two values [lo, hi] that
-// almost surely enclose the wanted ranks, one parallel pass counts the values below lo and gathers those in
-// [lo, hi], and nth_element runs on that small bracket only. If the bracket misses (possible only for
+// it is bracketed first: a deterministic pseudo-random sample of kSample distances gives two values [lo, hi]
+// that almost surely enclose the wanted ranks, one parallel pass counts the values below lo and gathers those
+// in [lo, hi], and nth_element runs on that small bracket only. If the bracket misses (possible only for
 // unusual distributions) the exact fallback selects over a full copy. The result is exact either way.
+// The sampled pairs are spread over all samples: a grid of every pair among a few hundred samples gives
+// distances correlated through those samples, whose quantiles missed the bracket for plain Gaussian data.
 constexpr int64_t kSample = 1 << 15;
 
 // Values of 0-based ranks k_lo and k_hi (k_hi - k_lo in {0, 1}) among the strictly-lower entries of d.
@@ -45,17 +94,28 @@ std::pair<double, double> lower_order_statistics(const T* d, int64_t n, int64_t 
   };
   if (m < 8 * kSample) return exact();
 
-  const int64_t step = std::max<int64_t>(1, static_cast<int64_t>(n / std::sqrt(2.0 * kSample)));
-  std::vector<T> sample;
-  for (int64_t r = 1; r < n; r += step)
-    for (int64_t c = r % step; c < r; c += step) sample.push_back(d[r * ld + c]);
-  std::sort(sample.begin(), sample.end());
+  std::vector<T> sample(kSample);
+  for (int64_t i = 0; i < kSample; ++i) {
+    // Lower-triangle index q from splitmix64(i), then its row r (r (r - 1) / 2 <= q < r (r + 1) / 2).
+    uint64_t z = static_cast<uint64_t>(i + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    const int64_t q = static_cast<int64_t>((z ^ (z >> 31)) % static_cast<uint64_t>(m));
+    int64_t r = static_cast<int64_t>((1.0 + std::sqrt(1.0 + 8.0 * static_cast<double>(q))) * 0.5);
+    while (r * (r - 1) / 2 > q) --r;
+    while (r * (r + 1) / 2 <= q) ++r;
+    sample[i] = d[r * ld + (q - r * (r - 1) / 2)];
+  }
   const double size = static_cast<double>(sample.size());
   const double margin = 4.0 * std::sqrt(size) + 8.0;
   const int64_t i_lo = static_cast<int64_t>(std::floor(static_cast<double>(k_lo) / m * size - margin));
   const int64_t i_hi = static_cast<int64_t>(std::ceil(static_cast<double>(k_hi) / m * size + margin));
-  const T lo = i_lo <= 0 ? std::numeric_limits<T>::lowest() : sample[i_lo];
-  const T hi = i_hi >= static_cast<int64_t>(sample.size()) ? std::numeric_limits<T>::max() : sample[i_hi];
+  // Two selections instead of a sort of the sample (which cost as much as the rest of the median).
+  const bool has_lo = i_lo > 0, has_hi = i_hi < static_cast<int64_t>(sample.size());
+  if (has_hi) std::nth_element(sample.begin(), sample.begin() + i_hi, sample.end());
+  if (has_lo) std::nth_element(sample.begin(), sample.begin() + i_lo, has_hi ? sample.begin() + i_hi : sample.end());
+  const T lo = has_lo ? sample[i_lo] : std::numeric_limits<T>::lowest();
+  const T hi = has_hi ? sample[i_hi] : std::numeric_limits<T>::max();
 
   const int64_t num_blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
   const int workers = worker_count(num_blocks, num_threads);
@@ -63,14 +123,22 @@ std::pair<double, double> lower_order_statistics(const T* d, int64_t n, int64_t 
   std::vector<std::vector<T>> inside(workers);
   parallel_blocks(num_blocks, workers, [&](int worker, int64_t block) {
     const int64_t r0 = block * kRowsPerBlock, r1 = std::min(n, r0 + kRowsPerBlock);
+    std::vector<T>& out = inside[worker];
     int64_t count = 0;
     for (int64_t r = r0; r < r1; ++r) {
       const T* row = d + r * ld;
+      size_t pos = out.size();
+      out.resize(pos + static_cast<size_t>(r));  // room for the whole row, trimmed after it
+      T* dst = out.data();
+      // Branch-free compaction (every value is written, the position advances only for those inside): a
+      // branch taken for a few percent of the values at random costs more than the rest of the pass.
       for (int64_t c = 0; c < r; ++c) {
         const T v = row[c];
         count += v < lo;
-        if (v >= lo && v <= hi) inside[worker].push_back(v);
+        dst[pos] = v;
+        pos += static_cast<size_t>((v >= lo) & (v <= hi));
       }
+      out.resize(pos);
     }
     below[worker] += count;
   });
@@ -143,7 +211,7 @@ double rbf_from_linear_gram(T* gram, int64_t n, int64_t ld, double threshold, in
     const int64_t lo = block * kRowsPerBlock, hi = std::min(n, lo + kRowsPerBlock);
     for (int64_t r = lo; r < hi; ++r) {
       T* row = gram + r * ld;
-      for (int64_t c = 0; c < r; ++c) row[c] = static_cast<T>(std::exp(scale * static_cast<double>(row[c])));
+      exp_row(row, r, scale);
       row[r] = T(1);
     }
   });

@@ -1,6 +1,6 @@
 // CKA-damage kernels: the CUDA twin of csrc/cpu/cka_damage.cpp (definitions: the references in
-// pyprune/ops/reference.py). Self-contained for NVRTC (no #include); CuPy compiles it at run time
-// (pyprune/_cuda.py). float64 throughout; double atomicAdd needs sm_60+.
+// pyprune/ops/reference.py). CuPy compiles it at run time through NVRTC
+// (pyprune/_cuda.py), with the launch constants of pp_common.cuh. float64 throughout; double atomicAdd needs sm_60+.
 //
 // Greedy removal order (host: pyprune._cuda.greedy_removal_order_cuda), two launches on one stream:
 //   1. pyprune::cka_column_sums: one thread per neuron i writes column[i] = sum over active a of M[a, i] (rows in
@@ -35,17 +35,10 @@
 // Entry points (NVRTC name expressions): pyprune::cka_column_sums, pyprune::cka_greedy_order,
 // pyprune::cka_rbf_scan.
 
-#define PP_GREEDY_THREADS 1024
-#define PP_GREEDY_WARPS (PP_GREEDY_THREADS / 32)
-#define PP_COLUMN_THREADS 256
-#define PP_SCAN_TILE 64
-#define PP_SCAN_THREADS 256
-#define PP_SCAN_WARPS (PP_SCAN_THREADS / 32)
-#define PP_SCAN_ROW_STEP (PP_SCAN_THREADS / PP_SCAN_TILE)           // 4 rows of a tile in flight at once
-#define PP_SCAN_ROWS_PER_THREAD (PP_SCAN_TILE / PP_SCAN_ROW_STEP)   // 16
-#define PP_SCAN_CHUNK 16                                            // features staged per pass
+#include "pp_common.cuh"
 
-typedef long long pp_i64;
+#define PP_GREEDY_WARPS (PP_GREEDY_THREADS / 32)
+#define PP_SCAN_CHUNK 16  // features staged per pass
 
 namespace pyprune {
 namespace {
@@ -74,24 +67,9 @@ __device__ __forceinline__ void pp_best_of_warp(double& score, double& remaining
   }
 }
 
-__device__ __forceinline__ double pp_warp_sum(double v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// Tile t (0-based, row by row over the lower triangle of tiles) -> (tr, tc) with tc <= tr.
-__device__ __forceinline__ void pp_tile_coords(pp_i64 t, pp_i64& tr, pp_i64& tc) {
-  pp_i64 r = static_cast<pp_i64>((sqrt(8.0 * static_cast<double>(t) + 1.0) - 1.0) * 0.5);
-  while (r > 0 && r * (r + 1) / 2 > t) --r;
-  while ((r + 1) * (r + 2) / 2 <= t) ++r;
-  tr = r;
-  tc = t - r * (r + 1) / 2;
-}
-
 }  // namespace
 
-__global__ void __launch_bounds__(PP_COLUMN_THREADS)
+__global__ void __launch_bounds__(PP_THREADS)
     cka_column_sums(const double* __restrict__ m, pp_i64 p, const unsigned char* __restrict__ active,
                     double* __restrict__ column, double* __restrict__ diag) {
   for (pp_i64 i = blockIdx.x * static_cast<pp_i64>(blockDim.x) + threadIdx.x; i < p;
@@ -184,19 +162,19 @@ __global__ void __launch_bounds__(PP_GREEDY_THREADS)
 }
 
 // rows: m x n, zeroed; cross, self_sq: m, zeroed.
-__global__ void __launch_bounds__(PP_SCAN_THREADS)
+__global__ void __launch_bounds__(PP_THREADS)
     cka_rbf_scan(const double* __restrict__ dist, const double* __restrict__ values, pp_i64 n, pp_i64 t,
                  const pp_i64* __restrict__ candidates, pp_i64 m, const double* __restrict__ inv_two_sigma_sq,
                  const double* __restrict__ target, pp_i64 num_tiles, double* __restrict__ cross,
                  double* __restrict__ self_sq, double* __restrict__ rows) {
-  __shared__ double s_a[PP_SCAN_TILE][PP_SCAN_CHUNK + 1];  // +1: conflict-free column reads
-  __shared__ double s_b[PP_SCAN_TILE][PP_SCAN_CHUNK + 1];
-  __shared__ double s_row[2 * PP_SCAN_TILE];
-  __shared__ double s_col[PP_SCAN_ROW_STEP * PP_SCAN_TILE];
-  __shared__ double s_cross[PP_SCAN_WARPS];
-  __shared__ double s_self[PP_SCAN_WARPS];
+  __shared__ double s_a[PP_TILE][PP_SCAN_CHUNK + 1];  // +1: conflict-free column reads
+  __shared__ double s_b[PP_TILE][PP_SCAN_CHUNK + 1];
+  __shared__ double s_row[2 * PP_TILE];
+  __shared__ double s_col[PP_ROW_STEP * PP_TILE];
+  __shared__ double s_cross[PP_WARPS];
+  __shared__ double s_self[PP_WARPS];
   const int tid = threadIdx.x;
-  const int tx = tid % PP_SCAN_TILE, ty = tid / PP_SCAN_TILE;
+  const int tx = tid % PP_TILE, ty = tid / PP_TILE;
   const int lane = tid % 32, warp = tid / 32, half = tx / 32;
 
   for (pp_i64 c = blockIdx.y; c < m; c += gridDim.y) {
@@ -205,15 +183,15 @@ __global__ void __launch_bounds__(PP_SCAN_THREADS)
     for (pp_i64 tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
       pp_i64 tr, tc;
       pp_tile_coords(tile, tr, tc);
-      const pp_i64 r0 = tr * PP_SCAN_TILE, c0 = tc * PP_SCAN_TILE;
+      const pp_i64 r0 = tr * PP_TILE, c0 = tc * PP_TILE;
 
       // Own squared distances of the thread's 16 pairs, feature chunk by feature chunk.
-      double own[PP_SCAN_ROWS_PER_THREAD];
+      double own[PP_ROWS_PER_THREAD];
 #pragma unroll
-      for (int k = 0; k < PP_SCAN_ROWS_PER_THREAD; ++k) own[k] = 0.0;
+      for (int k = 0; k < PP_ROWS_PER_THREAD; ++k) own[k] = 0.0;
       for (pp_i64 t0 = 0; t0 < t; t0 += PP_SCAN_CHUNK) {
         const int len = t - t0 < PP_SCAN_CHUNK ? static_cast<int>(t - t0) : PP_SCAN_CHUNK;
-        for (int idx = tid; idx < PP_SCAN_TILE * len; idx += PP_SCAN_THREADS) {
+        for (int idx = tid; idx < PP_TILE * len; idx += PP_THREADS) {
           const int s = idx / len, f = idx % len;
           const pp_i64 ra = r0 + s, cb = c0 + s;
           s_a[s][f] = ra < n ? v[ra * t + t0 + f] : 0.0;
@@ -221,8 +199,8 @@ __global__ void __launch_bounds__(PP_SCAN_THREADS)
         }
         __syncthreads();
 #pragma unroll
-        for (int k = 0; k < PP_SCAN_ROWS_PER_THREAD; ++k) {
-          const int dr = ty + k * PP_SCAN_ROW_STEP;
+        for (int k = 0; k < PP_ROWS_PER_THREAD; ++k) {
+          const int dr = ty + k * PP_ROW_STEP;
           double acc = own[k];
           for (int f = 0; f < len; ++f) {
             const double diff = s_a[dr][f] - s_b[tx][f];
@@ -236,8 +214,8 @@ __global__ void __launch_bounds__(PP_SCAN_THREADS)
       const pp_i64 b = c0 + tx;
       double cross_acc = 0.0, self_acc = 0.0, col_acc = 0.0;
 #pragma unroll  // fully: own[k] must stay in registers
-      for (int k = 0; k < PP_SCAN_ROWS_PER_THREAD; ++k) {
-        const int dr = ty + k * PP_SCAN_ROW_STEP;
+      for (int k = 0; k < PP_ROWS_PER_THREAD; ++k) {
+        const int dr = ty + k * PP_ROW_STEP;
         const pp_i64 a = r0 + dr;
         double kv = 0.0;
         if (a < n && b <= a) {
@@ -251,9 +229,9 @@ __global__ void __launch_bounds__(PP_SCAN_THREADS)
           if (strict) col_acc += kv;
         }
         const double row_part = pp_warp_sum(kv);  // the warp covers 32 columns of row a
-        if (lane == 0) s_row[half * PP_SCAN_TILE + dr] = row_part;
+        if (lane == 0) s_row[half * PP_TILE + dr] = row_part;
       }
-      s_col[ty * PP_SCAN_TILE + tx] = col_acc;
+      s_col[ty * PP_TILE + tx] = col_acc;
       const double cross_part = pp_warp_sum(cross_acc);
       const double self_part = pp_warp_sum(self_acc);
       if (lane == 0) {
@@ -261,13 +239,13 @@ __global__ void __launch_bounds__(PP_SCAN_THREADS)
         s_self[warp] = self_part;
       }
       __syncthreads();
-      if (tid < PP_SCAN_TILE) {
+      if (tid < PP_TILE) {
         const int d = tid;
         double* __restrict__ out = rows + c * n;
-        const double row_sum = s_row[d] + s_row[PP_SCAN_TILE + d];
+        const double row_sum = s_row[d] + s_row[PP_TILE + d];
         double col_sum = 0.0;
 #pragma unroll
-        for (int q = 0; q < PP_SCAN_ROW_STEP; ++q) col_sum += s_col[q * PP_SCAN_TILE + d];
+        for (int q = 0; q < PP_ROW_STEP; ++q) col_sum += s_col[q * PP_TILE + d];
         if (r0 == c0) {
           if (r0 + d < n) atomicAdd(out + r0 + d, row_sum + col_sum);
         } else {
@@ -278,7 +256,7 @@ __global__ void __launch_bounds__(PP_SCAN_THREADS)
       if (tid == 0) {
         double cross_total = 0.0, self_total = 0.0;
 #pragma unroll
-        for (int w = 0; w < PP_SCAN_WARPS; ++w) {
+        for (int w = 0; w < PP_WARPS; ++w) {
           cross_total += s_cross[w];
           self_total += s_self[w];
         }

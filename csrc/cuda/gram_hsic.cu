@@ -1,6 +1,6 @@
 // Fused HSIC statistics of many symmetric Gram matrices: the CUDA twin of csrc/cpu/gram_hsic.cpp.
 //
-// Self-contained for NVRTC (no #include); CuPy compiles it at run time (pyprune/_cuda.py).
+// CuPy compiles it at run time through NVRTC (pyprune/_cuda.py), with the launch constants of pp_common.cuh.
 //
 // For A_1..A_La and B_1..B_Lb (n x n, only the lower triangle c <= r is read) it accumulates, in double:
 //   cross[i, j] = <A_i, B_j>_F = sum_{c<r} 2 A_i[r,c] B_j[r,c] + sum_r A_i[r,r] B_j[r,r]
@@ -47,31 +47,10 @@
 // {1, 2, 4, 8}, instantiated through NVRTC name expressions such as "pyprune::gram_hsic<float, 4, 4>"
 // (pyprune/_cuda.py compiles only the instantiations it launches).
 
-#define PP_TILE 64
-#define PP_THREADS 256
-#define PP_WARPS (PP_THREADS / 32)
-#define PP_ROW_STEP (PP_THREADS / PP_TILE)           // 4 rows of a tile are in flight at once
-#define PP_ROWS_PER_THREAD (PP_TILE / PP_ROW_STEP)   // 16
-
-typedef long long pp_i64;
+#include "pp_common.cuh"
 
 namespace pyprune {
 namespace {
-
-__device__ __forceinline__ double pp_warp_sum(double v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// Tile t (0-based, row by row over the lower triangle of tiles) -> (tr, tc) with tc <= tr.
-__device__ __forceinline__ void pp_tile_coords(pp_i64 t, pp_i64& tr, pp_i64& tc) {
-  pp_i64 r = static_cast<pp_i64>((sqrt(8.0 * static_cast<double>(t) + 1.0) - 1.0) * 0.5);
-  while (r > 0 && r * (r + 1) / 2 > t) --r;
-  while ((r + 1) * (r + 2) / 2 <= t) ++r;
-  tr = r;
-  tc = t - r * (r + 1) / 2;
-}
 
 // Adds one tile's contributions to the row sums (symmetric completion) of one matrix and, unless self_out
 // is null, to its self inner product <G, G>_F. Called by all threads of the block (it synchronises).

@@ -1,6 +1,7 @@
 // RBF kernel matrix from a linear Gram matrix: the CUDA twin of csrc/cpu/rbf_gram.cpp.
 //
-// Self-contained for NVRTC (no #include); CuPy compiles it at run time (pyprune/_cuda.py). The host side runs
+// CuPy compiles it at run time through NVRTC (pyprune/_cuda.py), with the launch constants of pp_common.cuh.
+// The host side runs
 //   1. pyprune::rbf_sq_distances<T>: in place on the lower triangle of G (n x n, rows ld elements apart),
 //        D_rc = max(0, G_rr + G_cc - 2 G_rc) for c < r (computed in double, stored as T), D_rr = 0.
 //      The squared norms G_rr are read from `sq_norms`, a float64 copy of the diagonal taken beforehand, so no
@@ -21,12 +22,12 @@
 // Entry points (NVRTC name expressions): pyprune::rbf_sq_distances<float|double> and
 // pyprune::rbf_exp<float|double>.
 
-typedef long long pp_i64;
+#include "pp_common.cuh"
 
 namespace pyprune {
 
 template <typename T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(PP_THREADS)
     rbf_sq_distances(T* __restrict__ gram, pp_i64 n, pp_i64 ld, const double* __restrict__ sq_norms,
                      T* __restrict__ packed) {
   for (pp_i64 r = blockIdx.x; r < n; r += gridDim.x) {
@@ -44,7 +45,7 @@ __global__ void __launch_bounds__(256)
 }
 
 template <typename T>
-__global__ void __launch_bounds__(256) rbf_exp(T* __restrict__ gram, pp_i64 n, pp_i64 ld, double scale) {
+__global__ void __launch_bounds__(PP_THREADS) rbf_exp(T* __restrict__ gram, pp_i64 n, pp_i64 ld, double scale) {
   for (pp_i64 r = blockIdx.x; r < n; r += gridDim.x) {
     T* row = gram + r * ld;
     for (pp_i64 c = threadIdx.x; c < r; c += blockDim.x)

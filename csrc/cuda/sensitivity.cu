@@ -1,6 +1,6 @@
 // Empirical sensitivity (SiPP/PFP): the CUDA twin of csrc/cpu/sensitivity.cpp (definition: the reference
-// pyprune.ops.sensitivity.sensitivity_update_reference). Self-contained for NVRTC (no #include); CuPy compiles it
-// at run time (pyprune/_cuda.py). T is float or double.
+// pyprune.ops.sensitivity.sensitivity_update_reference). CuPy compiles it at run time through NVRTC
+// (pyprune/_cuda.py), with the launch constants of pp_common.cuh. T is float or double.
 //
 // pyprune::sensitivity_rows<T>: the rows of the computation are the pairs (example x, output position p), x-major,
 // b * P of them (P = 1 for a Linear). Grid (x: tiles of 32 columns, y: tiles of 16 filters, z: ranges of whole
@@ -12,7 +12,9 @@
 //   input row for stride 1), and
 //   the reciprocal denominators 1/z+ and -1/z- of its 16 filters (0 where |z| <= float32 eps),
 // and each thread accumulates, for its two pairs, t = A * (1/z+ or -1/z-, by the sign of W_fj): the running sum
-// over the current example's positions, its max over examples, and the max of t. At the end the two maxima are
+// over the current example's positions, its max over examples, and the max of t. The sum is two-level, as in the
+// C++ kernel: a chunk's terms are summed apart and then added to the example's running sum, so float32 sums over
+// P positions round like ~(64 + P / 64) additions instead of P (float32 accumulation for float32 inputs). At the end the two maxima are
 // folded into raw_mean and raw_max (F x J, zeroed by the caller) with an integer atomicMax on the bit pattern,
 // which orders non-negative floats correctly (every t is >= 0, -0 included, so the zero start is exact).
 // The host then takes s_mean = max(s_mean, |W| raw_mean / P) and s_max = max(s_max, |W| raw_max); maxima are
@@ -20,13 +22,14 @@
 //
 // Entry points (NVRTC name expressions): pyprune::sensitivity_rows<float>, pyprune::sensitivity_rows<double>.
 
-#define PP_SENS_THREADS 256
-#define PP_SENS_COLUMNS 32
-#define PP_SENS_FILTERS 16
-#define PP_SENS_ROWS 64
+#include "pp_common.cuh"
+
+#define PP_SENS_ROWS 64                               // rows staged per chunk
+#define PP_SENS_FILTER_STEP (PP_THREADS / PP_SENS_COLUMNS)  // a thread's two filters are this far apart
 #define PP_SENS_EPS 1.1920928955078125e-07
 
-typedef long long pp_i64;
+static_assert(PP_SENS_FILTERS == 2 * PP_SENS_FILTER_STEP, "each thread owns two filters of its column");
+static_assert(PP_THREADS >= PP_SENS_ROWS && PP_THREADS >= PP_SENS_COLUMNS, "one thread per row and column decode");
 
 namespace pyprune {
 namespace {
@@ -49,7 +52,7 @@ __device__ __forceinline__ T pp_reciprocal(T z, T factor) {
 // inputs: conv (batch, channels, height, width), Linear (batch, columns) with kernel_h == 0. z: (batch, 2, F, P).
 // Examples [x_begin, x_end) of grid slice z are [batch * z / gridDim.z, batch * (z + 1) / gridDim.z).
 template <typename T>
-__global__ void __launch_bounds__(PP_SENS_THREADS)
+__global__ void __launch_bounds__(PP_THREADS)
     sensitivity_rows(const T* __restrict__ weight, const T* __restrict__ inputs, const T* __restrict__ z,
                      pp_i64 filters, pp_i64 columns, pp_i64 batch, pp_i64 channels, pp_i64 height, pp_i64 width,
                      int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h,
@@ -80,12 +83,13 @@ __global__ void __launch_bounds__(PP_SENS_THREADS)
   // This thread's two pairs: which reciprocal row each reads (by the weight's sign), and its accumulators.
   const pp_i64 j = j0 + tx;
   bool positive[2];
-  T sum[2], mean_max[2], max[2];
+  T sum[2], part[2], mean_max[2], max[2];  // part: the current chunk's terms of the current example
 #pragma unroll
   for (int k = 0; k < 2; ++k) {
-    const pp_i64 f = f0 + ty + 8 * k;
+    const pp_i64 f = f0 + ty + PP_SENS_FILTER_STEP * k;
     positive[k] = f < filters && j < columns && weight[f * columns + j] > T(0);
     sum[k] = T(0);
+    part[k] = T(0);
     mean_max[k] = T(0);
     max[k] = T(0);
   }
@@ -103,7 +107,7 @@ __global__ void __launch_bounds__(PP_SENS_THREADS)
     }
     __syncthreads();
     // Reciprocal denominators: consecutive threads take consecutive rows (positions, contiguous in z).
-    for (int idx = tid; idx < PP_SENS_ROWS * PP_SENS_FILTERS; idx += PP_SENS_THREADS) {
+    for (int idx = tid; idx < PP_SENS_ROWS * PP_SENS_FILTERS; idx += PP_THREADS) {
       const int r = idx % PP_SENS_ROWS, fi = idx / PP_SENS_ROWS;
       const pp_i64 f = f0 + fi;
       T pos = T(0), neg = T(0);
@@ -117,7 +121,7 @@ __global__ void __launch_bounds__(PP_SENS_THREADS)
     }
     // Column values: Linear, consecutive threads take consecutive columns of one example; conv, consecutive
     // positions of one column (consecutive pixels of an input row for stride 1).
-    for (int idx = tid; idx < PP_SENS_ROWS * PP_SENS_COLUMNS; idx += PP_SENS_THREADS) {
+    for (int idx = tid; idx < PP_SENS_ROWS * PP_SENS_COLUMNS; idx += PP_THREADS) {
       const int r = linear ? idx / PP_SENS_COLUMNS : idx % PP_SENS_ROWS;
       const int c = linear ? idx % PP_SENS_COLUMNS : idx / PP_SENS_ROWS;
       const pp_i64 col = j0 + c;
@@ -138,28 +142,37 @@ __global__ void __launch_bounds__(PP_SENS_THREADS)
       if (position == patches) {  // the previous example is complete
 #pragma unroll
         for (int k = 0; k < 2; ++k) {
-          mean_max[k] = sum[k] > mean_max[k] ? sum[k] : mean_max[k];
+          const T total = sum[k] + part[k];
+          mean_max[k] = total > mean_max[k] ? total : mean_max[k];
           sum[k] = T(0);
+          part[k] = T(0);
         }
         position = 0;
       }
       const T a = s_a[r][tx];
 #pragma unroll
       for (int k = 0; k < 2; ++k) {
-        const T t = a * (positive[k] ? s_pos[r][ty + 8 * k] : s_neg[r][ty + 8 * k]);
-        sum[k] += t;
+        const int fi = ty + PP_SENS_FILTER_STEP * k;
+        const T t = a * (positive[k] ? s_pos[r][fi] : s_neg[r][fi]);
+        part[k] += t;
         max[k] = t > max[k] ? t : max[k];
       }
       ++position;
+    }
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {  // the chunk's terms join the example's running sum
+      sum[k] += part[k];
+      part[k] = T(0);
     }
     __syncthreads();
   }
   if (j >= columns) return;
 #pragma unroll
   for (int k = 0; k < 2; ++k) {
-    const pp_i64 f = f0 + ty + 8 * k;
+    const pp_i64 f = f0 + ty + PP_SENS_FILTER_STEP * k;
     if (f >= filters) continue;
-    const T mean = sum[k] > mean_max[k] ? sum[k] : mean_max[k];  // the last example
+    const T last = sum[k] + part[k];  // the last example
+    const T mean = last > mean_max[k] ? last : mean_max[k];
     pp_atomic_max(raw_mean + f * columns + j, mean);
     pp_atomic_max(raw_max + f * columns + j, max[k]);
   }

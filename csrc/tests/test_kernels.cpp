@@ -15,6 +15,8 @@
 
 #include "cpu/cka_damage.h"
 #include "cpu/gram_hsic.h"
+#include "cpu/nm_select.h"
+#include "cpu/permutation_hsic.h"
 #include "cpu/rbf_gram.h"
 #include "cpu/sensitivity.h"
 
@@ -541,6 +543,101 @@ void test_sensitivity_all() {
   }
 }
 
+// nm_select against its definition by counting: weight (i, j) is removed iff fewer than `drop` entries of its
+// comparison group rank below it in the order (score, column). Integer weights make many scores tie.
+template <typename T>
+void test_nm_select_case(int64_t rows, int64_t cols, int64_t k, int64_t n, int64_t m, bool with_norms, int threads,
+                         unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> small(-3, 3);
+  const int64_t ld = cols + 3;
+  std::vector<T> w(rows * ld, static_cast<T>(1e30));
+  std::vector<double> x(cols);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) w[i * ld + j] = static_cast<T>(small(rng)) * static_cast<T>(0.5);
+  for (auto& v : x) v = static_cast<double>(small(rng) + 3);
+  std::vector<uint8_t> got(rows * cols, 7);
+  pyprune::nm_select<T>(w.data(), rows, cols, ld, with_norms ? x.data() : nullptr, k, n, m, got.data(), threads);
+  const int64_t group = m == 0 ? cols : m, drop = m == 0 ? k : m - n;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      auto score = [&](int64_t c) {
+        return std::fabs(static_cast<double>(w[i * ld + c])) * (with_norms ? x[c] : 1.0);
+      };
+      const int64_t start = j - j % group;
+      int64_t below = 0;
+      for (int64_t c = start; c < start + group; ++c) below += score(c) < score(j) || (score(c) == score(j) && c < j);
+      if (got[i * cols + j] != (below < drop ? 1 : 0)) {
+        std::printf("FAIL nm_select rows=%lld cols=%lld k=%lld n:m=%lld:%lld at (%lld, %lld)\n", (long long)rows,
+                    (long long)cols, (long long)k, (long long)n, (long long)m, (long long)i, (long long)j);
+        ++failures;
+        return;
+      }
+    }
+}
+
+void test_nm_select_all() {
+  unsigned seed = 1;
+  for (int threads : {1, 3})
+    for (bool norms : {false, true}) {
+      for (auto [rows, cols, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 0}, {1, 1, 1}, {5, 7, 3}, {17, 64, 32},
+                                   {9, 33, 33}, {20, 100, 0}})
+        test_nm_select_case<float>(rows, cols, k, 0, 0, norms, threads, seed++),
+            test_nm_select_case<double>(rows, cols, k, 0, 0, norms, threads, seed++);
+      for (auto [n, m] : {std::pair<int64_t, int64_t>{2, 4}, {1, 4}, {3, 4}, {4, 8}})
+        test_nm_select_case<float>(11, 8 * m, 0, n, m, norms, threads, seed++),
+            test_nm_select_case<double>(3, m, 0, n, m, norms, threads, seed++);
+    }
+  std::vector<double> w(8, 1.0);
+  std::vector<uint8_t> out(8);
+  try {
+    pyprune::nm_select<double>(w.data(), 2, 4, 4, nullptr, 0, 2, 3, out.data(), 1);
+    std::printf("FAIL nm_select accepted cols %% m != 0\n");
+    ++failures;
+  } catch (const std::invalid_argument&) {
+  }
+}
+
+// <A, P B P^T> for random symmetric A (only its lower triangle valid) and B (full), against the double loop.
+template <typename T>
+void test_permutation_hsic_case(int64_t n, int64_t num_perms, int threads, unsigned seed) {
+  std::mt19937 rng(seed);
+  const int64_t lda = n + 2, ldb = n + 1;
+  std::vector<double> ga = random_gram(n, lda, rng), gb = random_gram(n, ldb, rng);
+  std::vector<T> a(ga.size()), b(gb.size());
+  for (size_t k = 0; k < ga.size(); ++k) a[k] = static_cast<T>(ga[k]);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < n; ++c) b[r * ldb + c] = static_cast<T>(sym(gb, ldb, r, c));
+  std::vector<int64_t> perms(num_perms * n);
+  for (int64_t s = 0; s < num_perms; ++s) {
+    for (int64_t i = 0; i < n; ++i) perms[s * n + i] = i;
+    std::shuffle(perms.begin() + s * n, perms.begin() + (s + 1) * n, rng);
+  }
+  std::vector<double> out(num_perms, -1.0);
+  pyprune::permutation_hsic<T>(a.data(), lda, b.data(), ldb, n, perms.data(), num_perms, threads, out.data());
+  for (int64_t s = 0; s < num_perms; ++s) {
+    double want = 0.0, scale = 0.0;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        const double term = static_cast<double>(a[std::max(i, j) * lda + std::min(i, j)]) *
+                            static_cast<double>(b[perms[s * n + i] * ldb + perms[s * n + j]]);
+        want += term;
+        scale += std::fabs(term);
+      }
+    expect_close(out[s], want, 1e-12, "permutation_hsic", scale);
+  }
+}
+
+void test_permutation_hsic_all() {
+  unsigned seed = 7;
+  for (int threads : {1, 2, 3})
+    for (int64_t n : {1, 2, 5, 33})
+      for (int64_t perms : {1, 3, 8, 19}) {
+        test_permutation_hsic_case<double>(n, perms, threads, seed++);
+        test_permutation_hsic_case<float>(n, perms, threads, seed++);
+      }
+}
+
 }  // namespace
 
 int main() {
@@ -561,6 +658,8 @@ int main() {
   test_rbf_scan(64, 2, 1, 0, 2);
   test_rbf_scan_rejects_bad_candidates();
   test_sensitivity_all();
+  test_nm_select_all();
+  test_permutation_hsic_all();
   std::printf("%d failed\n", failures);
   return failures == 0 ? 0 : 1;
 }

@@ -5,6 +5,7 @@ Dependency direction: ``csrc`` kernels <- ``pyprune.ops`` <- metrics and criteri
 
 from pyprune.ops.gram import linear_gram
 from pyprune.ops.gram_hsic import gram_hsic_terms
+from pyprune.ops.permutation_hsic import permutation_hsic
 from pyprune.ops.rbf_gram import rbf_from_linear_gram
 
-__all__ = ["gram_hsic_terms", "linear_gram", "rbf_from_linear_gram"]
+__all__ = ["gram_hsic_terms", "linear_gram", "permutation_hsic", "rbf_from_linear_gram"]

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from pyprune.backend import cpu_kernels, num_threads, use_kernel
-from pyprune.ops.reference import rbf_from_linear_gram_reference
+from pyprune.ops.reference import (
+    RBF_MEDIAN_ZERO_MESSAGE,
+    check_grams,
+    check_rbf_arguments,
+    numpy_median,
+    rbf_from_linear_gram_reference,
+    symmetric_distances,
+)
+
+# Above this threshold u = 1 / (2 t^2) < 2^-10 and exp(-u d / m) keeps fewer than ~13 of float32's 24 bits of
+# its distance from 1, the only part that survives centring: such kernels go through
+# rbf_deviation_from_linear_gram instead.
+WIDE_RBF_THRESHOLD = 2.0**4.5
+# Below this u, expm1(-u r) / u equals its limit -r to float64 precision for any representable r.
+_NEGLIGIBLE_U = 1e-250
 
 
 def rbf_from_linear_gram(gram: torch.Tensor, threshold: float) -> float:
@@ -33,3 +49,29 @@ def rbf_from_linear_gram(gram: torch.Tensor, threshold: float) -> float:
 
         return rbf_from_linear_gram_cuda(gram, threshold)
     return rbf_from_linear_gram_reference(gram, threshold)
+
+
+def rbf_deviation_from_linear_gram(gram: torch.Tensor, threshold: float) -> float:
+    """In place: ``gram = X X^T`` becomes ``(K - 1) / u`` for the RBF kernel ``K`` of :func:`rbf_from_linear_gram`
+    and ``u = 1 / (2 t^2)``, ``t = threshold``; returns ``log2(u)``.
+
+    Centring removes constants and CKA ignores scale, so this matrix gives the CKA of ``K`` itself, but keeps
+    its digits where ``K`` rounds to all ones: ``(K - 1) / u = expm1(-u d / m) / u`` tends to ``-d / m``
+    (``d`` the squared distances, ``m`` their median) as ``t -> inf`` instead of to 0. The whole matrix is
+    written (both triangles). Plain torch on any device, ``O(n^2)`` float64 temporaries.
+
+    Raises:
+        ValueError: if the median squared distance is 0 while some distances are not.
+    """
+    check_grams([gram], "gram", single=True)
+    check_rbf_arguments(gram.shape[0], threshold)
+    dist = symmetric_distances(gram)
+    median = numpy_median(dist.flatten())
+    if median == 0.0 and bool(dist.any()):
+        raise ValueError(RBF_MEDIAN_ZERO_MESSAGE)
+    ratio = dist / median if median > 0.0 else dist
+    log2_u = -1.0 - 2.0 * math.log2(threshold)
+    u = 2.0**log2_u
+    deviation = torch.expm1(-u * ratio) / u if u > _NEGLIGIBLE_U else -ratio
+    gram.copy_(deviation)
+    return log2_u

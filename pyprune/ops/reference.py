@@ -162,6 +162,26 @@ def check_rbf_scan_arguments(
     return n, p, t_features, m
 
 
+def numpy_median(values: torch.Tensor) -> float:
+    """Median of a 1-D tensor as NumPy defines it (mean of the two middle values for an even count);
+    ``torch.median`` returns the lower one."""
+    count = values.numel()
+    upper = float(values.kthvalue(count // 2 + 1).values)
+    if count % 2:
+        return upper
+    return 0.5 * (float(values.kthvalue(count // 2).values) + upper)
+
+
+def symmetric_distances(gram: torch.Tensor) -> torch.Tensor:
+    """Squared distances ``(n, n)`` float64, symmetric with a zero diagonal, from the lower triangle of a
+    linear Gram matrix, rounded to the Gram's dtype like the kernels round them."""
+    g = gram.detach().to(torch.float64, copy=True)
+    sq_norms = g.diagonal()
+    dist = sq_norms[:, None] + sq_norms[None, :] - 2.0 * g
+    dist = torch.where(dist > 0.0, dist, 0.0).to(gram.dtype).to(torch.float64)
+    return torch.tril(dist, -1) + torch.tril(dist, -1).mT
+
+
 def _symmetric_float64(grams: Sequence[torch.Tensor]) -> torch.Tensor:
     """(L, n, n) float64 stack of the symmetric matrices given by the lower triangles."""
     g = torch.stack([x.detach().to(torch.float64) for x in grams])
@@ -201,19 +221,10 @@ def rbf_from_linear_gram_reference(gram: torch.Tensor, threshold: float) -> floa
     n = gram.shape[0]
     check_rbf_arguments(n, threshold)
     lower = torch.ones(n, n, dtype=torch.bool, device=gram.device).tril()
-    g = gram.detach().to(torch.float64, copy=True)
-    sq_norms = g.diagonal()
-    dist = sq_norms[:, None] + sq_norms[None, :] - 2.0 * g
-    dist = torch.where(dist > 0.0, dist, 0.0).to(gram.dtype)  # rounded to the storage dtype, like the kernels
-    dist = torch.tril(dist, -1) + torch.tril(dist, -1).mT  # symmetric, zero diagonal
-    gram.copy_(torch.where(lower, dist, gram))
+    dist = symmetric_distances(gram)
+    gram.copy_(torch.where(lower, dist.to(gram.dtype), gram))
 
-    values = dist.flatten().sort().values  # numpy's median over all n^2 entries
-    total = n * n
-    if total % 2 == 1:
-        median = float(values[total // 2])
-    else:
-        median = 0.5 * (float(values[total // 2 - 1]) + float(values[total // 2]))
+    median = numpy_median(dist.flatten())  # over all n^2 entries
     all_zero = not bool(dist.any())
     if median == 0.0 and not all_zero:
         raise ValueError(RBF_MEDIAN_ZERO_MESSAGE)
@@ -315,3 +326,72 @@ def rbf_candidate_scan_reference(
         "row_sq": (rows * rows).sum(dim=1),
         "total": rows.sum(dim=1),
     }
+
+
+def nm_select_reference(
+    weight: torch.Tensor,
+    norms: torch.Tensor | None,
+    *,
+    k: int | None = None,
+    n_m: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Which weights a Wanda/magnitude selection removes: the lowest scores per row, or per N:M group.
+
+    The score of weight ``(i, j)`` is ``|W_ij| * norms_j`` computed in float64 (Sun et al. 2023, Wanda: the
+    input-feature norm ``||X_j||_2``; ``norms=None`` means magnitude). Scores are compared within a row: ``k``
+    removes the ``k`` lowest of every row; ``n_m=(n, m)`` keeps ``n`` of every ``m`` consecutive columns, so it
+    removes the ``m - n`` lowest of each group. Equal scores go lowest column index first (a stable sort).
+
+    Args:
+        weight: ``(rows, cols)`` floating tensor (the ``(out, in)`` orientation).
+        norms: ``(cols,)`` non-negative tensor or None.
+        k, n_m: exactly one of them (checked by :func:`pyprune.ops.nm_select.nm_select`).
+
+    Returns:
+        bool ``(rows, cols)``: True where the weight is removed.
+    """
+    score = weight.abs().to(torch.float64)
+    if norms is not None:
+        score = score * norms.to(torch.float64)
+    rows, cols = score.shape
+    if n_m is None:
+        groups, drop = score.unsqueeze(1), k
+    else:
+        groups, drop = score.reshape(rows, cols // n_m[1], n_m[1]), n_m[1] - n_m[0]
+    order = torch.sort(groups, dim=-1, stable=True).indices
+    removed = torch.zeros(groups.shape, dtype=torch.bool, device=weight.device)
+    removed.scatter_(-1, order[..., :drop], True)
+    return removed.reshape(rows, cols)
+
+
+def check_permutation_arguments(
+    a: torch.Tensor, b: torch.Tensor, permutations: torch.Tensor
+) -> tuple[int, int]:
+    """Check the arguments of ``permutation_hsic``; return ``(n, S)``.
+
+    ``a``, ``b``: square float32/float64 ``(n, n)`` of one dtype and device, rows contiguous; ``permutations``:
+    int64 ``(S, n)``, contiguous, on the same device, every row a permutation of ``0..n-1``. Raises
+    ``TypeError``/``ValueError`` naming the argument.
+    """
+    n, dtype = check_grams([a], "a", single=True)
+    check_grams([b], "b", n=n, dtype=dtype, device=a.device, single=True)
+    _check_tensor(permutations, "permutations", torch.int64)
+    rows_ok = permutations.ndim == 2 and permutations.shape[1] == n
+    _check_shape(permutations, "permutations", rows_ok, f"(S, {n})")
+    _check_contiguous(permutations, "permutations")
+    _check_device(permutations, "permutations", a.device)
+    identity = torch.arange(n, device=a.device)
+    if permutations.numel() and not bool((permutations.sort(dim=1).values == identity).all()):
+        raise ValueError(f"permutations: every row must be a permutation of 0..{n - 1}")
+    return n, permutations.shape[0]
+
+
+def permutation_hsic_reference(a: torch.Tensor, b: torch.Tensor, permutations: torch.Tensor) -> torch.Tensor:
+    """``out[s] = <A, P_s B P_s^T>_F = sum_ij A[i, j] B[p_s(i), p_s(j)]``, float64 ``(S,)``.
+
+    ``A`` is the symmetric matrix given by the lower triangle of ``a``; ``b`` is used in full.
+    """
+    a64 = _symmetric_float64([a])[0]
+    b64 = b.detach().to(torch.float64)
+    values = [(a64 * b64[p][:, p]).sum() for p in permutations]
+    return torch.stack(values) if values else a64.new_zeros(0)

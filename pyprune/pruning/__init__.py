@@ -5,7 +5,10 @@ See :mod:`pyprune.pruning.criteria`, :mod:`~pyprune.pruning.planner`, :mod:`~pyp
 named-method registry).
 """
 
-from pyprune.pruning import provable  # importing it registers the SiPP and PFP methods
+from pyprune.pruning import (
+    oneshot,  # importing it registers wanda and sparsegpt
+    provable,  # importing it registers the SiPP and PFP methods
+)
 from pyprune.pruning.ablation import AblationDamage, ablation_damage
 from pyprune.pruning.apply import apply_plan, make_permanent
 from pyprune.pruning.cka_damage import CKADamage
@@ -49,6 +52,7 @@ __all__ = [
     "group_scores",
     "load_pruned",
     "make_permanent",
+    "oneshot",
     "output_layer_name",
     "plan",
     "plan_structured",

@@ -7,10 +7,12 @@ zeroing its weights so that it outputs only its bias (the state pruning leaves i
 * ``"loss"``: the increase of the mean loss over the data (Molchanov et al.'s oracle criterion);
 * ``"mse"``: the mean squared change of the model's output.
 
-All candidates of a layer run in a batched computation rather than a Python loop of full forward passes: a
-forward hook on the layer replaces its output by ``chunk`` stacked copies of the batch, copy ``i`` with channel
-``c_i`` set to its bias, so that everything downstream runs once on the stacked batch (the model must treat
-examples independently, which eval mode guarantees for BatchNorm). When ``at`` is the layer itself and the
+All candidates of a layer run in a batched computation rather than a Python loop of full forward passes: the
+model runs once on ``chunk`` stacked copies of the input batch, and a forward hook on the layer sets channel
+``c_i`` of copy ``i`` to its bias. Stacking the *input* (not the layer's output) keeps every tensor of the
+forward pass the same batch size, so skip connections, concatenations and a layer called several times per
+forward (each call ablated, as zeroed weights would be) work unchanged; the model must treat examples
+independently along dim 0, which eval mode guarantees for BatchNorm. When ``at`` is the layer itself and the
 measure is CKA, the closed form of :class:`~pyprune.pruning.cka_damage.CKADamage` is used instead (the
 representation is linear in the ablated unit there): no extra forward pass at all.
 
@@ -27,11 +29,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pyprune.activations import eval_mode, first_tensor, model_device
+from pyprune.distributed import ablation_totals
 from pyprune.pruning.cka_damage import CKADamage
 from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
 from pyprune.pruning.methods import Method, register_method
 from pyprune.pruning.plan import PruningPlan
-from pyprune.pruning.planner import output_layer_name, plan_structured
+from pyprune.pruning.planner import check_materialised, output_layer_name, plan_structured
 from pyprune.pruning.taylor import channel_dim
 
 Measure = Literal["cka", "loss", "mse"]
@@ -70,6 +73,7 @@ def ablation_damage(
         ValueError: unknown ``layer``/``at``/``measure``, a layer that is not Linear/ConvNd, no data, a
             ``"loss"`` measure without targets.
     """
+    check_materialised(model)
     modules = dict(model.named_modules())
     if layer not in modules or not isinstance(modules[layer], PRUNABLE_TYPES):
         raise ValueError(f"layer: expected the name of a Linear/ConvNd module of the model, got {layer!r}")
@@ -107,7 +111,19 @@ def ablation_damage(
             if measure == "loss" and len(parts) < 2:
                 raise ValueError("data: measure='loss' needs (inputs, targets) batches")
             targets = parts[1].to(device) if len(parts) > 1 else None
-            reference_out, reference_at = _forward(model, modules, inputs, at if measure == "cka" else None)
+            try:
+                reference_out, reference_at = _forward(
+                    model, modules, inputs, at if measure == "cka" else None
+                )
+            except RuntimeError as error:
+                if inputs.is_floating_point():
+                    raise ValueError(
+                        f"data: the model fails on its inputs of shape {tuple(inputs.shape)}: {error}"
+                    ) from error
+                raise TypeError(
+                    f"data: its batches hold {inputs.dtype} inputs and the model fails on them ({error}); they must "
+                    "be what the model takes (floating point for a Linear/Conv network)"
+                ) from error
             n = inputs.shape[0]
             samples += n
             if measure == "cka":
@@ -116,9 +132,10 @@ def ablation_damage(
             chunk = max(1, MAX_STACKED_ROWS // n)
             for start in range(0, channels, chunk):
                 candidates = list(range(start, min(start + chunk, channels)))
-                hook = module.register_forward_hook(_stacked_ablation(candidates, bias, module))
+                stacked = inputs.repeat(len(candidates), *([1] * (inputs.ndim - 1)))
+                hook = module.register_forward_hook(_stacked_ablation(candidates, bias, module, layer))
                 try:
-                    out, seen_at = _forward(model, modules, inputs, at if measure == "cka" else None)
+                    out, seen_at = _forward(model, modules, stacked, at if measure == "cka" else None)
                 finally:
                     hook.remove()
                 out = out.reshape(len(candidates), n, *out.shape[1:])
@@ -129,6 +146,10 @@ def ablation_damage(
                         totals[c] += float((out[i] - reference_out).double().square().mean()) * n
                     else:
                         ablated_at[c].append(seen_at.reshape(len(candidates), n, -1)[i].double().cpu())
+    # Under torch.distributed: damage and counts summed, representations gathered over every rank's shard.
+    totals, samples, original_at, ablated_at = ablation_totals(
+        totals, samples, *((original_at, ablated_at) if measure == "cka" else (None, None))
+    )
     if samples == 0:
         raise ValueError("data: expected at least one batch, got none")
     if measure != "cka":
@@ -139,8 +160,9 @@ def ablation_damage(
 
 def _forward(
     model: nn.Module, modules: dict[str, nn.Module], inputs: torch.Tensor, at: str | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Model output and, when ``at`` is given, that module's output, in one forward pass."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model output and the output compared by ``measure="cka"``: that of module ``at``, or the model output
+    itself when ``at`` is None; one forward pass."""
     captured: list[torch.Tensor] = []
     hook = None
     if at is not None:
@@ -150,22 +172,27 @@ def _forward(
     finally:
         if hook is not None:
             hook.remove()
-    if at is None:
-        return out, None
     return out, captured[-1] if captured else out
 
 
-def _stacked_ablation(candidates: list[int], bias: torch.Tensor | None, module: nn.Module):
-    """Forward hook: ``len(candidates)`` copies of the output, copy ``i`` with channel ``candidates[i]`` set to
-    its bias (0 without one), stacked along the batch dimension."""
+def _stacked_ablation(candidates: list[int], bias: torch.Tensor | None, module: nn.Module, layer: str):
+    """Forward hook for a forward pass on ``len(candidates)`` stacked copies of the input batch: in copy ``i`` of
+    the layer's output, channel ``candidates[i]`` is set to its bias (0 without one)."""
+    copies = len(candidates)
 
     def hook(mod: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         dim = channel_dim(output, module)
-        copies = output.unsqueeze(0).repeat(len(candidates), *([1] * output.ndim))
-        moved = copies.movedim(dim + 1, 1)  # (copies, C, batch, ...) view
+        if dim is None or output.ndim < 2 or output.shape[0] % copies:
+            raise ValueError(
+                f"layer: {layer!r} returned shape {tuple(output.shape)} in a forward pass on {copies} stacked "
+                "copies of the batch; ablation needs the batch along dim 0 of its output"
+            )
+        ablated = output.clone()
+        # (copies, C, rows of one copy, ...) view: the copy index is outermost in dim 0 of every tensor.
+        moved = ablated.view(copies, output.shape[0] // copies, *output.shape[1:]).movedim(dim + 1, 1)
         for i, c in enumerate(candidates):
             moved[i, c] = 0.0 if bias is None else bias[c]
-        return copies.reshape(len(candidates) * output.shape[0], *output.shape[1:])
+        return ablated
 
     return hook
 
@@ -202,9 +229,10 @@ class AblationDamage(ChannelCriterion):
         at: str | None = None,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         max_batches: int | None = None,
+        progress: bool = False,
     ) -> None:
         self.model, self.data, self.measure, self.at = model, list(data), measure, at
-        self.loss_fn, self.max_batches = loss_fn, max_batches
+        self.loss_fn, self.max_batches, self.progress = loss_fn, max_batches, progress
         self._cache: dict[str, torch.Tensor] = {}
 
     def scores(
@@ -219,6 +247,7 @@ class AblationDamage(ChannelCriterion):
                 at=self.at,
                 loss_fn=self.loss_fn,
                 max_batches=self.max_batches,
+                progress=self.progress,
             )
         return self._cache[name]
 
@@ -236,10 +265,13 @@ def _oracle(
     measure: Measure = "loss",
     at: str | None = None,
     max_batches: int | None = None,
+    progress: bool = False,
     **options: Any,
 ) -> PruningPlan:
     options.setdefault("ignored_layers", [output_layer_name(model)])
-    criterion = AblationDamage(model, data, measure=measure, at=at, loss_fn=loss_fn, max_batches=max_batches)
+    criterion = AblationDamage(
+        model, data, measure=measure, at=at, loss_fn=loss_fn, max_batches=max_batches, progress=progress
+    )
     return plan_structured(model, amount, example_input, criterion=criterion, method="oracle", **options)
 
 

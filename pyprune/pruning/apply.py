@@ -7,11 +7,17 @@
   removes each group's channels physically (BatchNorm, consumers' inputs, residual partners, flatten -> linear
   column blocks).
 
-Everything that can be checked is checked before the first change (architecture fingerprint, index ranges). If
-applying still fails part-way, every module's state is put back as it was: both Torch-Pruning and
+* heads / units (``LayerPlan`` granularity ``"heads"`` or ``"units"``): attention heads (KV groups under
+  grouped-query attention) and GPT-2 MLP units are sliced out by :mod:`pyprune.pruning.attention`, which also
+  rewrites the layer's attributes and, for a Hugging Face model, its config.
+
+Everything that can be checked is checked before the first change (architecture fingerprint, index ranges). A plan
+that changes shapes is then verified: one forward pass on a zero input built from the plan's input description
+(the example input's shapes and dtypes; an ``attention_mask`` is all ones) must run and give outputs of the same
+shapes as before. If applying or that check fails, every module's state is put back as it was: both Torch-Pruning and
 ``torch.nn.utils.prune`` *replace* parameters, buffers and attributes rather than writing into them, so restoring
-each module's attribute dictionaries restores the model exactly, with the very same ``Parameter`` objects (an
-optimizer holding them keeps working).
+each module's attribute dictionaries (and class, which head pruning of ``nn.MultiheadAttention`` swaps) restores
+the model exactly, with the very same ``Parameter`` objects (an optimizer holding them keeps working).
 
 Every applied plan is appended to ``model.pyprune_history`` (plain dicts), which :func:`pyprune.save_pruned` stores
 so that :func:`pyprune.load_pruned` can replay it on a fresh instance of the architecture.
@@ -19,7 +25,7 @@ so that :func:`pyprune.load_pruned` can replay it on a fresh instance of the arc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,13 +33,26 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from pyprune.activations import call_model, eval_mode
+from pyprune.pruning import attention
+from pyprune.pruning.groups import output_tensors
 from pyprune.pruning.plan import LayerPlan, PruningPlan, check_fingerprint
 
 HISTORY_ATTRIBUTE = "pyprune_history"
+UNIT_GRANULARITIES = ("heads", "units")
+#: Set on a pruned Hugging Face model: None when its config describes it, else why it cannot.
+CONFIG_NOTE_ATTRIBUTE = "pyprune_config_note"
 
 
-def apply_plan(plan: PruningPlan, model: nn.Module) -> nn.Module:
-    """Apply ``plan`` to ``model`` in place; returns ``model``. See the module docstring."""
+def apply_plan(plan: PruningPlan, model: nn.Module, *, verify: bool = True) -> nn.Module:
+    """Apply ``plan`` to ``model`` in place; returns ``model``. See the module docstring.
+
+    Args:
+        plan: the plan.
+        model: the architecture the plan was made for, in the state it had then.
+        verify: run the forward check after a plan that changes shapes (``mode="remove"``); on failure the model
+            is restored and ValueError raised. ``False`` skips the two forward passes.
+    """
     if not isinstance(plan, PruningPlan):
         raise TypeError(f"plan: expected a PruningPlan, got {type(plan).__name__}")
     if not isinstance(model, nn.Module):
@@ -43,14 +62,25 @@ def apply_plan(plan: PruningPlan, model: nn.Module) -> nn.Module:
     for layer in plan.layers:
         _check_layer(layer, modules)
     scaled = _rescaled_tensors(plan, modules)
-    saved = [tensor.detach().clone() for tensor, _ in scaled]
+    replaced = _replaced_tensors(plan, modules)
+    example = plan_example_input(plan, model) if verify and plan.mode == "remove" else None
+    expected = None
+    if example is not None:
+        # Recorded by the planner's trace when there was one; otherwise one forward pass now.
+        recorded = plan.options.get("output_shapes")
+        expected = [tuple(s) for s in recorded] if recorded is not None else _output_shapes(model, example)
+    saved = [tensor.detach().clone() for tensor, _ in [*replaced, *scaled]]
     try:
-        with restore_on_error(model):
-            _apply(plan, model, modules, scaled)
+        # A mask plan changes only its layers: saving those alone keeps a plan over a DenseNet's 120 layers cheap.
+        touched = None if plan.mode == "remove" else [modules[layer.name] for layer in plan.layers]
+        with restore_on_error(model, touched):
+            _apply(plan, model, modules, scaled, replaced)
+            if example is not None:
+                _verify(plan, model, example, expected)
     except BaseException:
-        # restore_on_error puts modules back but never sees in-place writes; undo the rescaling by hand.
+        # restore_on_error puts modules back but never sees in-place writes; undo them by hand.
         with torch.no_grad():
-            for (tensor, _), value in zip(scaled, saved, strict=True):
+            for (tensor, _), value in zip([*replaced, *scaled], saved, strict=True):
                 tensor.copy_(value)
         raise
     return model
@@ -78,13 +108,34 @@ def _rescaled_tensors(
     return pairs
 
 
+def _replaced_tensors(
+    plan: PruningPlan, modules: dict[str, nn.Module]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(weight parameter, new values)`` for every entry of ``plan.weights``, checked before anything changes."""
+    pairs = []
+    for name, values in plan.weights.items():
+        module = modules.get(name)
+        if module is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
+            raise ValueError(f"plan.weights: {name!r} is not a module with a weight in the model")
+        weight = getattr(module, "weight_orig", module.weight)
+        if tuple(values.shape) != tuple(weight.shape):
+            raise ValueError(
+                f"plan.weights[{name!r}]: values of shape {tuple(values.shape)}, the weight has {tuple(weight.shape)}"
+            )
+        pairs.append((weight, values))
+    return pairs
+
+
 def _apply(
     plan: PruningPlan,
     model: nn.Module,
     modules: dict[str, nn.Module],
     scaled: list[tuple[torch.Tensor, torch.Tensor]],
+    replaced: list[tuple[torch.Tensor, torch.Tensor]],
 ) -> None:
     with torch.no_grad():
+        for weight, values in replaced:
+            weight.copy_(values.to(weight.device, weight.dtype))
         for weight, factors in scaled:
             weight.mul_(factors.to(weight.device, weight.dtype))
     if plan.mode == "mask":
@@ -114,16 +165,28 @@ def make_permanent(model: nn.Module) -> nn.Module:
 
 
 @contextmanager
-def restore_on_error(model: nn.Module) -> Iterator[None]:
-    """Run a block that mutates ``model``; if it raises, put every module's state back and re-raise."""
-    snapshot = [(module, _shallow_state(module)) for module in model.modules()]
+def restore_on_error(model: nn.Module, touched: Iterable[nn.Module] | None = None) -> Iterator[None]:
+    """Run a block that mutates ``model``; if it raises, put every module's state back and re-raise.
+
+    ``touched``: the only modules the block can change besides ``model`` itself (a mask plan's layers); by
+    default every module is saved (Torch-Pruning's groups reach BatchNorms and consumers anywhere).
+    """
+    modules = model.modules() if touched is None else dict.fromkeys([model, *touched])
+    snapshot = [(module, type(module), _shallow_state(module)) for module in modules]
+    # A Hugging Face config is shared by the model's modules and rewritten after head pruning.
+    config = getattr(model, "config", None)
+    config_state = dict(config.__dict__) if hasattr(config, "to_dict") else None
     history = getattr(model, HISTORY_ATTRIBUTE, None)
     try:
         yield
     except BaseException:
-        for module, state in snapshot:
+        for module, cls, state in snapshot:
+            module.__class__ = cls
             module.__dict__.clear()
             module.__dict__.update(state)
+        if config_state is not None:
+            config.__dict__.clear()
+            config.__dict__.update(config_state)
         if history is None:
             model.__dict__.pop(HISTORY_ATTRIBUTE, None)
         else:
@@ -141,6 +204,16 @@ def _check_layer(layer: LayerPlan, modules: dict[str, nn.Module]) -> None:
     module = modules.get(layer.name)
     if module is None:
         raise ValueError(f"plan: layer {layer.name!r} does not exist in the model")
+    if layer.granularity in UNIT_GRANULARITIES:
+        spec = attention.unit_spec(layer.name, module)
+        size = 0 if spec is None else spec.num_units
+        if spec is None or spec.granularity != layer.granularity:
+            raise ValueError(
+                f"plan: layer {layer.name!r} ({type(module).__name__}) is not an attention layer or MLP with "
+                f"{layer.granularity} pyprune can remove"
+            )
+        _check_indices(layer, size)
+        return
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor):
         raise ValueError(f"plan: layer {layer.name!r} ({type(module).__name__}) has no weight tensor")
@@ -149,6 +222,10 @@ def _check_layer(layer: LayerPlan, modules: dict[str, nn.Module]) -> None:
         raise ValueError(
             f"plan: layer {layer.name!r} has {size} {layer.granularity}, the plan expects {layer.size}"
         )
+    _check_indices(layer, size)
+
+
+def _check_indices(layer: LayerPlan, size: int) -> None:
     if layer.num_removed and (int(layer.removed.min()) < 0 or int(layer.removed.max()) >= size):
         raise ValueError(f"plan: layer {layer.name!r} has removed indices outside [0, {size})")
     if layer.num_removed >= size:
@@ -164,25 +241,104 @@ def _apply_mask(layer: LayerPlan, module: nn.Module) -> None:
         prune.custom_from_mask(module, "bias", layer.keep_mask(bias.shape).to(bias.device))
 
 
-def _remove_channels(plan: PruningPlan, model: nn.Module, modules: dict[str, nn.Module]) -> None:
+def apply_traced(plan: PruningPlan, model: nn.Module, graph: Any) -> None:
+    """Prune ``model`` by a ``mode="remove"`` plan through Torch-Pruning's ``graph`` of it, already built (the
+    planner's working copy); no checks, no verification, no history: the caller owns that copy."""
+    _remove_channels(plan, model, dict(model.named_modules()), graph)
+
+
+def _remove_channels(
+    plan: PruningPlan, model: nn.Module, modules: dict[str, nn.Module], graph: Any = None
+) -> None:
     from pyprune.pruning.groups import build_dependency_graph
 
+    channels = [layer for layer in plan.layers if layer.granularity not in UNIT_GRANULARITIES]
+    units = [layer for layer in plan.layers if layer.granularity in UNIT_GRANULARITIES]
+    if any(layer.num_removed for layer in channels):
+        # Traced before the heads go: head removal is local to an attention layer, the groups never contain it.
+        if graph is None:
+            graph = build_dependency_graph(model, plan_example_input(plan, model))
+        for layer in channels:
+            if layer.granularity != "channels":
+                raise ValueError(
+                    f"plan: layer {layer.name!r} has weight granularity but the plan removes channels"
+                )
+            if not layer.num_removed:
+                continue
+            module = modules[layer.name]
+            prune_out = graph.get_pruner_of_module(module).prune_out_channels
+            group = graph.get_pruning_group(module, prune_out, idxs=layer.removed.tolist())
+            if not graph.check_pruning_group(group):
+                raise ValueError(
+                    f"plan: removing channels {layer.removed.tolist()} of {layer.name!r} is not valid"
+                )
+            group.prune()
+    for layer in units:
+        attention.remove_units(model, attention.unit_spec(layer.name, modules[layer.name]), layer.removed)
+    if attention.is_hf_model(model):
+        note = attention.rewrite_hf_config(model, attention.find_units(model))
+        object.__setattr__(model, CONFIG_NOTE_ATTRIBUTE, note)
+
+
+def plan_example_input(plan: PruningPlan, model: nn.Module) -> Any:
+    """A zero input matching the plan's example input (tensor, tuple or dict), on ``model``'s device and dtype."""
+    spec = plan.options.get("input_spec")
+    if spec is not None:
+        return inputs_from_spec(spec, model)
     if plan.input_shape is None:
         raise ValueError("plan: a plan that removes channels needs input_shape to trace the model")
-    graph = build_dependency_graph(model, example_input_from_shape(model, plan.input_shape))
-    for layer in plan.layers:
-        if layer.granularity != "channels":
-            raise ValueError(
-                f"plan: layer {layer.name!r} has weight granularity but the plan removes channels"
-            )
-        module = modules[layer.name]
-        prune_out = graph.get_pruner_of_module(module).prune_out_channels
-        group = graph.get_pruning_group(module, prune_out, idxs=layer.removed.tolist())
-        if not graph.check_pruning_group(group):
-            raise ValueError(
-                f"plan: removing channels {layer.removed.tolist()} of {layer.name!r} is not valid"
-            )
-        group.prune()
+    return example_input_from_shape(model, plan.input_shape)
+
+
+def describe_input(inputs: Any, argument: str = "example_input") -> dict[str, Any]:
+    """JSON description of a model input: a tensor, a tuple/list of tensors or a dict of tensors (or None)."""
+    if isinstance(inputs, torch.Tensor):
+        return {"tensor": list(inputs.shape), "dtype": str(inputs.dtype).removeprefix("torch.")}
+    if isinstance(inputs, (tuple, list)):
+        return {"tuple": [describe_input(item, argument) for item in inputs]}
+    if isinstance(inputs, Mapping):
+        return {"dict": {str(key): describe_input(value, argument) for key, value in inputs.items()}}
+    if inputs is None:
+        return {"none": None}
+    raise TypeError(
+        f"{argument}: expected a tensor, a tuple/list of tensors or a dict of tensors, got {type(inputs).__name__}"
+    )
+
+
+def inputs_from_spec(spec: dict[str, Any], model: nn.Module, key: str | None = None) -> Any:
+    """Zeros shaped as :func:`describe_input` recorded; floating inputs take the model's dtype and every input its
+    device; an ``attention_mask`` entry is all ones (nothing masked)."""
+    if "tuple" in spec:
+        return tuple(inputs_from_spec(item, model) for item in spec["tuple"])
+    if "dict" in spec:
+        return {k: inputs_from_spec(v, model, k) for k, v in spec["dict"].items()}
+    if "none" in spec:
+        return None
+    dtype = getattr(torch, spec["dtype"])
+    reference = example_input_from_shape(model, ())
+    if dtype.is_floating_point:
+        dtype = reference.dtype
+    fill = 1 if key == "attention_mask" else 0
+    return torch.full(spec["tensor"], fill, dtype=dtype, device=reference.device)
+
+
+def _output_shapes(model: nn.Module, inputs: Any) -> list[tuple[int, ...]]:
+    with eval_mode(model), torch.no_grad():
+        return [tuple(t.shape) for t in output_tensors(call_model(model, inputs))]
+
+
+def _verify(plan: PruningPlan, model: nn.Module, inputs: Any, expected: list[tuple[int, ...]]) -> None:
+    try:
+        found = _output_shapes(model, inputs)
+    except Exception as error:
+        raise ValueError(
+            f"plan: the pruned model fails its forward check ({type(error).__name__}: {error}); the model was "
+            f"restored. Plan {plan.method!r} removed {[layer.name for layer in plan.layers if layer.num_removed]}"
+        ) from error
+    if found != expected:
+        raise ValueError(
+            f"plan: the pruned model's outputs have shapes {found}, {expected} before; the model was restored"
+        )
 
 
 def example_input_from_shape(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import Any, Literal
@@ -57,6 +58,7 @@ from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
 from pyprune.activations import eval_mode, model_device
+from pyprune.distributed import CKATotals, cka_totals
 from pyprune.ops import gram_hsic_terms
 from pyprune.ops.cka_damage import greedy_removal_order, rbf_candidate_scan
 from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
@@ -137,11 +139,11 @@ class CKADamage(ChannelCriterion):
             raise ValueError(f"kernel: expected 'linear' or 'rbf', got {kernel!r}")
         if representation not in ("channels", "flatten"):
             raise ValueError(f"representation: expected 'channels' or 'flatten', got {representation!r}")
-        if not (isinstance(threshold, int | float) and math.isfinite(threshold) and threshold > 0):
+        if not (isinstance(threshold, numbers.Real) and math.isfinite(threshold) and threshold > 0):
             raise ValueError(f"threshold: expected a finite number > 0, got {threshold!r}")
         if bandwidth not in ("fixed", "per_candidate"):
             raise ValueError(f"bandwidth: expected 'fixed' or 'per_candidate', got {bandwidth!r}")
-        if not (isinstance(max_samples, int) and max_samples >= 4):
+        if not (isinstance(max_samples, numbers.Integral) and max_samples >= 4):
             raise ValueError(f"max_samples: expected an int >= 4, got {max_samples!r}")
         if scope not in ("layer", "global"):
             raise ValueError(f"scope: expected 'layer' or 'global', got {scope!r}")
@@ -175,6 +177,7 @@ class CKADamage(ChannelCriterion):
         self._moments: dict[str, list[torch.Tensor | int]] = {}  # name -> [sum a a^T, sum a, rows]
         self._samples: dict[str, list[torch.Tensor]] = {}  # name -> [(batch, C, T)] float64
         self._kept_samples: dict[str, int] = {}
+        self._over_ranks: CKATotals | None = None  # the statistics over every rank, see _totals
         self._pending: dict[str, bool] = {}
         self._orders: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._global_rank: dict[str, torch.Tensor] | None = None
@@ -267,13 +270,24 @@ class CKADamage(ChannelCriterion):
                 self._kept_samples[name] = kept + take
         self._orders.pop(name, None)
         self._global_rank = None
+        self._over_ranks = None
 
     def num_samples(self, name: str) -> int:
         """Samples (rows of the representation) recorded for layer ``name``."""
         self._check_name(name)
+        totals = self._totals()
         if self.representation == "channels":
-            return int(self._moments[name][2]) if name in self._moments else 0
-        return self._kept_samples.get(name, 0)
+            return int(totals.moments[name][2]) if name in totals.moments else 0
+        return sum(int(s.shape[0]) for s in totals.samples.get(name, []))
+
+    def _totals(self) -> CKATotals:
+        """The statistics over every rank of torch.distributed (this rank's alone otherwise), reduced once after
+        each change: ranks must read scores in lockstep, as the planner does on every rank."""
+        if self._over_ranks is None:
+            channels = {name: int(layer.weight.shape[0]) for name, layer in self._layers.items()}
+            samples = None if self.representation == "channels" else self._samples
+            self._over_ranks = cka_totals(channels, self._moments, samples, self.max_samples)
+        return self._over_ranks
 
     # -- scores -----------------------------------------------------------------------------------------------
 
@@ -281,11 +295,11 @@ class CKADamage(ChannelCriterion):
         """``M`` of layer ``name`` (linear kernel): ``(C, C)`` float64, see the module docstring."""
         self._check_ready(name)
         if self.representation == "channels":
-            outer, total, rows = self._moments[name]
+            outer, total, rows = self._totals().moments[name]
             mean = total / rows
             covariance = outer - rows * torch.outer(mean, mean)
             return covariance * covariance
-        return _flatten_interaction(torch.cat(self._samples[name]))
+        return _flatten_interaction(torch.cat(self._totals().samples[name]))
 
     def active(self, name: str) -> torch.Tensor:
         """Bool ``(C,)``: channels whose weights are not all zero (a zero row was pruned before; seed rule)."""
@@ -307,7 +321,7 @@ class CKADamage(ChannelCriterion):
 
         Greedy: the cumulative CKA of the removed set (the seed's ``stop_cka``, made cumulative). Single: the
         single-removal CKA, as the seed's code compares it."""
-        if not (isinstance(stop_cka, int | float) and 0 <= stop_cka <= 1):
+        if not (isinstance(stop_cka, numbers.Real) and 0 <= stop_cka <= 1):
             raise ValueError(f"stop_cka: expected a number in [0, 1], got {stop_cka!r}")
         below = (self.trajectory(name) <= stop_cka).nonzero()
         return int(below[0]) if below.numel() else int(self.trajectory(name).numel())
@@ -341,7 +355,11 @@ class CKADamage(ChannelCriterion):
                     order, cka = _single_order(m, active)
             else:
                 order, cka = _rbf_order(
-                    torch.cat(self._samples[name]), active, self.threshold, self.bandwidth, self.greedy
+                    torch.cat(self._totals().samples[name]),
+                    active,
+                    self.threshold,
+                    self.bandwidth,
+                    self.greedy,
                 )
             order, cka = order.cpu(), cka.cpu()
             if self.greedy or len(order) == 1:

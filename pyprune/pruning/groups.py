@@ -14,6 +14,7 @@ channels are pruned (the root, residual partners; not BatchNorm, not consumers),
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -36,7 +37,44 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        with torch.enable_grad(), warnings.catch_warnings():  # Torch-Pruning traces through autograd
+            # Torch-Pruning warns about every nn.Parameter used outside a module (ViT's cls_token and pos_embed):
+            # they sit on the residual stream, which pyprune prunes only as a whole group, as it warns it will.
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected", category=UserWarning)
+            # Torch-Pruning gives up on index mappings deeper than its recursion limit with only a warning, then
+            # groups wrongly or for a very long time (torchvision's swin_t: still grouping after 5 minutes, out
+            # of 24 GB): a bounded refusal instead.
+            warnings.filterwarnings("error", message="Maximum recursive depth", category=UserWarning)
+            # Traced from every tensor of the output: Hugging Face outputs also hold caches and nested tuples,
+            # on which Torch-Pruning's own flattening fails ("'tuple' object has no attribute 'grad_fn'").
+            shapes: list[tuple[int, ...]] = []
+
+            def outputs(output: Any) -> list[torch.Tensor]:
+                tensors = output_tensors(output)
+                if not tensors:
+                    raise TypeError(
+                        f"the model's output ({type(output).__name__}) holds no tensor to trace from"
+                    )
+                shapes.extend(tuple(t.shape) for t in tensors)
+                return tensors
+
+            try:
+                graph = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=example_input, output_transform=outputs
+                )
+            except ZeroDivisionError:
+                doubled = _doubled_batch(example_input)
+                if doubled is None:
+                    raise
+                # Torch-Pruning's index mapping divides by a reshape's leading dim, which is 1 for a batch of one
+                # in a channel shuffle (torchvision's shufflenet_v2: ZeroDivisionError); two samples trace it.
+                graph = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=doubled, output_transform=outputs
+                )
+                shapes = None
+            # The output shapes of the traced forward pass, which a pruned model must reproduce.
+            graph.pyprune_output_shapes = shapes
+            return graph
     except Exception as error:
         raise ValueError(
             f"model: Torch-Pruning could not trace it for structured pruning ({type(error).__name__}: {error}). "
@@ -45,6 +83,28 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.
     finally:
         for module, training in modes:
             module.training = training
+
+
+def _doubled_batch(example_input: Any) -> Any:
+    """The example input with a batch of one repeated twice (a tensor, or every tensor of a dict); else None."""
+    if isinstance(example_input, torch.Tensor) and example_input.ndim and example_input.shape[0] == 1:
+        return torch.cat([example_input, example_input])
+    if isinstance(example_input, Mapping) and all(
+        isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == 1 for v in example_input.values()
+    ):
+        return {k: torch.cat([v, v]) for k, v in example_input.items()}
+    return None
+
+
+def output_tensors(output: Any) -> list[torch.Tensor]:
+    """Every tensor in a model output, depth-first through tuples, lists and dicts (Hugging Face outputs)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, Mapping):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in output_tensors(item)]
+    return []
 
 
 def group_scores(
@@ -69,7 +129,7 @@ def group_scores(
     contributions = []
     for item in group:
         module = item.dep.target.module
-        if not (isinstance(module, PRUNABLE_TYPES) and _prunes(item, "out")):
+        if not (isinstance(module, PRUNABLE_TYPES) and prunes(item, "out")):
             continue
         name = names[module]
         scores = criterion.scores(module, name, (dropped_inputs or {}).get(name))
@@ -98,7 +158,7 @@ def consumer_inputs(
     result: dict[str, torch.Tensor] = {}
     for item in group:
         module = item.dep.target.module
-        if not (isinstance(module, PRUNABLE_TYPES) and _prunes(item, "in")):
+        if not (isinstance(module, PRUNABLE_TYPES) and prunes(item, "in")):
             continue
         lost = [i for i, r in zip(item.idxs, item.root_idxs, strict=True) if int(r) in removed_set]
         result[names[module]] = torch.tensor(sorted(int(i) for i in lost), dtype=torch.long)
@@ -132,7 +192,7 @@ class TorchPruningImportance(tp.importance.Importance):
         return group_scores(group, self.criterion, self._names, self.group_reduction).float()
 
 
-def _prunes(item: Any, side: Literal["in", "out"]) -> bool:
+def prunes(item: Any, side: Literal["in", "out"]) -> bool:
     # Torch-Pruning's handlers are bound methods named prune_out_channels / prune_in_channels of each layer's
     # pruner, for built-in and user-registered layer types alike.
     return getattr(item.dep.handler, "__name__", "") == f"prune_{side}_channels"

@@ -13,6 +13,7 @@ methods such as ``"taylor"`` and ignored by the others.
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,11 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from pyprune.distributed import planning_model
 from pyprune.pruning.criteria import FilterNorm, Magnitude, RandomChannels, RandomWeights
-from pyprune.pruning.plan import PruningPlan
-from pyprune.pruning.planner import Amount, plan_structured, plan_unstructured
+from pyprune.pruning.plan import PruningPlan, check_untied
+from pyprune.pruning.planner import Amount, check_materialised, plan_structured, plan_unstructured
 
 Planner = Callable[..., PruningPlan]
+AMOUNT_UNITS = ("weights", "channels", "params")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,11 @@ class Method:
         structured: True if it removes or masks whole channels.
         needs_example_input: True if ``example_input`` is required.
         needs_data: True if ``data`` (and ``loss_fn``) are required.
+        amount_unit: what ``amount`` is a fraction of, the one meaning the schedules convert keep ratios with:
+            ``"weights"`` (of the pruned layers' weights, masked ones counted as removed), ``"channels"`` (of the
+            output channels of each dependency group, or of all with ``scope="global"``; the survivors of earlier
+            plans when channels are removed) or ``"params"`` (of all parameters of the model as it is, measured on
+            the pruned model: PFP). Default from ``structured``.
     """
 
     name: str
@@ -47,6 +55,13 @@ class Method:
     structured: bool
     needs_example_input: bool = False
     needs_data: bool = False
+    amount_unit: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.amount_unit:
+            object.__setattr__(self, "amount_unit", "channels" if self.structured else "weights")
+        if self.amount_unit not in AMOUNT_UNITS:
+            raise ValueError(f"amount_unit: expected one of {AMOUNT_UNITS}, got {self.amount_unit!r}")
 
 
 METHODS: dict[str, Method] = {}
@@ -86,20 +101,81 @@ def plan(
     Args:
         model: the model.
         method: a registered name (see :data:`METHODS`, or ``pyprune methods`` on the command line).
-        amount: fraction in [0, 1) to remove (weights for unstructured methods, channels for structured ones).
+        amount: fraction in [0, 1) to remove, of what the method's ``amount_unit`` says (weights for
+            unstructured methods, channels for structured ones, all parameters for PFP); a Python or NumPy number.
         example_input: an input batch; required by structured methods, optional otherwise (then the plan also
             records parameter and FLOP counts).
         data, loss_fn: training batches and loss for data-driven methods.
         **options: passed to the method's planner (e.g. ``scope="global"``, ``ignored_layers=[...]``).
     """
     chosen = get_method(method)
+    # A DDP wrapper plans as its module; under torchrun every rank must hold the same model and seed.
+    model = planning_model(model, options.get("seed"))
     if chosen.needs_example_input and example_input is None:
         raise ValueError(f"example_input: method {method!r} needs an example input batch to trace the model")
     if chosen.needs_data and data is None:
         raise ValueError(
             f"data: method {method!r} scores channels from data; pass data=<batches> and loss_fn"
         )
-    return chosen.planner(model, amount, example_input=example_input, data=data, loss_fn=loss_fn, **options)
+    if isinstance(model, nn.Module):
+        check_materialised(model)
+    # Tracing and data-driven scores need autograd even when the caller plans inside torch.no_grad().
+    try:
+        with torch.enable_grad():
+            result = chosen.planner(
+                model, amount, example_input=example_input, data=data, loss_fn=loss_fn, **options
+            )
+    except (RuntimeError, ValueError) as error:
+        culprit = _bad_input(model, example_input, data if chosen.needs_data else None, method)
+        if culprit is None:
+            raise
+        raise culprit from error
+    # A plan that would untie shared parameters is refused before anyone applies it.
+    check_untied(result, model)
+    return result
+
+
+def _bad_input(
+    model: nn.Module, example_input: Any, data: Iterable[Any] | None, method: str
+) -> Exception | None:
+    """After a planner failed: the error naming ``data`` or ``example_input`` when the model itself fails on it
+    (run on a copy in eval mode, without gradients), else None (the planner's own error stands)."""
+    from pyprune.activations import call_model
+    from pyprune.pruning.apply import describe_input
+
+    work = copy.deepcopy(model).eval()
+    first = _first_inputs(data) if data is not None else None
+    for argument, value in (("data", first), ("example_input", example_input)):
+        if value is None:
+            continue
+        try:
+            with torch.no_grad():
+                call_model(work, value)
+        except Exception as error:
+            if argument == "data" and isinstance(value, torch.Tensor) and not value.is_floating_point():
+                return TypeError(
+                    f"data: its batches hold {value.dtype} inputs and the model fails on them ({error}); method "
+                    f"{method!r} feeds data's inputs to the model, so they must be what it takes (floating point "
+                    "for a Linear/Conv network)"
+                )
+            where = "its first batch's inputs" if argument == "data" else "it"
+            return ValueError(
+                f"{argument}: the model fails on {where} ({describe_input(value, argument)}): {type(error).__name__}: {error}"
+            )
+    return None
+
+
+def _first_inputs(data: Any) -> Any:
+    """The inputs of ``data``'s first batch; None when looking would consume ``data`` (a one-shot iterator)."""
+    if isinstance(data, torch.Tensor):
+        return data
+    try:
+        if iter(data) is data:
+            return None
+        batch = next(iter(data))
+    except (TypeError, StopIteration):
+        return None
+    return batch[0] if isinstance(batch, list | tuple) and batch else batch
 
 
 def prune(
@@ -152,17 +228,29 @@ def _taylor(
         for k in ("reduction", "normalize", "flops_lambda", "flops_unit", "point", "loss_reduction")
         if k in options
     }
-    criterion = Taylor(model, **taylor_options)
+    # Scores come from forward/backward passes of a copy: train-mode BatchNorm would update the model's statistics.
+    criterion = Taylor(copy.deepcopy(model), **taylor_options)
     criterion.accumulate_over(
         data, loss_fn or nn.functional.cross_entropy, max_batches=max_batches, progress=progress
     )
     return plan_structured(model, amount, example_input, criterion=criterion, method="taylor", **options)
 
 
+def _magnitude(model, amount, *, example_input=None, data=None, loss_fn=None, seed=0, **options):
+    # n_m=..., owl=... or blocks=... ask for the one-shot language-model form (pyprune.pruning.oneshot).
+    from pyprune.pruning.oneshot import ONESHOT_OPTIONS, magnitude_oneshot
+
+    if any(key in options for key in ONESHOT_OPTIONS):
+        return magnitude_oneshot(model, amount, example_input=example_input, data=data, **options)
+    return _weights(lambda seed: Magnitude(), "layer")(
+        model, amount, example_input=example_input, seed=seed, **options
+    )
+
+
 for _method in (
     Method(
         "magnitude",
-        _weights(lambda seed: Magnitude(), "layer"),
+        _magnitude,
         "|w| per layer, exactly round(k * numel) each (seed 003)",
         False,
     ),

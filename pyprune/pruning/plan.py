@@ -12,7 +12,9 @@ Applying lives in :mod:`pyprune.pruning.apply`; planning in :mod:`pyprune.prunin
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,7 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from pyprune.distributed import unwrap_model
+
 PLAN_FORMAT = "pyprune-plan/1"
+
+MAX_RESCALE = 1e9
+"""Largest ``rescale`` factor a loaded plan may carry. Importance-sampling factors ``count / (m p)`` stay below
+``1 / p_min``, and probabilities below float32's epsilon are dropped, so real factors are below about 1e7; larger
+ones (or 1e308) can only come from a corrupt or hostile file and would overflow float32 weights."""
 
 Granularity = Literal["weights", "channels"]
 ApplyMode = Literal["mask", "remove"]
@@ -91,23 +100,69 @@ class LayerPlan:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LayerPlan:
-        size = int(data["size"])
+    def from_dict(cls, data: dict[str, Any], where: str = "layer") -> LayerPlan:
+        """Read and validate one layer entry; ValueError naming ``where`` and the field on any inconsistency."""
+        _expect(isinstance(data, dict), where, "an object", data)
+        _expect(
+            isinstance(data.get("name"), str) and data["name"],
+            f"{where}.name",
+            "a module name",
+            data.get("name"),
+        )
+        where = f"layer {data['name']!r}"
+        granularity = data.get("granularity")
+        _expect(isinstance(granularity, str) and granularity, f"{where}.granularity", "a string", granularity)
+        size = data.get("size")
+        _expect(_is_count(size) and size >= 1, f"{where}.size", "an int >= 1", size)
         if "removed_bits" in data:
-            packed = np.frombuffer(base64.b64decode(data["removed_bits"]), dtype=np.uint8)
+            _expect(
+                granularity == "weights",
+                f"{where}.removed_bits",
+                "only with granularity 'weights'",
+                granularity,
+            )
+            packed = _base64(data["removed_bits"], f"{where}.removed_bits")
+            if len(packed) != (size + 7) // 8 or np.unpackbits(packed)[size:].any():
+                raise ValueError(
+                    f"plan: {where}.removed_bits holds {len(packed)} bytes; expected {(size + 7) // 8} for {size} "
+                    "weights, with zero padding bits"
+                )
             removed = torch.from_numpy(np.flatnonzero(np.unpackbits(packed, count=size))).long()
         else:
-            removed = torch.tensor(data["removed"], dtype=torch.long)
+            indices = data.get("removed")
+            _expect(
+                isinstance(indices, list), f"{where}.removed", "a list of indices", type(indices).__name__
+            )
+            bad = [i for i in indices if not (_is_count(i) and 0 <= i < size)]
+            if bad:
+                raise ValueError(f"plan: {where}.removed holds {bad[:5]}; expected ints in [0, {size})")
+            if len(set(indices)) != len(indices):
+                duplicates = sorted({i for i in indices if indices.count(i) > 1})
+                raise ValueError(f"plan: {where}.removed lists {duplicates[:5]} more than once")
+            removed = torch.tensor(sorted(indices), dtype=torch.long)
+        if removed.numel() >= size:
+            raise ValueError(f"plan: {where} would lose all of its {size} {granularity}")
+        coupled = data.get("coupled", [])
+        _expect(
+            isinstance(coupled, list) and all(isinstance(c, str) for c in coupled),
+            f"{where}.coupled",
+            "a list of module names",
+            coupled,
+        )
+        counts = {}
+        for key in ("params_before", "params_after", "flops_before", "flops_after"):
+            value = data.get(key)
+            _expect(
+                value is None or (_is_count(value) and value >= 0), f"{where}.{key}", "an int >= 0", value
+            )
+            counts[key] = value
         return cls(
             name=data["name"],
-            granularity=data["granularity"],
+            granularity=granularity,
             size=size,
             removed=removed,
-            coupled=tuple(data.get("coupled", ())),
-            params_before=data.get("params_before"),
-            params_after=data.get("params_after"),
-            flops_before=data.get("flops_before"),
-            flops_after=data.get("flops_after"),
+            coupled=tuple(coupled),
+            **counts,
         )
 
 
@@ -129,6 +184,9 @@ class PruningPlan:
         rescale: ``{module name: factors}`` multiplying that module's weight before anything is masked or
             removed; ``factors`` is float64 and broadcasts against the weight (e.g. ``(1, C_in, 1, 1)`` for input
             channels). Importance-sampling methods (SiPPRand, randomised PFP) reweight what they keep this way.
+        weights: ``{module name: values}`` written into that module's weight (same shape) before it is rescaled,
+            masked or removed; stored exactly (float64). Reconstruction methods (SparseGPT) carry their updated
+            surviving weights this way.
     """
 
     method: str
@@ -139,6 +197,7 @@ class PruningPlan:
     options: dict[str, Any] = field(default_factory=dict)
     totals: dict[str, list[int]] = field(default_factory=dict)
     rescale: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def structured(self) -> bool:
@@ -164,10 +223,15 @@ class PruningPlan:
         raise KeyError(f"the plan has no layer {name!r}; it has {[layer.name for layer in self.layers]}")
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Apply to ``model`` in place (see :func:`pyprune.pruning.apply.apply_plan`); returns ``model``."""
+        """Apply to ``model`` in place (see :func:`pyprune.pruning.apply.apply_plan`); returns ``model``.
+
+        A DistributedDataParallel wrapper is pruned through its module; re-wrap the model afterwards when the plan
+        removes channels (DDP keeps references to the replaced parameters)."""
         from pyprune.pruning.apply import apply_plan
 
-        return apply_plan(self, model)
+        check_untied(self, unwrap_model(model))
+        apply_plan(self, unwrap_model(model))
+        return model
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -180,6 +244,7 @@ class PruningPlan:
             "fingerprint": [[name, list(shape)] for name, shape in self.fingerprint],
             "layers": [layer.to_dict() for layer in self.layers],
             "rescale": {name: _encode_tensor(factors) for name, factors in self.rescale.items()},
+            "weights": {name: _encode_tensor(values) for name, values in self.weights.items()},
         }
 
     def to_json(self, path: str | None = None, *, indent: int | None = 1) -> str:
@@ -192,18 +257,60 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
+        """Read a plan from :meth:`to_dict`'s form, validated completely before anything can use it.
+
+        Raises:
+            ValueError: not a plan, or any field malformed or inconsistent (duplicate, non-integer or
+                out-of-range indices, a layer losing everything, short ``removed_bits``, non-finite or negative
+                ``rescale`` factors or factors above :data:`MAX_RESCALE`, non-finite ``weights``), naming it.
+        """
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise ValueError(f"not a pyprune plan: expected format {PLAN_FORMAT!r}, got {found!r}")
+        _expect(isinstance(data.get("method"), str), "method", "a string", data.get("method"))
+        _expect(data.get("mode") in ("mask", "remove"), "mode", "'mask' or 'remove'", data.get("mode"))
+        layers = data.get("layers")
+        _expect(isinstance(layers, list), "layers", "a list", type(layers).__name__)
+        names = [layer.get("name") if isinstance(layer, dict) else None for layer in layers]
+        repeated = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
+        _expect(not repeated, "layers", "each layer once", repeated)
+        fingerprint = data.get("fingerprint")
+        _expect(
+            isinstance(fingerprint, list)
+            and all(
+                isinstance(entry, list)
+                and len(entry) == 2
+                and isinstance(entry[0], str)
+                and _is_shape(entry[1])
+                for entry in fingerprint
+            ),
+            "fingerprint",
+            "[[parameter name, shape], ...]",
+            fingerprint if not isinstance(fingerprint, list) else "a malformed entry",
+        )
+        input_shape = data.get("input_shape")
+        _expect(input_shape is None or _is_shape(input_shape), "input_shape", "null or a shape", input_shape)
+        options, totals = data.get("options", {}), data.get("totals", {})
+        _expect(isinstance(options, dict), "options", "an object", type(options).__name__)
+        _expect(
+            isinstance(totals, dict)
+            and all(
+                isinstance(v, list) and all(isinstance(x, int | float) for x in v) for v in totals.values()
+            ),
+            "totals",
+            "{name: [before, after]} counts",
+            totals,
+        )
         return cls(
             method=data["method"],
             mode=data["mode"],
-            layers=[LayerPlan.from_dict(layer) for layer in data["layers"]],
-            fingerprint=[(name, tuple(shape)) for name, shape in data["fingerprint"]],
-            input_shape=None if data.get("input_shape") is None else tuple(data["input_shape"]),
-            options=dict(data.get("options", {})),
-            totals={k: list(v) for k, v in data.get("totals", {}).items()},
-            rescale={name: _decode_tensor(value) for name, value in data.get("rescale", {}).items()},
+            layers=[LayerPlan.from_dict(layer, f"layers[{i}]") for i, layer in enumerate(layers)],
+            fingerprint=[(name, tuple(shape)) for name, shape in fingerprint],
+            input_shape=None if input_shape is None else tuple(input_shape),
+            options=dict(options),
+            totals={k: list(v) for k, v in totals.items()},
+            rescale=_decode_tensors(data.get("rescale", {}), "rescale", MAX_RESCALE),
+            weights=_decode_tensors(data.get("weights", {}), "weights", None),
         )
 
     @classmethod
@@ -222,6 +329,37 @@ class PruningPlan:
 def model_fingerprint(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     """Names and shapes of ``model``'s parameters, ``torch.nn.utils.prune``'s ``_orig`` suffix stripped."""
     return [(name.removesuffix("_orig"), tuple(p.shape)) for name, p in model.named_parameters()]
+
+
+def check_untied(plan: PruningPlan, model: nn.Module) -> None:
+    """Refuse a plan that prunes a parameter shared by several modules (tied weights, e.g. an embedding and an
+    output layer), since masking or slicing it for one user would give the others different values or shapes.
+
+    Raises:
+        ValueError: naming the parameter's users and the way out (``ignored_layers``, or untying first).
+    """
+    holders: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for key, parameter in module._parameters.items():
+            if parameter is not None:
+                holders.setdefault(id(parameter), []).append((f"{name}.{key}" if name else key, module))
+    modules = dict(model.named_modules())
+    touched = [layer.name for layer in plan.layers] + list(plan.rescale) + list(plan.weights)
+    if plan.mode == "remove":
+        touched += [name for layer in plan.layers for name in layer.coupled]
+    for name in dict.fromkeys(touched):
+        module = modules.get(name)
+        if module is None:
+            continue
+        for parameter in module._parameters.values():
+            users = holders.get(id(parameter), []) if parameter is not None else []
+            if len({id(user) for _, user in users}) > 1:
+                shared = sorted({qualified for qualified, _ in users})
+                raise ValueError(
+                    f"model: the plan prunes {name!r}, whose parameter is shared by {shared} (tied weights); "
+                    "pruning it for one user would untie it from the others. Leave every user of a shared "
+                    "parameter out (ignored_layers=[...]) or untie the parameter first."
+                )
 
 
 def check_fingerprint(plan: PruningPlan, model: nn.Module) -> None:
@@ -306,6 +444,49 @@ def _encode_tensor(t: torch.Tensor) -> dict[str, Any]:
     return {"shape": list(t.shape), "float64": base64.b64encode(array.tobytes()).decode("ascii")}
 
 
-def _decode_tensor(data: dict[str, Any]) -> torch.Tensor:
-    array = np.frombuffer(base64.b64decode(data["float64"]), dtype="<f8").reshape(data["shape"])
-    return torch.from_numpy(array.copy())
+def _decode_tensors(data: Any, field: str, limit: float | None) -> dict[str, torch.Tensor]:
+    """``{module name: tensor}`` from :func:`_encode_tensor`'s form, each validated: the byte count matches the
+    shape, every value is finite, and with ``limit`` every value is in ``[0, limit]``."""
+    _expect(isinstance(data, dict), field, "an object {module name: tensor}", type(data).__name__)
+    tensors = {}
+    for name, value in data.items():
+        where = f"{field}[{name!r}]"
+        _expect(isinstance(value, dict) and _is_shape(value.get("shape")), f"{where}.shape", "a shape", value)
+        raw = _base64(value.get("float64"), f"{where}.float64")
+        expected = 8 * math.prod(value["shape"])
+        if len(raw) != expected:
+            raise ValueError(
+                f"plan: {where} holds {len(raw)} bytes; its shape {value['shape']} needs {expected}"
+            )
+        array = np.frombuffer(raw.tobytes(), dtype="<f8").reshape(value["shape"])
+        if not np.isfinite(array).all():
+            raise ValueError(f"plan: {where} holds non-finite values (NaN or infinity)")
+        if limit is not None and array.size and not (array.min() >= 0 and array.max() <= limit):
+            raise ValueError(
+                f"plan: {where} holds factors in [{array.min():.6g}, {array.max():.6g}]; expected them in "
+                f"[0, {limit:g}]"
+            )
+        tensors[name] = torch.from_numpy(array.copy())
+    return tensors
+
+
+def _expect(condition: Any, field: str, expected: str, found: Any) -> None:
+    if not condition:
+        raise ValueError(f"plan: {field}: expected {expected}, got {found!r}"[:400])
+
+
+def _is_count(value: Any) -> bool:
+    """A JSON integer: not a float (even 2.0, which would be truncated silently), not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, list) and all(_is_count(v) and v >= 0 for v in value)
+
+
+def _base64(text: Any, field: str) -> np.ndarray:
+    _expect(isinstance(text, str), field, "base64 text", type(text).__name__)
+    try:
+        return np.frombuffer(base64.b64decode(text, validate=True), dtype=np.uint8)
+    except (ValueError, binascii.Error) as error:
+        raise ValueError(f"plan: {field}: not valid base64 ({error})") from None

@@ -20,15 +20,33 @@ import copy
 import difflib
 import itertools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
+from pyprune.activations import call_model
+from pyprune.pruning.apply import CONFIG_NOTE_ATTRIBUTE, UNIT_GRANULARITIES, apply_traced, describe_input
+from pyprune.pruning.attention import (
+    UnitSpec,
+    find_units,
+    is_conv1d,
+    is_hf_model,
+    projection_names,
+    unit_scores,
+)
 from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion, FilterNorm, Magnitude, WeightCriterion
-from pyprune.pruning.groups import GroupReduction, build_dependency_graph, consumer_inputs, group_scores
-from pyprune.pruning.plan import ApplyMode, LayerPlan, PruningPlan, model_fingerprint
+from pyprune.pruning.groups import (
+    GroupReduction,
+    build_dependency_graph,
+    consumer_inputs,
+    group_scores,
+    prunes,
+)
+from pyprune.pruning.plan import ApplyMode, LayerPlan, PruningPlan, check_untied, model_fingerprint
 
 Scope = Literal["layer", "global"]
 Amount = float | Mapping[str, float]
@@ -93,7 +111,11 @@ def plan_unstructured(
         flat = torch.cat(scores)
         chosen = _lowest(flat, max(_count(amounts[None], flat.numel()), _already_masked(flat)))
         offsets = torch.tensor([0, *[s.numel() for s in scores]]).cumsum(0)
-        removed = [chosen[(chosen >= lo) & (chosen < hi)] - lo for lo, hi in itertools.pairwise(offsets)]
+        # chosen is sorted: split it at the layer offsets (one scan of it per layer was O(layers x chosen)).
+        bounds = torch.searchsorted(chosen, offsets).tolist()
+        removed = [
+            chosen[a:b] - lo for (a, b), lo in zip(itertools.pairwise(bounds), offsets.tolist(), strict=False)
+        ]
     for (name, module), r in zip(selected, removed, strict=True):
         if r.numel() >= module.weight.numel():
             raise ValueError(f"amount: would remove every weight of layer {name!r}; use a smaller amount")
@@ -105,8 +127,14 @@ def plan_unstructured(
             for (name, module), r in zip(selected, removed, strict=True)
         ],
         fingerprint=model_fingerprint(model),
-        options={"amount": _jsonable_amount(amount), "scope": scope, "criterion": repr(criterion)},
+        options={
+            "amount": _jsonable_amount(amount),
+            "scope": scope,
+            "criterion": repr(criterion),
+            "untouched": _untouched_weights(model, [name for name, _ in selected], layers, ignored_layers),
+        },
     )
+    check_untied(plan, model)
     if example_input is not None and measure:
         measure_plan(plan, model, example_input)
     return plan
@@ -127,6 +155,7 @@ def plan_structured(
     mode: ApplyMode = "remove",
     method: str | None = None,
     measure: bool = True,
+    attention: Literal["heads", "skip"] = "heads",
 ) -> PruningPlan:
     """Plan channel (structured) pruning.
 
@@ -155,6 +184,15 @@ def plan_structured(
         method: name recorded in the plan.
         measure: with ``example_input``, count parameters and FLOPs before and after on a copy for the plan's
             table; ``False`` skips that (most of the planning time of a cheap criterion).
+        attention: ``"heads"`` (default) removes whole attention heads (whole key/value groups with their query
+            heads under grouped-query attention; see :mod:`pyprune.pruning.attention`) at the same ratio as
+            channels, each head scored by ``group_reduction`` over the criterion's scores of its q/k/v rows;
+            ``"skip"`` leaves attention layers as they are.
+
+    Layers whose output width the plan leaves unchanged are listed with the reason in
+    ``plan.options["untouched"]`` (the output layer, ``ignored_layers``, the residual stream of a transformer,
+    groups tied to a grouped convolution, ...). ``example_input`` may be a tensor, a tuple of tensors (positional
+    arguments) or a dict (keyword arguments, e.g. ``input_ids`` / ``attention_mask`` / ``pixel_values``).
     """
     criterion = FilterNorm(1) if criterion is None else criterion
     if not isinstance(criterion, ChannelCriterion):
@@ -170,40 +208,71 @@ def plan_structured(
         raise ValueError(f"round_to: expected None or an int >= 1, got {round_to!r}")
     if greedy and scope == "global":
         raise ValueError("greedy: Li et al.'s greedy mode ranks layer by layer; use it with scope='layer'")
-    if example_input is not None and not isinstance(example_input, torch.Tensor):
-        raise TypeError(f"example_input: expected one tensor batch, got {type(example_input).__name__}")
+    input_spec = describe_input(example_input) if example_input is not None else None
+    if attention not in ("heads", "skip"):
+        raise ValueError(f"attention: expected 'heads' or 'skip', got {attention!r}")
     if mode == "remove" and example_input is None:
         raise ValueError("example_input: required with mode='remove' (Torch-Pruning traces the model on it)")
+    check_materialised(model)
 
     work = copy.deepcopy(model)
     names = {module: name for name, module in work.named_modules()}
     ignored = _resolve_refs(work, ignored_layers, "ignored_layers") if ignored_layers is not None else None
+    default_ignored = ignored is None
     if ignored is None:
         ignored = [output_layer_name(work)]
+    untouched: dict[str, str] = {}
+    units: list[UnitSpec] = []
+    graph = None
     if mode == "remove":
-        graph = build_dependency_graph(work, example_input)
-        groups = list(
-            graph.get_all_groups(
-                ignored_layers=[work.get_submodule(n) for n in ignored], root_module_types=PRUNABLE_TYPES
-            )
-        )
+        unsupported: dict[str, str] = {}
+        units = find_units(work, unsupported)
+        projections = [*projection_names(units), *unsupported]
+        untouched.update(unsupported)
+        try:
+            graph = trace(work, example_input)
+        except ValueError as error:
+            if not units or "example_input" in str(error).split(":")[0]:
+                raise
+            # GPT-2 (HF Conv1D everywhere) cannot be traced, but its heads and MLP units need no graph.
+            graph = None
+            trace_error = f"Torch-Pruning could not trace the model ({error.__cause__ or error})"
+        blocked = [work.get_submodule(n) for n in dict.fromkeys([*ignored, *projections])]
+        groups, refused = prunable_groups(work, graph, blocked)
+        untouched.update(refused)
         # Definition order, not Torch-Pruning's: the greedy mode and the tables read layers front to back.
         position = {name: i for i, name in enumerate(dict(work.named_modules()))}
         groups.sort(key=lambda group: position[names[group[0].dep.target.module]])
         roots = [names[group[0].dep.target.module] for group in groups]
+        if attention == "skip":
+            for spec in units:
+                for projection in [*spec.readers, spec.writer]:
+                    untouched.setdefault(
+                        projection, f"{spec.granularity} of {spec.name!r} left as is (attention='skip')"
+                    )
+            units = []
     else:
         groups = None
         roots = [name for name, _ in select_layers(work, None, ignored)]
-    if not roots:
-        raise ValueError("model: no prunable Linear/ConvNd layer is left after ignored_layers")
-    amounts = _layer_amounts(amount, roots, scope)
-    sizes = [int(work.get_submodule(name).weight.shape[0]) for name in roots]
+    if not roots and not units:
+        raise ValueError(
+            "model: no prunable Linear/ConvNd layer or attention layer is left after ignored_layers"
+            + (f" (untouched: {untouched})" if untouched else "")
+        )
+    unit_names = [spec.name for spec in units]
+    amounts = _layer_amounts(amount, roots + unit_names, scope)
+    sizes = [int(work.get_submodule(name).weight.shape[0]) for name in roots] + [s.num_units for s in units]
+    reduce = _REDUCERS.get(group_reduction)
+    if reduce is None:
+        raise ValueError(f"group_reduction: expected one of {tuple(_REDUCERS)}, got {group_reduction!r}")
 
     dropped: dict[str, torch.Tensor] = {}
     scores: list[torch.Tensor] = []
     removed: list[torch.Tensor] = []
-    for i, name in enumerate(roots):
-        if groups is not None:
+    for i, name in enumerate(roots + unit_names):
+        if i >= len(roots):
+            s = unit_scores(work, units[i - len(roots)], criterion, reduce)
+        elif groups is not None:
             s = group_scores(groups[i], criterion, names, group_reduction, dropped if greedy else None)
         else:
             s = criterion.scores(work.get_submodule(name), name).detach().double().cpu()
@@ -211,28 +280,48 @@ def plan_structured(
             raise ValueError(f"criterion {criterion!r} returned NaN scores for layer {name!r}")
         scores.append(s)
         if scope == "layer":
-            count = min(_count(amounts[name], sizes[i]), sizes[i] - min(min_channels, sizes[i]))
+            floor = 1 if i >= len(roots) else min_channels
+            count = min(_count(amounts[name], sizes[i]), sizes[i] - min(floor, sizes[i]))
             removed.append(_lowest(s, count))
-            if greedy and groups is not None:
+            if greedy and groups is not None and i < len(roots):
                 for consumer, lost in consumer_inputs(groups[i], removed[-1], names).items():
                     dropped[consumer] = torch.cat([dropped.get(consumer, lost[:0]), lost]).unique()
     if scope == "global":
         removed = _select_global(scores, sizes, amounts[None], min_channels)
     if round_to is not None:
-        removed = [_round_kept(s, r, round_to) for s, r in zip(scores, removed, strict=True)]
+        removed = [
+            _round_kept(s, r, round_to) if i < len(roots) else r
+            for i, (s, r) in enumerate(zip(scores, removed, strict=True))
+        ]
 
     coupled = [
         _coupled_names(groups[i], names, roots[i]) if groups is not None else () for i in range(len(roots))
     ]
+    coupled += [(*spec.readers, spec.writer) for spec in units]
+    granularities = ["channels"] * len(roots) + [spec.granularity for spec in units]
+    if mode == "remove" and graph is not None:
+        # Layers whose output width changes; consumers that only lose inputs are listed as untouched.
+        covered = {*roots, *(m for g in groups for m in _out_members(g, names))}
+        covered |= {n for spec in units for n in [*spec.readers, spec.writer]}
+        untouched = _untouched(work, graph, names, covered, untouched, ignored, default_ignored, blocked)
+    elif mode == "remove":
+        covered = {n for c in coupled for n in c}
+        for name in weight_layers(work):
+            if name not in covered:
+                untouched.setdefault(name, "in ignored_layers" if name in ignored else trace_error)
+    else:
+        untouched = _untouched_mask(work, roots, ignored, default_ignored)
     plan = PruningPlan(
         method=method or f"{criterion.name}/{scope}",
         mode=mode,
         layers=[
-            LayerPlan(name, "channels", size, r, coupled=c)
-            for name, size, r, c in zip(roots, sizes, removed, coupled, strict=True)
+            LayerPlan(name, granularity, size, r, coupled=c)
+            for name, granularity, size, r, c in zip(
+                roots + unit_names, granularities, sizes, removed, coupled, strict=True
+            )
         ],
         fingerprint=model_fingerprint(model),
-        input_shape=None if example_input is None else tuple(example_input.shape),
+        input_shape=tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else None,
         options={
             "amount": _jsonable_amount(amount),
             "scope": scope,
@@ -242,11 +331,218 @@ def plan_structured(
             "group_reduction": group_reduction,
             "greedy": greedy,
             "ignored_layers": list(ignored),
+            "attention": attention,
+            "input_spec": input_spec,
+            "untouched": untouched,
         },
     )
+    if graph is not None and graph.pyprune_output_shapes is not None:
+        plan.options["output_shapes"] = [list(shape) for shape in graph.pyprune_output_shapes]
+    check_untied(plan, model)
     if example_input is not None and measure:
-        measure_plan(plan, model, example_input)
+        if mode == "remove":
+            # The working copy and its graph are at hand: pruning them costs no copy and no second trace.
+            apply_traced(plan, work, graph)
+            measure_plan(plan, model, example_input, pruned=work)
+        else:
+            measure_plan(plan, model, example_input)
     return plan
+
+
+_REDUCERS = {
+    "mean": torch.mean,
+    "sum": torch.sum,
+    "max": torch.amax,
+    "first": lambda s: s[0],
+}
+
+
+def prunable_groups(
+    work: nn.Module, graph: Any, blocked: Sequence[nn.Module]
+) -> tuple[list[Any], dict[str, str]]:
+    """Torch-Pruning's groups of ``work`` that pyprune prunes by channel, and ``{layer: reason}`` for the rest.
+
+    ``blocked`` modules keep their output channels (ignored layers and attention projections: a group that
+    would cut them, such as a transformer's residual stream, is left whole). Also left whole: groups tied to a
+    grouped (not depthwise) convolution, and, in a Hugging Face model, groups as wide as ``config.hidden_size``
+    (one config field sets that width for every layer, so ``from_pretrained`` could not rebuild the model).
+    """
+    names = {module: name for name, module in work.named_modules()}
+    hidden = work.config.hidden_size if is_hf_model(work) else None
+    groups, untouched = [], {}
+    all_groups = (
+        [] if graph is None else graph.get_all_groups(list(blocked), root_module_types=PRUNABLE_TYPES)
+    )
+    for group in all_groups:
+        reason = _grouped_conv(group, names)
+        if reason is None and hidden is not None and group[0].dep.target.module.weight.shape[0] == hidden:
+            reason = (
+                f"{hidden} wide like the model's hidden_size, which one Hugging Face config field sets for "
+                "every layer"
+            )
+        if reason is None:
+            groups.append(group)
+        else:
+            for member in _out_members(group, names):
+                untouched[member] = reason
+    return groups, untouched
+
+
+def _grouped_conv(group: Any, names: Mapping[nn.Module, str]) -> str | None:
+    """Why ``group`` cannot be pruned by channel when it touches a grouped (not depthwise) convolution, else None.
+
+    Torch-Pruning removes arbitrary channels of a grouped conv, which leaves groups of unequal width and a
+    failing forward (regnet_y_400mf: ``INDICES element is out of DATA bounds``).
+    """
+    for item in group:
+        module = item.dep.target.module
+        if (
+            isinstance(module, nn.modules.conv._ConvNd)
+            and module.groups > 1
+            and not (module.groups == module.in_channels == module.out_channels)
+        ):
+            return (
+                f"tied to grouped convolution {names[module]!r} (groups={module.groups}), whose groups would "
+                "lose different numbers of channels"
+            )
+    return None
+
+
+def _out_members(group: Any, names: Mapping[nn.Module, str]) -> list[str]:
+    return [
+        names[item.dep.target.module]
+        for item in group
+        if isinstance(item.dep.target.module, PRUNABLE_TYPES) and prunes(item, "out")
+    ]
+
+
+def weight_layers(model: nn.Module) -> list[str]:
+    """Names of the modules that hold prunable weight matrices: Linear, ConvNd, Hugging Face Conv1D, and
+    ``nn.MultiheadAttention`` (its ``in_proj_weight``)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (*PRUNABLE_TYPES, nn.MultiheadAttention)) or is_conv1d(module)
+    ]
+
+
+def _untouched(
+    work: nn.Module,
+    graph: Any,
+    names: Mapping[nn.Module, str],
+    covered: set[str],
+    found: dict[str, str],
+    ignored: list[str],
+    default_ignored: bool,
+    blocked: list[nn.Module],
+) -> dict[str, str]:
+    """``{layer: reason}`` for every weight layer whose output width the plan leaves as it is."""
+    untouched = dict(found)
+    blocked_names = {names[m] for m in blocked}
+    for name in weight_layers(work):
+        if name in covered or name in untouched:
+            continue
+        module = work.get_submodule(name)
+        if name in ignored:
+            untouched[name] = (
+                "output layer (default ignored_layers)" if default_ignored else "in ignored_layers"
+            )
+        elif isinstance(module, nn.MultiheadAttention) or is_conv1d(module):
+            untouched[name] = f"{type(module).__name__} outside a recognised attention layer or MLP"
+        elif module not in graph.module2node:
+            untouched[name] = "never ran in the forward pass on example_input"
+        else:
+            group = graph.get_pruning_group(
+                module, graph.get_pruner_of_module(module).prune_out_channels, [0]
+            )
+            members = _out_members(group, names)
+            blockers = [
+                names[item.dep.target.module]
+                for item in group
+                if names.get(item.dep.target.module) in blocked_names and prunes(item, "out")
+            ]
+            reason = (
+                f"output channels tied to {blockers[:3]}{' ...' if len(blockers) > 3 else ''} (ignored or an "
+                "attention projection: the residual stream / embedding width)"
+                if blockers
+                else "Torch-Pruning found no prunable group for it"
+            )
+            for member in [*members, name]:
+                if member not in covered:
+                    untouched.setdefault(member, reason)
+    return untouched
+
+
+def _untouched_weights(
+    model: nn.Module, selected: list[str], layers: LayerRefs, ignored_layers: LayerRefs
+) -> dict[str, str]:
+    """``{layer: reason}`` for the weight layers an unstructured plan does not mask."""
+    chosen = set(selected)
+    skipped = (
+        set(_resolve_refs(model, ignored_layers, "ignored_layers")) if ignored_layers is not None else set()
+    )
+    output = output_layer_name(model)
+    untouched = {}
+    for name in weight_layers(model):
+        if name in chosen:
+            continue
+        module = model.get_submodule(name)
+        if name in skipped:
+            untouched[name] = "in ignored_layers"
+        elif layers is not None:
+            untouched[name] = "not in layers"
+        elif name == output:
+            untouched[name] = "output layer (left out by default)"
+        else:
+            untouched[name] = (
+                f"{type(module).__name__}: its in_proj_weight is not a module weight pyprune masks"
+            )
+    return untouched
+
+
+def _untouched_mask(
+    work: nn.Module, roots: list[str], ignored: list[str], default_ignored: bool
+) -> dict[str, str]:
+    untouched = {}
+    for name in weight_layers(work):
+        if name in roots:
+            continue
+        if name in ignored:
+            untouched[name] = (
+                "output layer (default ignored_layers)" if default_ignored else "in ignored_layers"
+            )
+        else:
+            untouched[name] = f"{type(work.get_submodule(name)).__name__} is not a Linear/ConvNd layer"
+    return untouched
+
+
+def check_materialised(model: nn.Module) -> None:
+    """ValueError when ``model`` holds meta-device tensors (shapes without values): nothing can be scored."""
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        raise ValueError(
+            "model: its tensors are on the meta device (shapes without values), so nothing can be scored; "
+            "materialise it first (model.to_empty(device='cpu') and load its weights)"
+        )
+
+
+def trace(work: nn.Module, example_input: Any) -> Any:
+    """Torch-Pruning's dependency graph of ``work``, a copy of the user's model (a failure puts it in eval mode).
+
+    When tracing fails, a plain forward pass tells a wrong ``example_input`` (the model itself rejects it) from a
+    model that Torch-Pruning cannot trace, and the error names the culprit.
+    """
+    try:
+        return build_dependency_graph(work, example_input)
+    except ValueError as error:
+        try:
+            with torch.no_grad():
+                call_model(work.eval(), example_input)
+        except Exception as forward_error:
+            raise ValueError(
+                f"example_input: the model fails on it ({describe_input(example_input)}): "
+                f"{type(forward_error).__name__}: {forward_error}"
+            ) from forward_error
+        raise error
 
 
 def output_layer_name(model: nn.Module) -> str:
@@ -267,13 +563,18 @@ def select_layers(
     layer; minus ``ignored_layers``. Validates names and weights."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    check_materialised(model)
     if layers is not None:
         names = _resolve_refs(model, layers, "layers")
         if not names:
             raise ValueError("layers: expected at least one layer name, got none")
     else:
         output = output_layer_name(model)
-        names = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and n != output]
+        names = [
+            n
+            for n, m in model.named_modules()
+            if (isinstance(m, PRUNABLE_TYPES) or is_conv1d(m)) and n != output
+        ]
     if ignored_layers is not None:
         skip = set(_resolve_refs(model, ignored_layers, "ignored_layers"))
         names = [n for n in names if n not in skip]
@@ -325,10 +626,10 @@ def _check_scope(scope: str) -> None:
 
 
 def check_amount(value: Any, argument: str = "amount") -> float:
-    """Validate one pruning fraction: a real number in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    """Validate one pruning fraction: a real number in [0, 1) (Python or NumPy scalar); returned as a float."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
         raise TypeError(f"{argument}: expected a number in [0, 1), got {value!r}")
-    if not 0.0 <= value < 1.0:
+    if not 0.0 <= value < 1.0:  # NaN fails this too
         raise ValueError(
             f"{argument}: expected a fraction in [0, 1), got {value!r} (1 would remove whole layers)"
         )
@@ -367,9 +668,23 @@ def _already_masked(scores: torch.Tensor) -> int:
 
 
 def _lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Sorted indices of the ``count`` lowest scores; ties go to the lower index."""
-    order = torch.sort(scores, stable=True).indices
-    return order[:count].sort().values
+    """Sorted indices of the ``count`` lowest scores; ties go to the lower index.
+
+    Selection in linear time: the ``count``-th smallest value, everything below it, then the first of its ties
+    by index. A stable float64 sort did the same in O(n log n) and was most of magnitude pruning's planning time
+    (4.3 s of 6.5 s on a 1M-weight ViT on a loaded 2-core machine).
+    """
+    n = scores.numel()
+    if count <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    if count >= n:
+        return torch.arange(n)
+    threshold = torch.kthvalue(scores, count).values
+    chosen = scores < threshold
+    ties = scores == threshold
+    # cumsum over the ties in index order keeps the first (count - below) of them.
+    chosen |= ties & (ties.cumsum(0) <= count - int(chosen.sum()))
+    return chosen.nonzero().flatten()
 
 
 def _select_global(
@@ -417,23 +732,52 @@ def _coupled_names(group: Any, names: Mapping[nn.Module, str], root: str) -> tup
     return tuple(found)
 
 
-def measure_plan(plan: PruningPlan, model: nn.Module, example_input: torch.Tensor) -> None:
-    """Fill the plan's parameter and FLOP counts by applying it to a copy of ``model``."""
+def measure_plan(
+    plan: PruningPlan, model: nn.Module, example_input: torch.Tensor, pruned: nn.Module | None = None
+) -> None:
+    """Fill the plan's parameter and FLOP counts by applying it to a copy of ``model``.
+
+    ``pruned``: a copy of ``model`` with the plan already applied (the structured planner passes its traced
+    working copy, pruned through the graph it already built, which saves a deep copy and a second trace).
+    """
     from pyprune.measure import count
 
-    pruned = copy.deepcopy(model)
-    plan.apply(pruned)
-    before, after = count(model, example_input), count(pruned, example_input)
+    try:
+        before = count(model, example_input)
+    except (RuntimeError, TypeError, ValueError, IndexError) as error:
+        raise ValueError(
+            f"example_input: the model fails on it ({describe_input(example_input)}): {type(error).__name__}: "
+            f"{error}"
+        ) from error
+    if pruned is None:
+        pruned = copy.deepcopy(model)
+        plan.apply(pruned)
+    if is_hf_model(pruned):
+        plan.options["hf_config"] = getattr(pruned, CONFIG_NOTE_ATTRIBUTE, None) or "rewritten"
+    after = count(pruned, example_input)
     plan.totals = {
         "params": [before.params, after.params],
         "nonzero_params": [before.nonzero_params, after.nonzero_params],
         "flops": [before.flops, after.flops],
     }
     for layer in plan.layers:
+        if layer.granularity in UNIT_GRANULARITIES:
+            # An attention layer's (or MLP's) own counts are those of its projections.
+            layer.params_before = sum(p.numel() for p in model.get_submodule(layer.name).parameters())
+            layer.params_after = sum(p.numel() for p in pruned.get_submodule(layer.name).parameters())
+            layer.flops_before = _flops_under(before.per_module_flops, layer.name)
+            layer.flops_after = _flops_under(after.per_module_flops, layer.name)
+            continue
         layer.params_before = _own_params(model.get_submodule(layer.name))
         layer.params_after = _own_params(pruned.get_submodule(layer.name))
         layer.flops_before = before.per_module_flops.get(layer.name, 0)
         layer.flops_after = after.per_module_flops.get(layer.name, 0)
+
+
+def _flops_under(per_module: Mapping[str, int], name: str) -> int:
+    return sum(
+        flops for module, flops in per_module.items() if module == name or module.startswith(name + ".")
+    )
 
 
 def _own_params(module: nn.Module) -> int:

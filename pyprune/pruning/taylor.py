@@ -55,18 +55,21 @@ from __future__ import annotations
 import difflib
 import itertools
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
-from pyprune.activations import LayerSelector, model_device, resolve_layers
+from pyprune.activations import LayerSelector, call_model, model_device, resolve_layers, to_device
+from pyprune.distributed import TaylorTotals, taylor_totals
 from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
 
 Reduction = Literal["paper", "signed_sum_then_abs"]
@@ -135,6 +138,8 @@ class Taylor(ChannelCriterion):
         self._batches: dict[str, int] = {}
         # Output positions per example of the layer itself (spatial product, or Linear's leading dims).
         self._positions: dict[str, int] = {}
+        # The four dicts above summed over the ranks of torch.distributed, taken when first read (see _totals).
+        self._over_ranks: TaylorTotals | None = None
         self._armed: dict[str, bool] = {}
         # Tensor hooks whose gradient has not arrived yet, removed when accumulate() exits.
         self._pending: dict[int, RemovableHandle] = {}
@@ -164,6 +169,7 @@ class Taylor(ChannelCriterion):
         self._examples.clear()
         self._batches.clear()
         self._positions.clear()
+        self._over_ranks = None
 
     @contextmanager
     def accumulate(self) -> Iterator[Taylor]:
@@ -235,6 +241,7 @@ class Taylor(ChannelCriterion):
         seen = 0
         try:
             with (
+                torch.enable_grad(),  # the backward passes are the point, also inside a caller's no_grad()
                 self.accumulate(),
                 tqdm(
                     total=total, unit="batch", desc="taylor scores", disable=None if progress else True
@@ -244,7 +251,9 @@ class Taylor(ChannelCriterion):
                     inputs, targets = _split_batch(batch)
                     for p in params:
                         p.grad = None
-                    loss = loss_fn(self.model(_to(inputs, device)), _to(targets, device))
+                    loss = loss_fn(
+                        call_model(self.model, to_device(inputs, device)), to_device(targets, device)
+                    )
                     if not (isinstance(loss, torch.Tensor) and loss.ndim == 0):
                         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
                         raise ValueError(f"loss_fn: expected a scalar tensor, got {shape}")
@@ -266,7 +275,8 @@ class Taylor(ChannelCriterion):
             RuntimeError: no gradient has been recorded for it yet.
         """
         self._check_name(name)
-        if not self._batches.get(name):
+        totals = self._totals()
+        if not totals.batches.get(name):
             where = (
                 f" (observed at {self._points[name]!r}, which must run after it)"
                 if name in self._points
@@ -276,10 +286,19 @@ class Taylor(ChannelCriterion):
                 f"Taylor: no gradient recorded for layer {name!r}{where}; run a forward/backward inside "
                 "taylor.accumulate() first, or call taylor.accumulate_over(loader, loss_fn)"
             )
-        total = self._sums[name].cpu()
+        total = totals.sums[name].cpu()
         if self.reduction == "paper":
-            return total / self._examples[name]
-        return total.abs() / self._batches[name]
+            return total / totals.examples[name]
+        return total.abs() / totals.batches[name]
+
+    def _totals(self) -> TaylorTotals:
+        """The statistics over every rank of torch.distributed (this rank's alone otherwise), reduced once after
+        each change: ranks must read scores in lockstep, as the planner does on every rank."""
+        if self._over_ranks is None:
+            self._over_ranks = taylor_totals(
+                self._layers, self._sums, self._examples, self._batches, self._positions
+            )
+        return self._over_ranks
 
     def scores(
         self, module: nn.Module, name: str, dropped_inputs: torch.Tensor | None = None
@@ -321,13 +340,14 @@ class Taylor(ChannelCriterion):
             RuntimeError: the layer has not run inside :meth:`accumulate` since construction or :meth:`reset`.
         """
         self._check_name(name)
-        if name not in self._positions:
+        positions = self._totals().positions
+        if name not in positions:
             raise RuntimeError(
                 f"Taylor: the output size of layer {name!r} is unknown; run a forward inside "
                 "taylor.accumulate() first"
             )
         layer = self._layers[name]
-        positions = self._positions[name]
+        positions = positions[name]
         if isinstance(layer, nn.Linear):
             return positions * (2 * int(layer.weight.shape[1]) - 1)
         # weight[0] holds one filter: C_in/groups · prod(kernel) multiply-adds per output position.
@@ -423,6 +443,7 @@ class Taylor(ChannelCriterion):
             total += contribution
         self._examples[name] += batch
         self._batches[name] += 1
+        self._over_ranks = None
 
 
 def resolve_scored_layers(model: nn.Module, layers: LayerSelector | None) -> dict[str, nn.Module]:
@@ -498,10 +519,6 @@ def _split_batch(batch: Any) -> tuple[Any, Any]:
     return batch[0], batch[1]
 
 
-def _to(value: Any, device: torch.device) -> Any:
-    return value.to(device) if isinstance(value, torch.Tensor) else value
-
-
 def _length(loader: Iterable[Any], max_batches: int | None) -> int | None:
     try:
         n = len(loader)  # type: ignore[arg-type]
@@ -511,8 +528,8 @@ def _length(loader: Iterable[Any], max_batches: int | None) -> int | None:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
 
 def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)

@@ -7,6 +7,7 @@ Activations arrive as torch tensors, NumPy arrays or CuPy arrays shaped ``(n_sam
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -77,7 +78,7 @@ def as_representation(
 
 def _all_finite(t: torch.Tensor) -> bool:
     # A finite sum proves every element finite (NaN and Inf propagate) at the cost of one read; only an
-    # overflowing sum needs the elementwise test. On CPU NumPy reads it: see `_centred` in cka.py for why
+    # overflowing sum needs the elementwise test. On CPU NumPy reads it: see `_scaled_centred` in cka.py for why
     # these memory-bound passes stay off torch's OpenMP pool.
     if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
         a = t.detach().numpy()
@@ -94,12 +95,66 @@ def check_same_samples(x: torch.Tensor, y: torch.Tensor, x_name: str = "x", y_na
         raise ValueError(f"{x_name} and {y_name}: expected the same device, got {x.device} and {y.device}")
 
 
-def as_pair(x: Any, y: Any, flatten: Flatten = "example") -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate two representations of the same samples; both returned as float64 ``(n, p)`` tensors."""
+def as_pair(
+    x: Any, y: Any, flatten: Flatten = "example", min_samples: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate two representations of the same samples; both returned as float64 ``(n, p)`` tensors.
+
+    Fewer than ``min_samples`` samples raise ``ValueError``: with one sample every feature is constant and
+    no similarity is defined (a silent 0 would look like a measurement).
+    """
     xt = as_representation(x, "x", flatten)
     yt = as_representation(y, "y", flatten)
     check_same_samples(xt, yt)
+    if xt.shape[0] < min_samples:
+        raise ValueError(
+            f"x and y: expected at least {min_samples} samples (rows), got {xt.shape[0]}; similarity between "
+            "representations is undefined for fewer"
+        )
     return xt.double(), yt.double()
+
+
+def input_eps(x: Any) -> float:
+    """Machine epsilon of the dtype ``x`` arrived in (before any conversion): the resolution of its values.
+
+    Rank decisions use it, so that float32 or float16 data are not credited with float64's digits.
+    """
+    dtype = getattr(x, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return torch.finfo(dtype).eps
+    try:
+        return float(np.finfo(np.dtype(dtype)).eps)
+    except (TypeError, ValueError):
+        return torch.finfo(torch.float64).eps
+
+
+def peak_exponent(x: torch.Tensor) -> int:
+    """``e`` with ``max|x|`` in ``[2^(e-1), 2^e)``; 0 for an all-zero or empty ``x``."""
+    if x.numel() == 0:
+        return 0
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        # NumPy, not torch: see `_all_finite`.
+        a = x.numpy()
+        peak = max(float(a.max()), -float(a.min()))
+    else:
+        low, high = torch.aminmax(x)
+        peak = max(float(high), -float(low))
+    return math.frexp(peak)[1] if peak > 0 else 0
+
+
+def power_of_two_factors(exponent: int) -> list[float]:
+    """Powers of two whose product is ``2^-exponent``, each a normal float32, so that multiplying by them is
+    exact in any float dtype (``2^-exponent`` alone overflows for subnormal peaks)."""
+    half = exponent // 2
+    return [f for f in (math.ldexp(1.0, -half), math.ldexp(1.0, half - exponent)) if f != 1.0]
+
+
+def to_unit_peak(x: torch.Tensor) -> torch.Tensor:
+    """``x`` times the power of two that puts ``max|x|`` in [0.5, 1): exact, and safe to square and multiply
+    for activations of any finite magnitude (scale-invariant measures only)."""
+    for f in power_of_two_factors(peak_exponent(x)):
+        x = x * f
+    return x
 
 
 def centre(x: torch.Tensor) -> torch.Tensor:

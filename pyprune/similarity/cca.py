@@ -24,7 +24,12 @@ Conventions:
   remedy. Values are inflated well before that limit, so keep ``n`` a comfortable multiple of the feature
   count.
 * Bases come from an SVD with a relative rank tolerance, so rank-deficient inputs (duplicated or linearly
-  dependent neurons) give ``m < min(p1, p2)`` correlations rather than NaN.
+  dependent neurons) give ``m < min(p1, p2)`` correlations rather than NaN. The tolerance is NumPy's
+  ``matrix_rank`` rule with the machine epsilon of the dtype each input *arrived in*: float32 activations
+  resolve only about 7 digits, and directions below that are their rounding, not neurons.
+* At least 2 samples are needed (``ValueError`` otherwise). Each side is rescaled by an exact power of two
+  (and each neuron again before its norm is taken), so activations of any finite magnitude give the same
+  result as moderate ones.
 * Everything is computed in float64 on the inputs' device.
 """
 
@@ -35,7 +40,18 @@ from typing import Any, Literal, overload
 
 import torch
 
-from pyprune.similarity._inputs import Flatten, as_pair, as_representation, centre
+from pyprune.similarity._inputs import (
+    Flatten,
+    as_pair,
+    as_representation,
+    centre,
+    input_eps,
+    peak_exponent,
+    power_of_two_factors,
+    to_unit_peak,
+)
+
+_FLOAT64_EPS = torch.finfo(torch.float64).eps
 
 
 @overload
@@ -70,7 +86,7 @@ def cca(
         ValueError: a side has at least as many non-constant features as samples (use :func:`svcca`).
     """
     xt, yt = as_pair(x, y, flatten)
-    rho, hx, hy = _canonical(_prepare(xt, "x"), _prepare(yt, "y"))
+    rho, hx, hy = _canonical(_prepare(xt, "x"), _prepare(yt, "y"), input_eps(x), input_eps(y))
     return (rho, hx, hy) if return_variates else rho
 
 
@@ -118,7 +134,10 @@ def svcca(
     _check_fraction(keep, "keep")
     _check_fraction(truncate, "truncate", allow_none=True)
     xt, yt = as_pair(x, y, flatten)
-    rho, _, _ = _canonical(_prepare(_svd_reduce(xt, keep), "x"), _prepare(_svd_reduce(yt, keep), "y"))
+    eps_x, eps_y = input_eps(x), input_eps(y)
+    rho, _, _ = _canonical(
+        _prepare(_svd_reduce(xt, keep, eps_x), "x"), _prepare(_svd_reduce(yt, keep, eps_y), "y"), eps_x, eps_y
+    )
     return _truncated_mean(rho, truncate)
 
 
@@ -135,7 +154,7 @@ def pwcca(x: Any, y: Any, *, flatten: Flatten = "example") -> float:
     """
     xt, yt = as_pair(x, y, flatten)
     xc = _prepare(xt, "x")
-    rho, hx, _ = _canonical(xc, _prepare(yt, "y"))
+    rho, hx, _ = _canonical(xc, _prepare(yt, "y"), input_eps(x), input_eps(y))
     if rho.numel() == 0:
         return 0.0
     alpha = (hx.T @ xc).abs().sum(dim=1)
@@ -160,20 +179,27 @@ def svd_reduce(x: Any, keep: float = 0.99, *, flatten: Flatten = "example") -> t
         when ``x`` is constant.
     """
     _check_fraction(keep, "keep")
-    return _svd_reduce(as_representation(x, "x", flatten).double(), keep)
+    return _svd_reduce(as_representation(x, "x", flatten).double(), keep, input_eps(x))
 
 
-def _svd_reduce(x: torch.Tensor, keep: float) -> torch.Tensor:
+def _svd_reduce(x: torch.Tensor, keep: float, eps: float) -> torch.Tensor:
     # Constant columns are dropped rather than centred: their centring residue would pass a rank tolerance
     # that is relative to a matrix made of nothing else.
-    u, s, _ = torch.linalg.svd(centre(_non_constant(x)), full_matrices=False)
-    rank = _numerical_rank(s, x.shape)
+    # Exact power-of-two scaling keeps the SVD of extreme-magnitude activations inside float64's range; the
+    # singular values are scaled back at the end.
+    x = _non_constant(x)
+    exponent = peak_exponent(x)
+    u, s, _ = torch.linalg.svd(centre(to_unit_peak(x)), full_matrices=False)
+    rank = _numerical_rank(s, x.shape, eps)
     if rank == 0:
         return u[:, :0]
     variance = s.square()
     fraction = variance.cumsum(dim=0) / variance.sum()
     k = min(int((fraction <= keep).sum()) + 1, rank)
-    return u[:, :k] * s[:k]
+    s = s[:k]
+    for f in power_of_two_factors(-exponent):
+        s = s * f
+    return u[:, :k] * s
 
 
 def _prepare(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -185,39 +211,49 @@ def _prepare(x: torch.Tensor, name: str) -> torch.Tensor:
             f"{name}: CCA needs more samples than features, got {n} samples and {p} non-constant features; "
             "use svcca, which first reduces each side to its top principal directions, or pass more samples"
         )
-    return centre(x)
+    return centre(to_unit_peak(x))
 
 
 def _non_constant(x: torch.Tensor) -> torch.Tensor:
     return x[:, ~(x == x[:1]).all(dim=0)]
 
 
-def _canonical(xc: torch.Tensor, yc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Canonical correlations ``(m,)`` and variates ``(n, m)`` of two centred, constant-free inputs."""
+def _canonical(
+    xc: torch.Tensor, yc: torch.Tensor, eps_x: float, eps_y: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Canonical correlations ``(m,)`` and variates ``(n, m)`` of two centred, constant-free inputs whose
+    values resolve relative differences of ``eps_x`` and ``eps_y``."""
     n = xc.shape[0]
     if xc.shape[1] == 0 or yc.shape[1] == 0:
         empty = xc.new_zeros(n, 0)
         return xc.new_zeros(0), empty, empty.clone()
-    qx, qy = _orthonormal_basis(xc), _orthonormal_basis(yc)
+    qx, qy = _orthonormal_basis(xc, eps_x), _orthonormal_basis(yc, eps_y)
     u, rho, vh = torch.linalg.svd(qx.T @ qy, full_matrices=False)
     # Cosines of principal angles; round-off can push the largest just above 1.
     return rho.clamp(max=1.0), qx @ u, qy @ vh.T
 
 
-def _orthonormal_basis(xc: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis ``(n, r)`` of the column space of ``xc``, ``r`` its numerical rank."""
+def _orthonormal_basis(xc: torch.Tensor, eps: float = _FLOAT64_EPS) -> torch.Tensor:
+    """Orthonormal basis ``(n, r)`` of the column space of ``xc``, ``r`` its numerical rank at resolution
+    ``eps``."""
     # Unit columns first so that the rank decision, like CCA itself, does not depend on each neuron's scale:
-    # a tiny but genuine neuron is kept, while a linear dependency between neurons is still detected.
-    unit = xc / torch.linalg.vector_norm(xc, dim=0)
+    # a tiny but genuine neuron is kept, while a linear dependency between neurons is still detected. Each
+    # column is first brought to a peak in [0.5, 1) by exact powers of two (two steps keep every factor
+    # finite), so that its sum of squares neither underflows nor overflows.
+    exponent = torch.frexp(xc.abs().amax(dim=0)).exponent.to(xc.dtype)
+    half = torch.floor(exponent / 2)
+    unit = xc * torch.exp2(-half) * torch.exp2(half - exponent)
+    unit = unit / torch.linalg.vector_norm(unit, dim=0)
     u, s, _ = torch.linalg.svd(unit, full_matrices=False)
-    return u[:, : _numerical_rank(s, xc.shape)]
+    return u[:, : _numerical_rank(s, xc.shape, eps)]
 
 
-def _numerical_rank(s: torch.Tensor, shape: torch.Size) -> int:
-    """Number of singular values above ``s_max * max(n, p) * eps`` (NumPy's ``matrix_rank`` default)."""
+def _numerical_rank(s: torch.Tensor, shape: torch.Size, eps: float) -> int:
+    """Number of singular values above ``s_max * max(n, p) * eps`` (NumPy's ``matrix_rank`` rule, with the
+    resolution ``eps`` of the data rather than of the float64 they are computed in)."""
     if s.numel() == 0:
         return 0
-    return int((s > s[0] * max(shape) * torch.finfo(s.dtype).eps).sum())
+    return int((s > s[0] * max(shape) * eps).sum())
 
 
 def _truncated_mean(rho: torch.Tensor, truncate: float | None) -> float:

@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 import torch
 
-from pyprune.similarity._inputs import Flatten, as_pair, centre, is_constant, to_tensor
+from pyprune.ops.reference import numpy_median
+from pyprune.similarity._inputs import Flatten, as_pair, centre, is_constant, to_tensor, to_unit_peak
 
 KERNELS = ("linear", "rbf")
 
@@ -67,7 +68,8 @@ def nbs(
         return 0.0
     if kernel == "rbf":
         return _nbs_grams(_rbf_gram(xt, threshold, "x"), _rbf_gram(yt, threshold, "y"))
-    xc, yc = _compact(centre(xt)), _compact(centre(yt))
+    # NBS is scale-invariant: exact power-of-two rescaling keeps the products below inside float64's range.
+    xc, yc = _compact(centre(to_unit_peak(xt))), _compact(centre(to_unit_peak(yt)))
     nuclear = torch.linalg.matrix_norm(xc.T @ yc, ord="nuc")
     return float(nuclear / (torch.linalg.matrix_norm(xc) * torch.linalg.matrix_norm(yc)))
 
@@ -107,9 +109,9 @@ def nbs_kernel(K: Any, L: Any) -> float:
 def _as_kernel(k: Any, name: str) -> torch.Tensor:
     """``k`` as a symmetric float64 ``(n, n)`` tensor, after checking it is one."""
     t = to_tensor(k, name)
-    if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] == 0:
+    if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] < 2:
         raise ValueError(
-            f"{name}: expected a square (n, n) kernel matrix with n >= 1, got shape {tuple(t.shape)}"
+            f"{name}: expected a square (n, n) kernel matrix with n >= 2 (one sample has no similarity), got shape {tuple(t.shape)}"
         )
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name}: contains NaN or Inf values")
@@ -120,7 +122,7 @@ def _as_kernel(k: Any, name: str) -> torch.Tensor:
             f"{name}: expected a symmetric kernel matrix, got max |{name} - {name}^T| = {asymmetry:.3g} "
             f"(tolerance {tolerance:.3g})"
         )
-    t = t.double()
+    t = to_unit_peak(t.double())  # NBS ignores the kernels' scale; this keeps products inside float64's range
     return (t + t.T) / 2
 
 
@@ -167,25 +169,15 @@ def _compact(xc: torch.Tensor) -> torch.Tensor:
 def _rbf_gram(x: torch.Tensor, threshold: float, name: str) -> torch.Tensor:
     """RBF Gram ``(n, n)`` of ``x`` (n, p) float64 with the median-distance bandwidth of :func:`nbs`."""
     # Distances do not depend on the mean; centring first avoids cancellation in |a|^2 + |b|^2 - 2 a.b.
-    xc = centre(x)
+    xc = centre(to_unit_peak(x))
     gram = xc @ xc.T
     norms = gram.diagonal()
     distances = (norms[:, None] + norms[None, :] - 2 * gram).clamp(min=0)
     distances.fill_diagonal_(0)
-    median = _numpy_median(distances.reshape(-1))
+    median = numpy_median(distances.reshape(-1))
     if median == 0:
         raise ValueError(
             f"{name}: the RBF bandwidth is undefined because the median squared distance between samples "
             "is 0 (more than half of the sample pairs coincide); use kernel='linear'"
         )
     return torch.exp(-distances / (2 * threshold**2 * median))
-
-
-def _numpy_median(values: torch.Tensor) -> float:
-    """Median as NumPy defines it (mean of the two middle values for an even count); ``torch.median`` returns
-    the lower one."""
-    count = values.numel()
-    upper = float(values.kthvalue(count // 2 + 1).values)
-    if count % 2:
-        return upper
-    return (float(values.kthvalue(count // 2).values) + upper) / 2

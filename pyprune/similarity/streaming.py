@@ -24,8 +24,8 @@ from pyprune.similarity.cka import (
     Kernel,
     Method,
     _check_options,
+    _hsic_terms,
     as_layer_list,
-    hsic_terms,
     normalise_hsic,
 )
 
@@ -70,6 +70,8 @@ class MinibatchCKA:
         self._self_y: torch.Tensor | None = None
         self._constant_x: torch.Tensor | None = None
         self._constant_y: torch.Tensor | None = None
+        self._log2_x: torch.Tensor | None = None
+        self._log2_y: torch.Tensor | None = None
         self.num_batches = 0
         self.num_samples = 0
         self.num_skipped_samples = 0
@@ -99,7 +101,7 @@ class MinibatchCKA:
             )
             self.num_skipped_samples += b
             return
-        terms = hsic_terms(
+        terms = _hsic_terms(
             x_list, y_list, kernel=self.kernel, threshold=self.threshold, unbiased=True, method=self.method
         )
         scale = 1.0 / (b * (b - 3))
@@ -109,9 +111,14 @@ class MinibatchCKA:
             self._self_y = torch.zeros_like(terms.self_y)
             self._constant_x = torch.ones_like(terms.constant_x)
             self._constant_y = torch.ones_like(terms.constant_y)
-        self._cross += terms.cross * scale
-        self._self_x += terms.self_x * scale
-        self._self_y += terms.self_y * scale
+            # Every batch's statistics are brought to the power-of-two scale of the first batch's layers,
+            # so that the sums add like with like whatever the activations' magnitude.
+            self._log2_x, self._log2_y = terms.log2_scale_x, terms.log2_scale_y
+        shift_x = terms.log2_scale_x - self._log2_x
+        shift_y = terms.log2_scale_y - self._log2_y
+        self._cross += terms.cross * torch.exp2(shift_x[:, None] + shift_y[None, :]) * scale
+        self._self_x += terms.self_x * torch.exp2(2 * shift_x) * scale
+        self._self_y += terms.self_y * torch.exp2(2 * shift_y) * scale
         self._constant_x &= terms.constant_x
         self._constant_y &= terms.constant_y
         self.num_batches += 1

@@ -86,7 +86,9 @@ def adapt_sample_size(probabilities: torch.Tensor, distinct: int) -> int:
     if bool((nonzero == nonzero[0]).all()):
         return math.ceil(math.log(n / (n - x)) / math.log(n / (n - 1)) - 1e-12)
     q = nonzero / nonzero.sum()
-    low = max(1, math.floor(math.log(n / (n - x)) / -math.log1p(-1 / n)))
+    # Uniform probabilities maximise the expectation, so no m below the uniform one with E > x - 1 (the
+    # ceiled expectation reaching x) can do; a bound from E >= x would skip the smallest m of a near-uniform p.
+    low = max(1, math.floor(math.log(n / (n - x + 1)) / -math.log1p(-1 / n)))
     high = low
     while expected_distinct(q, high) < x:
         high *= 2

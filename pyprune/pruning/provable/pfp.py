@@ -42,7 +42,10 @@ import torch
 from scipy.optimize import brentq
 from torch import nn
 
+from pyprune.distributed import rank_identical_generator
 from pyprune.measure import count
+from pyprune.pruning.apply import describe_input
+from pyprune.pruning.attention import find_units, projection_names
 from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
 from pyprune.pruning.groups import build_dependency_graph
 from pyprune.pruning.methods import Method, register_method
@@ -53,6 +56,7 @@ from pyprune.pruning.planner import (
     measure_plan,
     output_layer_name,
     plan_structured,
+    prunable_groups,
     select_layers,
 )
 from pyprune.pruning.provable.bounds import (
@@ -62,7 +66,7 @@ from pyprune.pruning.provable.bounds import (
     sample_complexity,
     sensitivity_set_size,
 )
-from pyprune.pruning.provable.sipp import SmallSensitivitySetWarning
+from pyprune.pruning.provable.sipp import SmallSensitivitySetWarning, sensitivity_layers
 from pyprune.pruning.provable.tracker import SensitivityTracker
 
 Variant = Literal["det", "rand", "top"]
@@ -80,6 +84,10 @@ MAX_TRIALS = 20
 _FLOAT32_EPS = float(torch.finfo(torch.float32).eps)
 # Bisection on log(eps) stops when the bracket is this narrow (about 50 halvings of [log 1e-300, log 1e150]).
 _LOG_TOLERANCE = 1e-12
+
+
+class KeepRatioMissedWarning(UserWarning):
+    """PFP cannot reach the requested amount: every allocation it can make keeps more (or less) than asked."""
 
 
 @dataclass(frozen=True)
@@ -335,15 +343,8 @@ def pfp_network(
     asks for with ``c`` and ``delta``.
 
     Raises:
-        TypeError: a grouped or depthwise Conv2d (its relative contributions are undefined), named.
         ValueError: Torch-Pruning cannot trace the model; ``data`` is empty, or a tracker of another model.
     """
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
-            raise TypeError(
-                f"model: layer {name!r} is a grouped Conv2d (groups={module.groups}); PFP's sensitivities are not "
-                "defined for grouped or depthwise convolutions"
-            )
     work = copy.deepcopy(model)
     ignored = (
         [output_layer_name(work)]
@@ -356,7 +357,11 @@ def pfp_network(
             raise ValueError("data: expected a SensitivityTracker of this model that has seen data")
         tracker = data
     else:
-        tracker = SensitivityTracker(model).accumulate_over(data, max_batches, progress=progress)
+        # Grouped/depthwise convs are not tracked: a group they read is pruned only with the consent of its
+        # other readers (see PFPNetwork.closed); a depthwise conv between two dense ones follows its channels.
+        tracker = SensitivityTracker(model, sensitivity_layers(model)).accumulate_over(
+            data, max_batches, progress=progress
+        )
     # A layer the forward pass never reached has no statistics: PFP leaves it alone like an untracked one.
     seen = [name for name in tracker.layer_names if _has_statistics(tracker, name)]
     shapes = {name: tracker.shape(name) for name in seen}
@@ -545,8 +550,11 @@ def plan_pfp(
         raise ValueError(f"mode: expected 'remove' or 'mask', got {mode!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed: expected an int, got {seed!r}")
-    if not isinstance(example_input, torch.Tensor):
-        raise TypeError(f"example_input: expected one tensor batch, got {type(example_input).__name__}")
+    if example_input is None:
+        raise TypeError(
+            "example_input: expected an input batch (a tensor, a tuple or a dict of tensors), got None"
+        )
+    describe_input(example_input)  # a tensor, a tuple or a dict of tensors, else TypeError
     if data is None:
         raise ValueError("data: PFP takes its sensitivities from data; pass data=<batches>")
     alpha(1, 1, c, delta)  # validates c and delta before any work
@@ -603,6 +611,14 @@ def plan_pfp(
             f"ratio {target:.4f}; the closest tried keep {below:.4f} and {above:.4f} (one unit of a small model "
             "can be worth more than the tolerance, and units of zero sensitivity always go)"
         )
+        if not all(any(side(t.ratio) for t in trials.values()) for side in (target.__gt__, target.__lt__)):
+            # Not a matter of granularity: no trial lands on one side of the target at all.
+            warnings.warn(
+                f"amount: PFP was asked to keep {target:.4f} of the {metric} but keeps {best.ratio:.4f}, and no "
+                f"allocation lands on the other side of the target ({note})",
+                KeepRatioMissedWarning,
+                stacklevel=3,
+            )
     plan = best.plan
     measure_plan(plan, model, example_input)  # rescale zeroes columns: refresh the nonzero counts
     plan.options.update(
@@ -693,7 +709,7 @@ def _build_plan(
     ignored_layers: Sequence[str | nn.Module] | None,
     mask_roots: set[str] | None,
 ) -> PruningPlan:
-    generator = torch.Generator().manual_seed(seed)
+    generator = rank_identical_generator(seed)  # the same draws on every rank under torchrun
     kept, factors = {}, {}
     for layer in network.layers:
         if layer.units:
@@ -740,11 +756,12 @@ def _build_plan(
         group_reduction="first",
         mode=mode,
         method=f"pfp_{variant}" if variant != "det" else "pfp",
+        attention="skip",  # PFP scores input channels of dense layers, not heads
         **options,
     )
     plan.rescale = rescale
     if mode == "mask":
-        plan.input_shape = tuple(example_input.shape)
+        plan.input_shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else None
         measure_plan(plan, model, example_input)
     return plan
 
@@ -753,9 +770,11 @@ def _dependency_groups(work: nn.Module, example_input: torch.Tensor, ignored: li
     graph = build_dependency_graph(work, example_input)
     names = {module: name for name, module in work.named_modules()}
     groups = []
-    for group in graph.get_all_groups(
-        ignored_layers=[work.get_submodule(n) for n in ignored], root_module_types=PRUNABLE_TYPES
-    ):
+    # The groups plan_structured prunes by channel: attention projections (heads, which PFP does not score), and
+    # groups tied to a grouped convolution or to an HF config's hidden_size stay whole.
+    unsupported: dict[str, str] = {}
+    blocked = [*ignored, *projection_names(find_units(work, unsupported)), *unsupported]
+    for group in prunable_groups(work, graph, [work.get_submodule(n) for n in dict.fromkeys(blocked)])[0]:
         entries: dict[str, dict[str, tuple[str, torch.Tensor, torch.Tensor]]] = {"out": {}, "in": {}}
         for item in group:
             module = item.dep.target.module
@@ -842,5 +861,6 @@ for _name, _variant, _description in (
             structured=True,
             needs_example_input=True,
             needs_data=True,
+            amount_unit="params",
         )
     )

@@ -52,7 +52,7 @@ would leave empty its most sensitive weight, at the expense of the globally leas
 layer without any sensitivity (all inputs or all weights zero on ``S``) keeps its first nonzero weight (or its
 first weight when all are zero). Ties are broken by (layer order, flat index), earlier first; sampling uses a
 ``torch.Generator`` seeded with ``seed``, so plans are reproducible. Grouped convolutions are not supported
-(:class:`SensitivityTracker` raises ``TypeError``; leave them out with ``layers=[...]``).
+(left out of the default layers and listed in ``plan.options["untouched"]``, see :func:`sensitivity_layers`).
 """
 
 from __future__ import annotations
@@ -68,12 +68,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from pyprune.distributed import rank_identical_generator
 from pyprune.ops.sensitivity import EPSILON
+from pyprune.pruning.criteria import PRUNABLE_TYPES
 from pyprune.pruning.methods import Method, Planner, register_method
 from pyprune.pruning.plan import LayerPlan, PruningPlan, model_fingerprint
-from pyprune.pruning.planner import check_amount, measure_plan
+from pyprune.pruning.planner import _resolve_refs, check_amount, measure_plan
 from pyprune.pruning.provable.bounds import adapt_sample_size, alpha, sensitivity_set_size
-from pyprune.pruning.provable.tracker import SensitivityTracker
+from pyprune.pruning.provable.tracker import COMPRESSIBLE_TYPES, SensitivityTracker
 
 Variant = Literal["rand", "hybrid"]
 
@@ -405,7 +407,7 @@ def _sampled_plan(
     tracker = _tracker(model, data, layers, c, delta, max_batches, progress)
     allocation = sipp_allocation(tracker, amount, c=c, delta=delta)
     errors = allocation.error()
-    generator = torch.Generator().manual_seed(seed)
+    generator = rank_identical_generator(seed)  # the same draws on every rank under torchrun
     masks, factors, sampled, spare = [], {}, 0, []
     # Budget left once every sensitive weight is kept (then no group samples) goes to the other nonzero weights.
     leftover = allocation.budget - int(allocation.sensitive.sum())
@@ -494,6 +496,7 @@ def _tracker(
     elif data is None:
         raise ValueError("data: SiPP needs the sensitivity set S: a DataLoader, batches or an input tensor")
     else:
+        layers = sensitivity_layers(model) if layers is None else layers
         tracker = SensitivityTracker(model, layers).accumulate_over(data, max_batches, progress=progress)
     needed = sensitivity_set_size([tracker.shape(name).neurons for name in tracker.layer_names], c, delta)
     if tracker.num_samples < needed:
@@ -505,6 +508,43 @@ def _tracker(
             stacklevel=4,
         )
     return tracker
+
+
+def sensitivity_layers(model: nn.Module) -> list[str]:
+    """Default layers of SiPP and PFP: every Linear and Conv2d whose sensitivity is defined and observable.
+
+    Left out (and listed by :func:`untracked_layers`): grouped and depthwise convolutions (one kernel per group
+    of inputs: the reference method defines relative contributions for dense kernels only; they hold few
+    weights in MobileNet/EfficientNet/ConvNeXt), and the ``out_proj`` of ``nn.MultiheadAttention``, whose
+    weight the attention reads directly, so no hook ever sees that layer's input.
+    """
+    return [name for name, module in model.named_modules() if _untracked_reason(model, name, module) is None]
+
+
+def untracked_layers(model: nn.Module, tracked: Sequence[str]) -> dict[str, str]:
+    """``{layer: reason}`` for every Linear/ConvNd of ``model`` that is not in ``tracked``."""
+    chosen = set(tracked)
+    untouched = {}
+    for name, module in model.named_modules():
+        if name in chosen or not isinstance(module, PRUNABLE_TYPES):
+            continue
+        untouched[name] = _untracked_reason(model, name, module) or "not in layers"
+    return untouched
+
+
+def _untracked_reason(model: nn.Module, name: str, module: nn.Module) -> str | None:
+    if not isinstance(module, PRUNABLE_TYPES):
+        return "not a Linear or ConvNd layer"
+    if not isinstance(module, COMPRESSIBLE_TYPES):
+        return f"{type(module).__name__}: sensitivities are defined for Linear and Conv2d layers"
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        return (
+            f"grouped/depthwise Conv2d (groups={module.groups}): sensitivities are defined for dense kernels"
+        )
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    if isinstance(parent, nn.MultiheadAttention) and name.endswith("out_proj"):
+        return "nn.MultiheadAttention reads out_proj.weight itself: no hook ever sees this layer's input"
+    return None
 
 
 def _budget(tracker: SensitivityTracker, amount: float) -> int:
@@ -543,7 +583,12 @@ def _plan(
         for name, keep in zip(tracker.layer_names, masks, strict=True)
     ]
     shapes = {name: tracker.model.get_submodule(name).weight.shape for name in rescale}
-    options = {**options, "samples": tracker.num_samples, "kept": sum(int(m.sum()) for m in masks)}
+    options = {
+        **options,
+        "samples": tracker.num_samples,
+        "kept": sum(int(m.sum()) for m in masks),
+        "untouched": untracked_layers(model, tracker.layer_names),
+    }
     plan = PruningPlan(
         method=method,
         mode="mask",
@@ -570,10 +615,19 @@ def _registry_planner(plan_function: Planner, *, sampled: bool) -> Planner:
         loss_fn: Any = None,
         seed: int = 0,
         progress: bool = True,
+        ignored_layers: Sequence[str | nn.Module] | None = None,
         **options: Any,
     ) -> PruningPlan:
         if sampled:
             options["seed"] = seed
+        if ignored_layers is not None:
+            # The registry's common option: SiPP's own is the list of layers to prune, default all it can track.
+            skip = set(_resolve_refs(model, ignored_layers, "ignored_layers"))
+            chosen = options.get("layers")
+            chosen = sensitivity_layers(model) if chosen is None else _resolve_refs(model, chosen, "layers")
+            options["layers"] = [name for name in chosen if name not in skip]
+            if not options["layers"]:
+                raise ValueError("ignored_layers: no layer is left to prune")
         return plan_function(model, amount, data, example_input=example_input, progress=progress, **options)
 
     return planner

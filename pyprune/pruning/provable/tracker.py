@@ -8,7 +8,9 @@ model runs in eval mode without gradients; the tracker never materialises ``samp
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+import itertools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pyprune.activations import eval_mode, model_device
+from pyprune.distributed import max_sensitivities
 from pyprune.ops.sensitivity import Geometry, sensitivity_update
 
 COMPRESSIBLE_TYPES = (nn.Linear, nn.Conv2d)
@@ -116,7 +119,7 @@ class SensitivityTracker:
             )
             for name, layer in self._layers.items()
         ]
-        seen = 0
+        seen, before = 0, self.num_samples
         try:
             with eval_mode(self.model), torch.no_grad():
                 for batch in tqdm(batches, desc="sensitivities", disable=not progress, leave=False):
@@ -129,9 +132,71 @@ class SensitivityTracker:
         finally:
             for handle in handles:
                 handle.remove()
+        # Under torch.distributed: maxima over every rank's shard, samples summed (a no-op otherwise).
+        weights = {name: layer.weight.detach().flatten(1) for name, layer in self._layers.items()}
+        self.num_samples = before + max_sensitivities(
+            weights, self._s_mean, self._s_max, self._patches, self.num_samples - before
+        )
         if seen == 0:
             raise ValueError("data: expected at least one batch, got none")
         return self
+
+    def drop_zero_gradient(
+        self,
+        data: Iterable[Any],
+        loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+        max_batches: int | None = None,
+    ) -> dict[str, int]:
+        """torchprune's convention, as an option: zero the sensitivities of every tracked weight whose loss
+        gradient is exactly zero on every batch of ``data`` (e.g. the weights into a unit that is never active),
+        so that SiPP, planned from this tracker, ranks them with the weights of zero sensitivity (removed before
+        any other) and PFP treats input channels whose every weight has a zero gradient as dead (removed at any
+        amount > 0), as the authors' torchprune code does. Call it after :meth:`accumulate_over`;
+        pass the tracker as ``data`` to the planner. Off by default: the papers' method keeps such weights when
+        their sensitivity is high.
+
+        Args:
+            data: ``(inputs, targets, ...)`` batches (the sensitivity set with labels).
+            loss_fn: ``loss_fn(output, targets)``, default cross-entropy.
+            max_batches: use at most this many batches.
+
+        Returns:
+            ``{layer: number of weights whose sensitivities were zeroed}``. The model is not modified (the
+            gradients are taken on a copy in eval mode).
+        """
+        if max_batches is not None and not (isinstance(max_batches, int) and max_batches >= 1):
+            raise ValueError(f"max_batches: expected None or an int >= 1, got {max_batches!r}")
+        for name in self._layers:
+            self._check(name)
+        loss_fn = loss_fn or nn.functional.cross_entropy
+        work = copy.deepcopy(self.model).eval()
+        weights = {name: work.get_submodule(name).weight for name in self._layers}
+        totals = {
+            name: torch.zeros(w.shape, dtype=torch.float64, device=w.device) for name, w in weights.items()
+        }
+        device = model_device(work)
+        seen = 0
+        with torch.enable_grad():
+            for weight in weights.values():
+                weight.requires_grad_(True)
+            for batch in itertools.islice(data, max_batches):
+                if not (isinstance(batch, list | tuple) and len(batch) >= 2):
+                    raise ValueError("data: drop_zero_gradient needs (inputs, targets) batches")
+                work.zero_grad(set_to_none=True)
+                loss_fn(work(batch[0].to(device)), batch[1].to(device)).backward()
+                for name, weight in weights.items():
+                    if weight.grad is not None:
+                        totals[name] += weight.grad.detach().abs().double()
+                seen += 1
+        if seen == 0:
+            raise ValueError("data: expected at least one batch, got none")
+        dropped = {}
+        for name, total in totals.items():
+            zero = (total == 0).flatten(1).to(self._s_mean[name].device)
+            self._s_mean[name].masked_fill_(zero, 0.0)
+            self._s_max[name].masked_fill_(zero, 0.0)
+            dropped[name] = int(zero.sum())
+        return dropped
 
     def _observe(self, name: str, module: nn.Module, inputs: torch.Tensor) -> None:
         if not torch.isfinite(inputs).all():

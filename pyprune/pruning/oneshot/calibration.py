@@ -1,0 +1,278 @@
+"""Sequential, block-by-block calibration of a stack of residual blocks (decoder layers of a causal LM).
+
+As in SparseGPT (Frantar & Alistarh 2023, Section 4) and Wanda (Sun et al. 2023), the calibration batches run
+through the model once up to the first block; their inputs to that block are kept, and then each block in turn
+is (1) run on them while hooks accumulate the statistics of its prunable layers' inputs, (2) pruned on a copy,
+and (3) run again, pruned, to give the next block its inputs. Every block therefore sees the already-pruned
+earlier blocks. Memory: the hidden states of the calibration set, one copy of one block, and per layer a
+``(in, in)`` float64 Gram matrix (SparseGPT) or an ``(in,)`` vector (Wanda). The model itself is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pyprune.activations import call_model, eval_mode
+
+
+class _ReachedBlock(Exception):
+    """Raised by the pre-hook on the first block once its inputs are recorded: the rest of the model is skipped."""
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2): a linear layer whose ``weight`` is ``(in, out)``."""
+    return type(module).__name__ == "Conv1D" and isinstance(getattr(module, "weight", None), torch.Tensor)
+
+
+def is_prunable_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The layer's (effective, possibly masked) weight as ``(out, in)``: a view, transposed for ``Conv1D``."""
+    weight = module.weight.detach()
+    return weight.t() if is_conv1d(module) else weight
+
+
+def find_blocks(model: nn.Module, blocks: str | None = None) -> tuple[str, nn.Module]:
+    """``(name, container)`` of the model's repeated residual blocks.
+
+    Args:
+        model: the model.
+        blocks: the container's qualified name (``"transformer.h"`` for GPT-2, ``"model.decoder.layers"`` for OPT,
+            ``"model.layers"`` for Llama); default: the ``nn.ModuleList``/``nn.Sequential`` whose children all
+            share one class and which holds the most parameters.
+    """
+    if blocks is not None:
+        if not isinstance(blocks, str):
+            raise TypeError(
+                f"blocks: expected a module name such as 'transformer.h', got {type(blocks).__name__}"
+            )
+        try:
+            container = model.get_submodule(blocks)
+        except AttributeError:
+            raise ValueError(f"blocks: the model has no submodule {blocks!r}") from None
+        if not isinstance(container, (nn.ModuleList, nn.Sequential)) or len(container) == 0:
+            raise ValueError(
+                f"blocks: {blocks!r} is a {type(container).__name__}, expected a non-empty ModuleList"
+            )
+        return blocks, container
+    best: tuple[int, str, nn.Module] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)) or len(module) < 1:
+            continue
+        if len({type(child) for child in module}) != 1:
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if size and (best is None or size > best[0]):
+            best = (size, name, module)
+    if best is None:
+        raise ValueError(
+            f"model: {type(model).__name__} has no list of identical blocks; pass blocks='<name of the ModuleList>'"
+        )
+    return best[1], best[2]
+
+
+def model_inputs(batch: Any) -> Any:
+    """What the model is called with: a dict batch minus ``labels``, a tensor, or the first item of a tuple."""
+    if isinstance(batch, Mapping):
+        return {key: value for key, value in batch.items() if key != "labels"}
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise ValueError("data: got an empty batch")
+        return batch[0]
+    if isinstance(batch, torch.Tensor):
+        return batch
+    raise TypeError(f"data: expected tensor, tuple or dict batches, got {type(batch).__name__}")
+
+
+@dataclass
+class BlockInput:
+    """One calibration batch at the input of a block: positional and keyword arguments, and which tokens count.
+
+    Attributes:
+        args, kwargs: the block's call arguments (hidden states first, or as ``kwargs["hidden_states"]``).
+        tokens: bool ``(batch, seq)`` from the batch's ``attention_mask`` (padding excluded from statistics),
+            or None.
+    """
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    tokens: torch.Tensor | None = None
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        return self.args[0] if self.args else self.kwargs["hidden_states"]
+
+    def with_hidden(self, hidden: torch.Tensor) -> BlockInput:
+        if self.args:
+            return BlockInput((hidden, *self.args[1:]), self.kwargs, self.tokens)
+        return BlockInput(self.args, {**self.kwargs, "hidden_states": hidden}, self.tokens)
+
+
+def first_block_inputs(
+    model: nn.Module, first_block: nn.Module, data: Iterable[Any], max_batches: int | None = None
+) -> list[BlockInput]:
+    """Run the calibration batches up to ``first_block`` and return what it receives (model not modified)."""
+    if data is None:
+        raise ValueError(
+            "data: one-shot calibration needs batches (input_ids tensors or dicts with input_ids)"
+        )
+    recorded: list[BlockInput] = []
+
+    def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        recorded.append(BlockInput(tuple(args), dict(kwargs)))
+        raise _ReachedBlock
+
+    handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad(), eval_mode(model):
+            for index, batch in enumerate(data):
+                if max_batches is not None and index >= max_batches:
+                    break
+                inputs = model_inputs(batch)
+                try:
+                    _call_without_cache(model, inputs)
+                except _ReachedBlock:
+                    pass
+                else:
+                    raise ValueError("blocks: the calibration forward pass never reached the first block")
+                mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+                if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+                    recorded[-1].tokens = mask.bool()
+    finally:
+        handle.remove()
+    if not recorded:
+        raise ValueError("data: no calibration batch was given")
+    return recorded
+
+
+def _call_without_cache(model: nn.Module, inputs: Any) -> Any:
+    # A Hugging Face model with use_cache on hands its blocks a key/value cache that grows with every call:
+    # blocks run more than once here, so caching is switched off.
+    if getattr(getattr(model, "config", None), "use_cache", None) is None:
+        return call_model(model, inputs)
+    if isinstance(inputs, dict):
+        return model(**inputs, use_cache=False)
+    return model(inputs, use_cache=False)
+
+
+@dataclass
+class InputStats:
+    """Float64 statistics of one layer's inputs ``x`` (rows of ``X``, ``N`` tokens) over the calibration set.
+
+    Attributes:
+        squares: ``(in,)`` ``sum_t x_tj^2`` (Wanda's ``||X_j||_2^2``).
+        gram: ``(in, in)`` ``X^T X`` when requested (SparseGPT's Hessian is ``2 X^T X / N``), else None.
+        tokens: ``N``.
+    """
+
+    squares: torch.Tensor
+    gram: torch.Tensor | None = None
+    tokens: int = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.to(torch.float64)
+        self.squares += (x * x).sum(dim=0)
+        if self.gram is not None:
+            self.gram += x.t() @ x
+        self.tokens += x.shape[0]
+
+    @property
+    def norms(self) -> torch.Tensor:
+        return self.squares.sqrt()
+
+
+@dataclass
+class BlockRun:
+    """What :func:`run_blocks` hands the per-block callback: the block's index, a private copy of it, and the
+    input statistics of its prunable layers (``{name relative to the block: InputStats}``)."""
+
+    index: int
+    name: str
+    block: nn.Module
+    stats: dict[str, InputStats] = field(default_factory=dict)
+
+
+def call_block(block: nn.Module, item: BlockInput) -> torch.Tensor:
+    """The block's output hidden states (first element when it returns a tuple)."""
+    out = block(*item.args, **item.kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def run_blocks(
+    model: nn.Module,
+    data: Iterable[Any],
+    on_block: Callable[[BlockRun], None],
+    *,
+    blocks: str | None = None,
+    gram: bool = False,
+    max_batches: int | None = None,
+    progress: bool = True,
+    description: str = "calibrating",
+) -> str:
+    """Sequential calibration (see the module docstring); returns the blocks' container name.
+
+    ``on_block`` receives each block's :class:`BlockRun` after the statistics pass and may modify
+    ``run.block`` (a copy) in place: the next block's inputs are that copy's outputs.
+    """
+    container_name, container = find_blocks(model, blocks)
+    items = first_block_inputs(model, container[0], data, max_batches)
+    bar = _progress(len(container), description, progress)
+    for index, original in enumerate(container):
+        block = copy.deepcopy(original)
+        block.eval()
+        run = BlockRun(index, f"{container_name}.{index}", block, collect_stats(block, items, gram))
+        on_block(run)
+        with torch.no_grad():
+            items = [item.with_hidden(call_block(block, item)) for item in items]
+        bar.update(1)
+    bar.close()
+    return container_name
+
+
+def collect_stats(block: nn.Module, items: list[BlockInput], gram: bool) -> dict[str, InputStats]:
+    """Run ``block`` on every calibration input; the input statistics of each of its prunable layers."""
+    stats: dict[str, InputStats] = {}
+    current: list[torch.Tensor | None] = [None]
+
+    def hook(module: nn.Module, args: tuple[Any, ...], name: str) -> None:
+        x = args[0].detach()
+        tokens = current[0]
+        if tokens is not None and x.shape[:-1] == tokens.shape:
+            x = x[tokens.to(x.device)]
+        x = x.reshape(-1, x.shape[-1])
+        if name not in stats:
+            width = x.shape[-1]
+            stats[name] = InputStats(
+                torch.zeros(width, dtype=torch.float64, device=x.device),
+                torch.zeros(width, width, dtype=torch.float64, device=x.device) if gram else None,
+            )
+        stats[name].add(x)
+
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, name=name: hook(mod, args, name))
+        for name, m in block.named_modules()
+        if is_prunable_linear(m)
+    ]
+    try:
+        with torch.no_grad():
+            for item in items:
+                current[0] = item.tokens
+                call_block(block, item)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats
+
+
+def _progress(total: int, description: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="block", disable=not enabled, leave=False)
