@@ -404,3 +404,18 @@ def write_results(
         tmp.replace(path)
         paths.append(path)
     return paths
+
+
+# ------------------------------------------------------------------------------------------ torchvision
+
+
+def declare_torchvision_ops() -> None:
+    """Let ``import torchvision`` (and timm, which imports it) work beside a CPU-only torch wheel: the same
+    declaration the test suite makes in ``tests/conftest.py``, imported from there."""
+    import importlib
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    importlib.import_module("tests.conftest")

@@ -1,0 +1,351 @@
+"""Benchmark: pyprune on the models people bring (torchvision, timm, Hugging Face), next to Torch-Pruning.
+
+For every model x method: ok or refused (with the refusal), planning time (measuring included) and applying
+time, parameters and FLOPs after/before (``pyprune.count``), and the latency speed-up of the pruned model at
+batch 1 and batch 8 (``pyprune.latency``, dense and pruned timed in alternation). Next to it, on the same model,
+Torch-Pruning's ``MetaPruner`` with its own ``GroupMagnitudeImportance(p=1)`` at the same ratio (the equivalent
+of ``l1_filter``; ``num_heads`` configured for timm attention as its README does), timed from construction to
+``step()``; and ``magnitude_global`` against ``torch.nn.utils.prune.global_unstructured`` with L1 magnitude on
+the same layers (identical masks by construction: both take the globally smallest ``|w|``).
+
+Models are randomly initialised (nothing downloaded). Inputs: 224 px images (batch 1 for planning), 64 tokens
+for the Hugging Face decoders. The machine is shared: every row records the average number of cores other
+processes kept busy while it ran (``other_cores``), and torch runs with the intra-op threads it was given.
+
+Run ``python benchmarks/bench_models.py`` (tens of minutes on 2 cores) -> ``benchmarks/results/models_cpu.{json,md}``;
+``--quick`` (four small models, l1_filter and magnitude_global) is a smoke test that writes nothing unless
+``--out DIR`` is given. ``--models`` / ``--methods`` choose subsets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    OtherCpuLoad,
+    declare_torchvision_ops,
+    fmt_ratio,
+    fmt_seconds,
+    format_machine,
+    machine_info,
+    markdown_table,
+    write_results,
+)
+
+declare_torchvision_ops()
+
+import timm  # noqa: E402 - after the torchvision declaration
+import torch  # noqa: E402
+import torch_pruning as tp  # noqa: E402
+import torchvision.models as tvm  # noqa: E402
+import transformers  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.nn.utils import prune as torch_prune  # noqa: E402
+
+import pyprune  # noqa: E402
+from pyprune.pruning.planner import output_layer_name, select_layers  # noqa: E402
+
+AMOUNT = 0.3
+IMAGE = (1, 3, 224, 224)
+
+
+def _gpt2() -> nn.Module:
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=4, n_embd=256, n_head=8))
+
+
+def _llama() -> nn.Module:
+    config = transformers.LlamaConfig(
+        hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
+        vocab_size=32000,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config)
+
+
+def _bert() -> nn.Module:
+    config = transformers.BertConfig(
+        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024
+    )
+    return transformers.BertForSequenceClassification(config)
+
+
+def _tokens(batch: int) -> dict[str, torch.Tensor]:
+    return {"input_ids": torch.randint(0, 1000, (batch, 64), generator=torch.Generator().manual_seed(batch))}
+
+
+def _images(batch: int) -> torch.Tensor:
+    return torch.randn(batch, *IMAGE[1:], generator=torch.Generator().manual_seed(batch))
+
+
+# name -> (builder, inputs(batch)); the issue's list.
+MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[int], Any]]] = {
+    **{
+        f"tv_{name}": (getattr(tvm, name), _images)
+        for name in (
+            "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "densenet121",
+            "vgg16_bn", "googlenet", "regnet_y_400mf", "convnext_tiny", "shufflenet_v2_x1_0", "vit_b_16", "swin_t",
+        )
+    },
+    **{
+        f"timm_{name}": (lambda name=name: timm.create_model(name), _images)
+        for name in (
+            "resnet26d", "convnext_atto", "efficientnet_b0", "vit_tiny_patch16_224", "deit_tiny_patch16_224",
+            "mobilevitv2_050",
+        )
+    },
+    "hf_gpt2_4l": (_gpt2, _tokens),
+    "hf_bert_4l": (_bert, _tokens),
+    "hf_llama_gqa_4l": (_llama, _tokens),
+}  # fmt: skip
+# The issue's speed targets first, so that a stopped run still has them.
+ORDER = ["tv_resnet50", "tv_densenet121", "tv_vit_b_16"]
+QUICK_MODELS = ["tv_resnet18", "tv_mobilenet_v2", "timm_vit_tiny_patch16_224", "hf_llama_gqa_4l"]
+METHODS = ["l1_filter", "magnitude_global"]
+QUICK_METHODS = ["l1_filter", "magnitude_global"]
+
+
+def _build(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return MODELS[name][0]().eval()
+
+
+def _latency_ratio(dense: nn.Module, pruned: nn.Module, inputs: Any, rounds: int) -> float:
+    """Dense over pruned median forward time, timed in alternating rounds (a load change hits both)."""
+    call = (lambda m: lambda: m(**inputs)) if isinstance(inputs, dict) else (lambda m: lambda: m(inputs))
+    times: dict[int, list[float]] = {0: [], 1: []}
+    with torch.inference_mode():
+        for model in (dense, pruned):
+            call(model)()  # warm-up
+        for _ in range(rounds):
+            for i, model in enumerate((dense, pruned)):
+                start = time.perf_counter()
+                call(model)()
+                times[i].append(time.perf_counter() - start)
+    return statistics.median(times[0]) / statistics.median(times[1])
+
+
+def run_pyprune(name: str, method: str, rounds: int) -> dict[str, Any]:
+    inputs = MODELS[name][1]
+    model = _build(name)
+    row: dict[str, Any] = {"model": name, "method": method, "library": "pyprune"}
+    with OtherCpuLoad() as load:
+        start = time.perf_counter()
+        try:
+            plan = pyprune.plan(model, method, AMOUNT, example_input=inputs(1))
+        except (ValueError, TypeError) as error:
+            row.update(status="refused", reason=str(error)[:300], plan_s=time.perf_counter() - start)
+            return row
+        planned = time.perf_counter()
+        dense = copy.deepcopy(model)
+        plan.apply(model)
+        done = time.perf_counter()
+    row.update(
+        status="ok",
+        plan_s=planned - start,
+        apply_s=done - planned,
+        total_s=done - start,
+        other_cores=load.cores,
+        params=plan.totals.get("params" if plan.mode == "remove" else "nonzero_params"),
+        flops=plan.totals.get("flops"),
+        untouched=len(plan.options.get("untouched", {})),
+        hf_config=plan.options.get("hf_config"),
+    )
+    if plan.mode == "remove":
+        for batch in (1, 8):
+            row[f"speedup_b{batch}"] = _latency_ratio(dense, model, inputs(batch), rounds)
+    return row
+
+
+def _num_heads(model: nn.Module) -> dict[nn.Module, int]:
+    # Torch-Pruning's README for timm ViTs: num_heads per qkv layer, head pruning on.
+    return {m.qkv: m.num_heads for m in model.modules() if hasattr(m, "qkv") and hasattr(m, "num_heads")}
+
+
+def run_torch_pruning(name: str) -> dict[str, Any]:
+    inputs = MODELS[name][1]
+    model = _build(name)
+    row: dict[str, Any] = {
+        "model": name,
+        "method": "MetaPruner(GroupMagnitude p=1)",
+        "library": "Torch-Pruning",
+    }
+    example = inputs(1)
+    with OtherCpuLoad() as load:
+        start = time.perf_counter()
+        try:
+            heads = _num_heads(model)
+            pruner = tp.pruner.MetaPruner(
+                model,
+                example,
+                importance=tp.importance.GroupMagnitudeImportance(p=1),
+                pruning_ratio=AMOUNT,
+                ignored_layers=[model.get_submodule(output_layer_name(model))],
+                num_heads=heads,
+                prune_num_heads=bool(heads),
+                prune_head_dims=False,
+            )
+            pruner.step()
+            for module in model.modules():  # its README's attribute update for timm attention
+                if module.__class__.__name__ == "Attention" and hasattr(module, "qkv"):
+                    module.num_heads = pruner.num_heads[module.qkv]
+                    module.attn_dim = module.qkv.out_features // 3
+            with torch.no_grad():
+                model(**example) if isinstance(example, dict) else model(example)
+        except Exception as error:  # a peer's failure is data here
+            row.update(status="failed", reason=f"{type(error).__name__}: {str(error)[:200]}")
+            row["total_s"] = time.perf_counter() - start
+            return row
+        row.update(status="ok", total_s=time.perf_counter() - start)
+    row["other_cores"] = load.cores
+    before = pyprune.count(_build(name), example)
+    after = pyprune.count(model, example)
+    row.update(params=[before.params, after.params], flops=[before.flops, after.flops])
+    return row
+
+
+def run_global_magnitude_vs_torch(name: str) -> dict[str, Any]:
+    """magnitude_global (plan + apply, measure=False like torch) vs torch.nn.utils.prune.global_unstructured."""
+    model = _build(name)
+    layers = [module for _, module in select_layers(model, None, None)]
+    start = time.perf_counter()
+    torch_prune.global_unstructured(
+        [(m, "weight") for m in layers], pruning_method=torch_prune.L1Unstructured, amount=AMOUNT
+    )
+    torch_s = time.perf_counter() - start
+    torch_masks = [m.weight_mask.clone() for m in layers]
+    model = _build(name)
+    start = time.perf_counter()
+    pyprune.prune(model, "magnitude_global", AMOUNT)
+    ours_s = time.perf_counter() - start
+    ours = [m.weight_mask for _, m in select_layers(model, None, None)]
+    return {
+        "model": name,
+        "torch_s": torch_s,
+        "pyprune_s": ours_s,
+        "ratio": ours_s / torch_s,
+        "same_masks": all(torch.equal(a, b) for a, b in zip(torch_masks, ours, strict=True)),
+    }
+
+
+def _fmt_pair(pair: list[int] | None) -> str:
+    if not pair:
+        return "-"
+    return f"{pair[1] / pair[0]:.2f}" if pair[0] else "-"
+
+
+def report(rows: list[dict[str, Any]], magnitude: list[dict[str, Any]], info: dict[str, Any]) -> str:
+    table = []
+    for row in rows:
+        table.append(
+            [
+                row["model"], row["library"], row["method"], row["status"],
+                fmt_seconds(row.get("total_s") or row.get("plan_s")),
+                _fmt_pair(row.get("params")), _fmt_pair(row.get("flops")),
+                fmt_ratio(row.get("speedup_b1")), fmt_ratio(row.get("speedup_b8")),
+                "-" if row.get("other_cores") is None else f"{row['other_cores']:.1f}",
+                (row.get("reason") or row.get("hf_config") or "")[:90],
+            ]
+        )  # fmt: skip
+    headers = ["model", "library", "method", "status", "plan+apply", "params after/before",
+               "FLOPs after/before", "speed-up b1", "speed-up b8", "other cores", "note"]  # fmt: skip
+    ratios = []
+    by_model = {(r["model"], r["library"], r["method"]): r for r in rows}
+    for row in rows:
+        if row["library"] == "pyprune" and row["method"] == "l1_filter" and row["status"] == "ok":
+            peer = by_model.get((row["model"], "Torch-Pruning", "MetaPruner(GroupMagnitude p=1)"))
+            if peer and peer["status"] == "ok":
+                ratios.append([row["model"], fmt_seconds(row["total_s"]), fmt_seconds(peer["total_s"]),
+                               fmt_ratio(row["total_s"] / peer["total_s"])])  # fmt: skip
+    ok = sum(r["status"] == "ok" for r in rows if r["library"] == "pyprune")
+    refused = sum(r["status"] == "refused" for r in rows if r["library"] == "pyprune")
+    peer_failed = sum(r["status"] == "failed" for r in rows if r["library"] == "Torch-Pruning")
+    lines = [
+        f"# Real models: pyprune vs Torch-Pruning (amount {AMOUNT})",
+        "",
+        format_machine(info),
+        "",
+        f"pyprune: {ok} ok, {refused} refused at planning; Torch-Pruning MetaPruner failed on {peer_failed}.",
+        "",
+        markdown_table(headers, table),
+        "",
+        "## Plan + apply time, l1_filter vs MetaPruner (pyprune's includes the parameter/FLOP table)",
+        "",
+        markdown_table(["model", "pyprune", "Torch-Pruning", "pyprune / TP"], ratios),
+        "",
+        "## magnitude_global vs torch.nn.utils.prune.global_unstructured",
+        "",
+        markdown_table(
+            ["model", "torch", "pyprune", "pyprune / torch", "identical masks"],
+            [
+                [
+                    m["model"],
+                    fmt_seconds(m["torch_s"]),
+                    fmt_seconds(m["pyprune_s"]),
+                    fmt_ratio(m["ratio"]),
+                    str(m["same_masks"]),
+                ]
+                for m in magnitude
+            ],
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="four small models, two methods")
+    parser.add_argument("--models", nargs="*", help=f"subset of {list(MODELS)}")
+    parser.add_argument(
+        "--methods", nargs="*", help="registered data-free methods (default l1_filter, magnitude_global)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="latency rounds per model (default 10, quick 3)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="directory for the results (quick: none by default)"
+    )
+    args = parser.parse_args()
+    models = args.models or (QUICK_MODELS if args.quick else ORDER + [m for m in MODELS if m not in ORDER])
+    methods = args.methods or (QUICK_METHODS if args.quick else METHODS)
+    rounds = args.rounds or (3 if args.quick else 10)
+    info = machine_info()
+    rows, magnitude = [], []
+    for name in models:
+        for method in methods:
+            try:
+                rows.append(run_pyprune(name, method, rounds))
+            except Exception as error:  # never expected: the row says so instead of stopping the table
+                traceback.print_exc()
+                rows.append({"model": name, "method": method, "library": "pyprune", "status": "error",
+                             "reason": f"{type(error).__name__}: {error}"[:300]})  # fmt: skip
+            print(rows[-1], flush=True)
+        rows.append(run_torch_pruning(name))
+        print(rows[-1], flush=True)
+        if "magnitude_global" in methods:
+            magnitude.append(run_global_magnitude_vs_torch(name))
+            print(magnitude[-1], flush=True)
+        if not (args.quick and args.out is None):
+            # After every model, so that a long run that is stopped still leaves its table.
+            stem = "models_cpu_quick" if args.quick else "models_cpu"
+            payload = {
+                "machine": info,
+                "amount": AMOUNT,
+                "models": models,
+                "rows": rows,
+                "magnitude": magnitude,
+            }
+            write_results(stem, payload, report(rows, magnitude, info), args.out)
+    print(report(rows, magnitude, info))
+
+
+if __name__ == "__main__":
+    main()
