@@ -332,7 +332,7 @@ def _silent(*_: object) -> None:
 
 def _plot_accuracy(runs: list[dict[str, Any]], dense_accuracy: float, path: Path, steps: int) -> None:
     """Test accuracy against sparsity, weight methods and channel methods side by side (the two sparsities are
-    not the same unit, seed 003's point): one colour per method, solid after fine-tuning, dashed before."""
+    not the same unit): one colour per method, solid after fine-tuning, dashed before."""
     import matplotlib
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D

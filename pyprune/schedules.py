@@ -5,13 +5,13 @@ Each schedule is one function that composes the method registry (:func:`pyprune.
 :class:`ScheduleResult`:
 
 * :func:`one_shot`: prune once to ``amount``, fine-tune.
-* :func:`iterative`: Molchanov et al. (2017, SPEC §3.2–3.4, §7.3): remove a few channels, fine-tune a few steps,
+* :func:`iterative`: Molchanov et al. (2017): remove a few channels, fine-tune a few steps,
   repeat until a FLOPs or channel target; with ``method="taylor"`` the scores of the next round are accumulated
   by hooks during the fine-tuning batches, so scoring costs no extra pass.
-* :func:`imp`: iterative magnitude pruning (Renda, Frankle & Carbin 2020, SPEC §2.2, §7.2): prune exactly
+* :func:`imp`: iterative magnitude pruning (Renda, Frankle & Carbin 2020): prune exactly
   ``floor(rate · remaining)`` weights globally per round, then retrain with learning-rate rewinding, weight
   rewinding or fine-tuning.
-* :func:`cascade`: the SiPP/PFP protocol (SPEC §5.10): a list of absolute keep ratios, scores recomputed on the
+* :func:`cascade`: the SiPP/PFP protocol: a list of absolute keep ratios, scores recomputed on the
   current weights before each step, retraining with the full schedule at chosen steps; works with any
   registered method.
 
@@ -433,7 +433,7 @@ def iterative(
     physically, so the next round's model is smaller: the planner's ``amount`` is ``k / current channels``,
     which removes exactly ``k`` with global ranking; every record carries the actual counts.
 
-    With ``method="taylor"`` (the default) the Taylor criterion (SPEC §3.2–3.3) accumulates during the
+    With ``method="taylor"`` (the default) the Taylor criterion accumulates during the
     fine-tuning batches of the previous round, as in the paper, so no batch is spent on scoring; the scores
     for round 1 come from a warm-up of ``fine_tune_steps`` steps on the dense model, which round 0 therefore
     includes. Other structured methods are planned through the registry (data-driven ones on ``data``).
@@ -452,7 +452,7 @@ def iterative(
         step_amount: fraction in (0, 1) of the current channels to remove per round, instead of a fixed ``k``.
         fine_tune_steps: optimiser steps after each removal, >= 1 (the paper: 10 to 1000; 30 on Birds-200).
         max_rounds: stop after this many rounds, >= 1.
-        optimizer_factory: default SGD with lr 1e-4, momentum 0.9, weight decay 1e-4 (SPEC §3.4), created
+        optimizer_factory: default SGD with lr 1e-4, momentum 0.9, weight decay 1e-4, created
             fresh every round.
         method_options: for ``"taylor"``, the :class:`~pyprune.pruning.taylor.Taylor` options (``point``,
             ``reduction``, ``flops_lambda``, ...) go to the criterion, the rest to
@@ -664,7 +664,7 @@ def imp(
 
     1. prunes exactly ``floor(rate · M)`` of the M surviving prunable weights, ranked globally by ``method``
        (already masked weights stay masked: the planner gets ``amount = (masked + floor(rate · M)) / total``);
-       when ``rate · M < 1`` nothing is pruned (the seed pruned *everything* there, SPEC §2.2.3);
+       when ``rate · M < 1`` nothing is pruned (the seed pruned *everything* there);
     2. retrains, always with a fresh optimiser from ``optimizer_factory`` (no momentum carried over), and
        :func:`~pyprune.train.fit` keeps pruned weights exactly zero:
 
@@ -853,7 +853,7 @@ def cascade(
     callback: RoundCallback | None = None,
     progress: bool = True,
 ) -> ScheduleResult:
-    """The SiPP/PFP ``cascade`` protocol (SPEC §5.10): prune step by step to absolute keep ratios.
+    """The SiPP/PFP ``cascade`` protocol: prune step by step to absolute keep ratios.
 
     Round ``i + 1`` rescores the *current* (pruned, maybe retrained) model with ``method`` and prunes it to
     ``keep_ratios[i]`` of round 0's prunable units; if ``i`` is in ``retrain_at`` it then retrains for
@@ -1362,7 +1362,7 @@ def _steps_per_epoch(train_loader: Iterable[Any]) -> int:
 
 
 def _molchanov_optimizer(model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with lr 1e-4, momentum 0.9 and weight decay 1e-4, the fine-tuning of Molchanov et al. (SPEC §3.4)."""
+    """SGD with lr 1e-4, momentum 0.9 and weight decay 1e-4, the fine-tuning of Molchanov et al. (2017)."""
     return torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
 
 

@@ -6,7 +6,7 @@ records; :func:`evaluate` measures loss and accuracy over a loader. Both are pla
 Masks. A weight pruned with ``torch.nn.utils.prune`` (every pyprune mask) is computed as
 ``weight = weight_orig * weight_mask`` on each forward pass, so the *effective* weight is zero where the mask is.
 The stored ``weight_orig`` is another matter: weight decay and momentum keep moving it where the mask is zero (the
-seed 001 code lets pruned weights drift this way), and a later ``prune.remove`` or a rewound mask would bring the
+the code of Ansuini et al. lets pruned weights drift this way), and a later ``prune.remove`` or a rewound mask would bring the
 drifted values back. :func:`fit` therefore multiplies every masked ``*_orig`` gradient by its mask after
 ``backward()`` and every ``*_orig`` parameter by its mask after each optimiser step (:class:`MaskEnforcer`), so
 that a pruned weight is exactly zero in the parameter as well as in the forward pass.

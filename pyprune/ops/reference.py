@@ -243,7 +243,7 @@ def greedy_removal_order_reference(
     with ``G`` the centred covariance for channels-as-neurons, ``<HK_aH, HK_bH>_F`` in general. With ``K`` the
     kept set, the linear CKA between the original layer and the layer with the others replaced by constants is
     ``CKA(K) = sum_{a, b in K} ... = N(K) / (F * sqrt(D2(K)))`` where ``N(K) = sum_{a in A, b in K} M[a, b]``,
-    ``D2(K) = sum_{a, b in K} M[a, b]``, ``F^2 = D2(A)`` and ``A`` is the active set (SPEC §1.5, §7.1).
+    ``D2(K) = sum_{a, b in K} M[a, b]``, ``F^2 = D2(A)`` and ``A`` is the active set.
 
     Each step removes the kept neuron whose removal leaves the highest CKA (ties: lowest index), until none is
     left. A candidate whose remaining ``D2`` is not positive scores 0 (the CKA of an empty or constant layer).

@@ -88,7 +88,7 @@ def sensitivity_update_reference(
     For output unit ``f``, input element ``j`` and patch ``p`` of example ``x``:
     ``g_fj(x, p) = W_fj A_jp(x) / z_f^{sign W_fj}(x, p)`` with ``z^+ = W^+ A``, ``z^- = W^- A`` (no bias) and
     ``g = 0`` where ``W_fj = 0`` or ``|z| <= EPSILON``. Then ``s_mean = max(s_mean, max_x mean_p g)`` and
-    ``s_max = max(s_max, max_x max_p g)`` (SPEC §5.3, §7.5).
+    ``s_max = max(s_max, max_x max_p g)``.
 
     Args:
         weight: ``(F, J)``: the layer's weight flattened, ``J = C_in * kh * kw``.

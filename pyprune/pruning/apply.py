@@ -237,7 +237,7 @@ def _apply_mask(layer: LayerPlan, module: nn.Module) -> None:
     prune.custom_from_mask(module, "weight", layer.keep_mask(weight.shape).to(weight.device))
     bias = getattr(module, "bias", None)
     if layer.granularity == "channels" and isinstance(bias, torch.Tensor):
-        # A masked unit with a surviving bias still emits the constant act(b): zero the bias too (SPEC §4.3).
+        # A masked unit with a surviving bias still emits the constant act(b): zero the bias too.
         prune.custom_from_mask(module, "bias", layer.keep_mask(bias.shape).to(bias.device))
 
 

@@ -1,4 +1,4 @@
-"""CKA-damage pruning (seed 000): remove the neurons whose removal changes a layer's representation least.
+"""CKA-damage pruning (CKA of Kornblith et al. 2019 as the damage measure): remove the neurons whose removal changes a layer's representation least.
 
 The damage of removing a set of neurons is measured by CKA between the layer's original representation and the
 representation with those neurons replaced by constants (a neuron whose weight row is zero outputs its bias, a
@@ -9,7 +9,7 @@ constant; after centring a constant is zero). Two procedures:
 * ``greedy=True`` (``cka_greedy``, the seed README's procedure): remove one neuron at a time, each time the one
   whose removal leaves the highest CKA *of the whole removed set* against the original representation.
 
-Both are exact and cheap for the linear kernel (SPEC §1.5). Let ``M[a, b] = <H K_a H, H K_b H>_F`` be the inner
+Both are exact and cheap for the linear kernel. Let ``M[a, b] = <H K_a H, H K_b H>_F`` be the inner
 product of the centred Gram contributions of neurons ``a`` and ``b``; then with ``K`` the kept set,
 ``CKA(K) = sum_{a, b in K} M[a, b]`` ... precisely ``sum_{a in all, b in K} M[a, b] / (F * sqrt(sum_{a, b in K} M))``
 with ``F^2 = sum M``. Removing a neuron updates these sums in O(p) (the greedy loop runs in C++/CUDA, see
@@ -363,8 +363,8 @@ class CKADamage(ChannelCriterion):
                 )
             order, cka = order.cpu(), cka.cpu()
             if self.greedy or len(order) == 1:
-                # The last removal leaves no active channel: a constant layer, whose CKA is 0 by definition
-                # (SPEC §1.5). The running sums (and the RBF distance updates) leave rounding noise of order
+                # The last removal leaves no active channel: a constant layer, whose CKA is 0 by definition.
+                # The running sums (and the RBF distance updates) leave rounding noise of order
                 # sqrt(eps) there instead, up to ~0.2 with a per-candidate RBF bandwidth.
                 cka = cka.clone()
                 cka[-1] = 0.0
@@ -425,7 +425,7 @@ class _Accumulating:
 
 
 def _single_order(m: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Single-removal CKA of every active neuron (SPEC §1.5), sorted best first; ties by index."""
+    """Single-removal CKA of every active neuron, sorted best first; ties by index."""
     m = m * (active[:, None] & active[None, :])
     column = m.sum(dim=0)
     total = column.sum()
@@ -685,7 +685,7 @@ register_method(
     Method(
         "cka_single",
         _planner(greedy=False),
-        "units/channels by single-removal CKA damage of the layer's output (seed 000 code)",
+        "units/channels by single-removal CKA damage of the layer's output",
         structured=True,
         needs_example_input=True,
         needs_data=True,
@@ -695,7 +695,7 @@ register_method(
     Method(
         "cka_greedy",
         _planner(greedy=True),
-        "units/channels by greedy set CKA damage, exact closed form (seed 000 README)",
+        "units/channels by greedy set CKA damage, exact closed form",
         structured=True,
         needs_example_input=True,
         needs_data=True,

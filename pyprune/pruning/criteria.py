@@ -62,7 +62,7 @@ class ChannelCriterion(Criterion):
 
 
 class Magnitude(WeightCriterion):
-    """``|w|``: magnitude pruning (seed 003 per layer, IMP when ranked globally)."""
+    """``|w|``: magnitude pruning (Han et al. 2015 per layer, IMP when ranked globally)."""
 
     name = "magnitude"
 
@@ -90,7 +90,7 @@ class RandomWeights(WeightCriterion):
 class FilterNorm(ChannelCriterion):
     """Lp norm of each output channel's incoming weights (over input channels and kernel taps).
 
-    ``p=1`` is Li et al.'s filter L1 norm; ``p=2`` is seed 003's unit L2 norm (a PyTorch row of a Linear).
+    ``p=1`` is Li et al.'s filter L1 norm; ``p=2`` is the unit L2 norm of unit pruning (a PyTorch row of a Linear).
     """
 
     def __init__(self, p: Literal[1, 2] = 1) -> None:

@@ -251,7 +251,7 @@ for _method in (
     Method(
         "magnitude",
         _magnitude,
-        "|w| per layer, exactly round(k * numel) each (seed 003)",
+        "|w| per layer, exactly round(k * numel) each (Han et al. 2015)",
         False,
     ),
     Method(
@@ -264,7 +264,7 @@ for _method in (
     Method(
         "unit_l2",
         _channels(lambda seed: FilterNorm(2), "mask"),
-        "units by L2 norm of incoming weights, masked (seed 003)",
+        "units by L2 norm of incoming weights, masked (unit pruning)",
         True,
     ),
     Method(

@@ -1,10 +1,10 @@
 """Planners: turn a criterion's scores into a :class:`~pyprune.pruning.plan.PruningPlan` without touching the model.
 
-* :func:`plan_unstructured`: individual weights, per layer (seed 003: exactly ``round(amount * numel)`` per layer)
+* :func:`plan_unstructured`: individual weights, per layer (exactly ``round(amount * numel)`` per layer)
   or globally over all selected layers (iterative magnitude pruning).
 * :func:`plan_structured`: output channels (conv filters, Linear rows), per dependency group or globally, with
   ``min_channels``, ``round_to`` and Li et al.'s greedy mode; removed physically (``mode="remove"``) or masked
-  (``mode="mask"``, seed 003's unit pruning).
+  (``mode="mask"``, unit pruning).
 
 Counts round half up (``floor(amount * n + 0.5)``). Ranking is by ascending score with ties broken by position
 (layer order, then index), so plans are deterministic. ``amount`` is the fraction of weights (channels) that are
@@ -162,7 +162,7 @@ def plan_structured(
     With ``mode="remove"`` (default) the model is traced by Torch-Pruning on ``example_input`` and each
     dependency group (a root Linear/ConvNd layer plus everything coupled to its output channels) is scored
     with :func:`~pyprune.pruning.groups.group_scores` and pruned as one. With ``mode="mask"`` every layer is its
-    own group and the plan masks rows of ``weight`` and entries of ``bias`` (seed 003's unit pruning; exact only
+    own group and the plan masks rows of ``weight`` and entries of ``bias`` (unit pruning; exact only
     where a zero pre-activation stays zero, e.g. Linear -> ReLU).
 
     Args:

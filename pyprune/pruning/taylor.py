@@ -1,20 +1,21 @@
 """Taylor first-order channel criterion (Molchanov et al., ICLR 2017), accumulated by hooks during training.
 
 The score of output channel ``c`` of a layer is the first-order Taylor estimate of the change in the loss when its
-feature map ``z_c`` is set to zero (SPEC §3.2, eq. 8)::
+feature map ``z_c`` is set to zero::
 
     θ_c = mean over examples x of | mean over positions m of  z_c(x, m) · ∂L/∂z_c(x, m) |       ("paper")
 
 A position is a spatial location of a ConvNd output (dim 1 is the channel) or, for a Linear layer, one of the
 leading positions of a ``(B, ..., C)`` output (the last dim is the channel; ``(B, C)`` has one position per
-example). The seed code's variant (SPEC §3.3) averages the *signed* product over the batch and positions, sums
+example). The seed code's variant averages the *signed* product over the batch and positions, sums
 that over batches and takes the absolute value only at the end; pyprune divides the sum by the number of batches
 so that both variants are on the same scale (the L2-normalised scores are the seed's exactly)::
 
     θ_c = | Σ over batches of mean over (b, m) of z_c · ∂L/∂z_c | / num_batches                  ("signed_sum_then_abs")
 
 :meth:`Taylor.scores` divides each layer's θ by its L2 norm, then subtracts ``flops_lambda · FLOPs per channel /
-flops_unit`` (SPEC §3.4: normalise first, then penalise; the paper uses λ = 1e-3 with FLOPs in units of 1e6).
+flops_unit`` (Molchanov et al. 2017: normalise first, then penalise; the paper uses λ = 1e-3 with FLOPs in
+units of 1e6).
 
 Conventions a user should know:
 
@@ -332,7 +333,7 @@ class Taylor(ChannelCriterion):
         """Forward FLOPs of one output channel of layer ``name`` per example, at the last recorded input size.
 
         ConvNd: ``2 · P · (C_in/groups · prod(kernel) + 1)`` with ``P`` the product of the *output* spatial dims
-        (the paper's eq. 11 counts the input map; the output map is what a strided conv computes, SPEC §7.3); the
+        (the paper's eq. 11 counts the input map; the output map is what a strided conv computes); the
         ``+ 1`` (bias) is counted whether the layer has a bias or not, as in the paper. Linear:
         ``P · (2 · I - 1)`` with ``P`` the number of positions of a ``(B, ..., I)`` input (1 for ``(B, I)``).
 

@@ -125,7 +125,7 @@ def svcca(
 
     Args:
         x, y, flatten: as for :func:`cca`.
-        keep: fraction of each side's variance to keep, in ``(0, 1]`` (SPEC §2.3 counting rule).
+        keep: fraction of each side's variance to keep, in ``(0, 1]``.
         truncate: as for :func:`mean_cca`; the seed code (``google/svcca``) used ``0.98``.
 
     Returns:

@@ -18,7 +18,7 @@ How it is computed. Every layer's Gram statistics are formed once and all pairs 
   all ``<K_i, L_j>`` plus row sums and diagonals in float64, from which biased and unbiased HSIC follow
   exactly (``<HKH, HLH> = <K, L> - 2/n (K1)^T(L1) + (1^T K 1)(1^T L 1)/n^2``).
 * ``"feature"`` method (linear kernel only): ``<HKH, HLH> = |Xc^T Yc|_F^2``, and the unbiased statistic from
-  the same cross-covariances plus row norms (SPEC §1.3), which is cheaper when features are fewer than samples.
+  the same cross-covariances plus row norms, which is cheaper when features are fewer than samples.
 
 ``method="auto"`` picks the one with fewer multiply-adds.
 

@@ -1,6 +1,6 @@
-"""Sensitivity-based provable pruning (seed 004): SiPP for weights, PFP for filters.
+"""Sensitivity-based provable pruning (Baykal et al. 2019, Liebenwein et al. 2020): SiPP for weights, PFP for filters.
 
-Three separate steps, as SPEC §5.15 asks: sensitivities (:class:`SensitivityTracker`), allocation of the budget
+Three separate steps: sensitivities (:class:`SensitivityTracker`), allocation of the budget
 across layers, sparsification (top-k or importance sampling with reweighting).
 """
 

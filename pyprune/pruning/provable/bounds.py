@@ -1,4 +1,4 @@
-"""Sample-complexity arithmetic of SiPP and PFP (SPEC §5.4, §5.6, §5.8.2, §7.7): pure functions, no model.
+"""Sample-complexity arithmetic of SiPP and PFP: pure functions, no model.
 
 Names follow the papers: ``c`` the constant C, ``delta`` the failure probability, ``P`` output positions per sample
 (1 for a Linear), ``kappa`` kernel taps ``kh * kw`` (1 for a Linear), ``a = alpha * S`` the coefficient of a group
@@ -18,8 +18,7 @@ MAX_DRAWS = 2**62
 def sensitivity_set_size(neurons: list[int], c: float = 3.0, delta: float = 1e-16) -> int:
     """``|S| = ceil(c * ln(8 * eta * eta_max / delta))`` with ``eta = sum(neurons)``, ``eta_max = max(neurons)``.
 
-    ``neurons`` holds ``eta_l = C_out * H_out * W_out`` (per sample) of every compressible layer. Worked examples
-    (SPEC §5.4): LeNet-300-100 (410 neurons, at most 300 in a layer), ``delta = 1e-12``: 125 with ``c = 3``, 415
+    ``neurons`` holds ``eta_l = C_out * H_out * W_out`` (per sample) of every compressible layer. Worked examples: LeNet-300-100 (410 neurons, at most 300 in a layer), ``delta = 1e-12``: 125 with ``c = 3``, 415
     with ``c = 10``.
     """
     if not neurons or min(neurons) < 1:
@@ -63,7 +62,7 @@ def expected_distinct(probabilities: torch.Tensor, draws: int) -> int:
 def adapt_sample_size(probabilities: torch.Tensor, distinct: int) -> int:
     """The number ``m`` of i.i.d. draws from ``probabilities`` expected to give ``distinct`` distinct items.
 
-    SPEC §7.7: zeros are ignored; a single probability gives ``distinct``; ``distinct`` in {0, 1} is returned
+    Zeros are ignored; a single probability gives ``distinct``; ``distinct`` in {0, 1} is returned
     as is; with at most one nonzero probability the answer is that count; ``distinct`` is capped at ``n - 1``;
     uniform probabilities use the closed form ``ceil(ln(n / (n - x)) / ln(n / (n - 1)))`` (n = 100, x = 50 -> 69);
     otherwise the *smallest* ``m`` with ``expected_distinct(p, m) >= x`` by integer bisection (the originals

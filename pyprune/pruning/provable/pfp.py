@@ -1,10 +1,10 @@
-"""PFP, Provable Filter Pruning (Liebenwein et al., ICLR 2020; SPEC §5.8, §7.8): filters kept by how much their
+"""PFP, Provable Filter Pruning (Liebenwein et al., ICLR 2020): filters kept by how much their
 maps ever contribute to the next layer, with a sampling-bound budget allocation across layers.
 
 PFP works in "in-mode": every compressible layer ``l`` (Linear or Conv2d) rates its *input channels* ``c`` by the
 saliency ``s_c`` (:meth:`SensitivityTracker.channel_sensitivity`: max over the data, output units, kernel taps
 and positions of the relative contribution of ``c`` to a pre-activation). Keeping ``k_l`` input channels of ``l``
-means keeping those output channels of the layers that produce them. Three steps, kept apart (SPEC §5.15):
+means keeping those output channels of the layers that produce them. Three steps, kept apart:
 
 1. **Units** (:func:`pfp_network`): Torch-Pruning's dependency graph says which output channel of which
    dependency group feeds which input columns of which layer. A *unit* of layer ``l`` is one channel of a group
@@ -18,7 +18,7 @@ means keeping those output channels of the layers that produce them. Three steps
 3. **Selection** (:func:`select_channels`): the top-``k_l`` units (``"det"``), importance sampling with
    reweighting (``"rand"``), or the partially derandomised mix (``"top"``).
 
-A channel of a group is removed only if *every* layer reading it dropped it (SPEC §5.8.5): on a residual stream
+A channel of a group is removed only if *every* layer reading it dropped it: on a residual stream
 one reader keeping a channel keeps it for all, and the readers that dropped it get zero columns for it (the
 original zeroes ``W_l[:, c]`` of every dropped input channel). Removal goes through
 :func:`~pyprune.pruning.planner.plan_structured`; reweighting and zeroed columns go in ``plan.rescale``.
@@ -124,7 +124,7 @@ class PFPLayer:
         patches: ``P``, output positions per sample (1 for a Linear).
         sole_reader: the layer whose kept units bound this layer's kept outputs in the size estimate: set when
             this layer's output group is read by that one tracked layer only, and it reads nothing else.
-            ``None`` when the group has several readers (residual streams, SPEC §5.8.2) or none, or this
+            ``None`` when the group has several readers (residual streams) or none, or this
             layer's outputs are not pruned (the classifier).
     """
 
@@ -191,7 +191,7 @@ class PFPAllocation:
 
 
 class PFPAllocator:
-    """PFP's budget allocation across layers (SPEC §5.8.2): one global ``eps`` for all layers.
+    """PFP's budget allocation across layers: one global ``eps`` for all layers.
 
     Args:
         layers: the network's layers (:attr:`PFPNetwork.layers`).
@@ -368,7 +368,7 @@ def pfp_network(
     needed = sensitivity_set_size([shape.neurons for shape in shapes.values()], c, delta)
     if tracker.num_samples < needed:
         warnings.warn(
-            f"data: PFP's bound (c={c}, delta={delta}, SPEC §5.4) asks for {needed} examples to take sensitivities "
+            f"data: PFP's bound (c={c}, delta={delta}) asks for {needed} examples to take sensitivities "
             f"over; got {tracker.num_samples}, {needed - tracker.num_samples} short, so the guarantee does not hold",
             SmallSensitivitySetWarning,
             stacklevel=3,
@@ -418,7 +418,7 @@ def pfp_network(
 def select_channels(
     sensitivity: torch.Tensor, k: int, variant: Variant = "det", generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Choose ``k`` units of one layer from their saliencies (SPEC §5.8.3, §5.8.4).
+    """Choose ``k`` units of one layer from their saliencies.
 
     * ``"det"``: the ``k`` largest saliencies (ties by index), factors 1.
     * ``"rand"``: ``m = adapt_sample_size(p, k)`` draws from ``Multinomial(m, p)``, ``p = s / sum s``;

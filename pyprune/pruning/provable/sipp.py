@@ -1,4 +1,4 @@
-"""SiPP: sensitivity-informed provable weight pruning (seed 004, SPEC §5.5–5.7, §7.6).
+"""SiPP: sensitivity-informed provable weight pruning (Baykal et al. 2019).
 
 Three planners share one sensitivity pass (:class:`SensitivityTracker`) and differ in how they spend the budget:
 
@@ -15,7 +15,7 @@ Budget. ``amount`` is the fraction of the *compressible weights* to remove: ``N`
 Linear/Conv2d layers (all of them by default, classifier included, as the seed); ``B = N - round(amount * N)``
 stay (round half up, as :func:`~pyprune.pruning.planner.plan_unstructured`). Biases and BatchNorm are never
 touched. The originals define a keep ratio over *all* parameters instead: pp converts it into a weight budget
-inconsistently (inflated by ``kr * (size - compressible_size)``, SPEC §5.2) and tp fixes that and adds an outer
+inconsistently (inflated by ``kr * (size - compressible_size)``) and tp fixes that and adds an outer
 root search until the realised ratio is within 0.5 %. We count compressible weights only, because SiPP removes
 nothing else — a ratio over all parameters would only shift the target by a model-dependent constant (under 1 %
 of the seed's networks) — and because every other weight-pruning method of pyprune reads ``amount`` the same
@@ -81,7 +81,7 @@ Variant = Literal["rand", "hybrid"]
 
 
 class SmallSensitivitySetWarning(UserWarning):
-    """The sensitivities come from fewer samples than SPEC §5.4's ``|S|`` asks for."""
+    """The sensitivities come from fewer samples than the bound's ``|S|`` (Baykal et al. 2019, Lemma 1) asks for."""
 
 
 def group_error(x: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
@@ -306,7 +306,7 @@ def sipp_det_plan(
         data: the sensitivity set ``S``: a DataLoader, an iterable of batches (first item = input) or one input
             tensor; or a :class:`SensitivityTracker` of ``model`` that has already seen it.
         layers: Linear/Conv2d layer names to prune (default all, the classifier included).
-        c, delta: only size the ``|S|`` check (SPEC §5.4): a :class:`SmallSensitivitySetWarning` says by how
+        c, delta: only size the ``|S|`` check: a :class:`SmallSensitivitySetWarning` says by how
             many samples ``S`` is short.
         max_batches, progress: passed to :meth:`SensitivityTracker.accumulate_over`.
         example_input: when given, the plan also records parameter and FLOP counts.
@@ -502,7 +502,7 @@ def _tracker(
     if tracker.num_samples < needed:
         warnings.warn(
             f"data: sensitivities come from {tracker.num_samples} samples, but |S| = ceil(c ln(8 eta eta* / "
-            f"delta)) = {needed} for c={c}, delta={delta} (SPEC §5.4): {needed - tracker.num_samples} short; "
+            f"delta)) = {needed} for c={c}, delta={delta}: {needed - tracker.num_samples} short; "
             "the sampling bounds assume at least that many",
             SmallSensitivitySetWarning,
             stacklevel=4,
@@ -637,7 +637,7 @@ register_method(
     Method(
         "sipp_det",
         _registry_planner(sipp_det_plan, sampled=False),
-        "weights by empirical sensitivity (patch mean), global top-k over all layers (SiPPDet, seed 004)",
+        "weights by empirical sensitivity (patch mean), global top-k over all layers (SiPPDet, Baykal et al. 2019)",
         structured=False,
         needs_data=True,
     )

@@ -1,4 +1,4 @@
-"""Empirical sensitivities of every compressible layer over a data set S, in one pass (SPEC §5.3).
+"""Empirical sensitivities of every compressible layer over a data set S, in one pass.
 
 :class:`SensitivityTracker` hooks the inputs of the model's Linear and Conv2d layers and folds every batch into
 running maxima of the relative contributions of each weight (:func:`pyprune.ops.sensitivity.sensitivity_update`),
