@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from pyprune.models import _check_positive_int, _is_positive_int, _unknown_name
+from pyprune.arguments import check_positive_int, is_positive_int, unknown_name_message
 
 SPLITS = ("train", "test")
 
@@ -113,10 +113,10 @@ def synthetic_images(
     Returns:
         ``TensorDataset(x, y)``: ``x`` float32 ``(n, *shape)``, ``y`` int64 ``(n,)`` in ``[0, num_classes)``.
     """
-    _check_positive_int(n, "n")
-    _check_positive_int(num_classes, "num_classes")
+    check_positive_int(n, "n")
+    check_positive_int(num_classes, "num_classes")
     shape = tuple(shape)
-    if not shape or not all(_is_positive_int(s) for s in shape):
+    if not shape or not all(is_positive_int(s) for s in shape):
         raise ValueError(f"shape: expected a non-empty sequence of positive ints, got {shape!r}")
     generator = torch.Generator().manual_seed(seed)
     means = torch.randn(num_classes, shape[0], generator=generator)
@@ -156,7 +156,7 @@ def loaders(
     """
     if isinstance(data, str):
         if data not in DATASETS:
-            raise ValueError(_unknown_name("data", data, list(DATASETS)))
+            raise ValueError(unknown_name_message("data", data, list(DATASETS)))
         train = DATASETS[data]("train", seed=seed, **dataset_kwargs)
         test = DATASETS[data]("test", seed=seed, **dataset_kwargs)
     elif isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(d, Dataset) for d in data):
@@ -170,7 +170,7 @@ def loaders(
             f"data: expected a dataset name ({', '.join(map(repr, DATASETS))}) or a (train, test) pair of "
             f"Datasets, got {type(data).__name__}"
         )
-    _check_positive_int(batch_size, "batch_size")
+    check_positive_int(batch_size, "batch_size")
     generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(
         train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers
@@ -287,7 +287,7 @@ def stdlib_corpus(
     if not (isinstance(held_out_fraction, float) and 0 < held_out_fraction < 1):
         raise ValueError(f"held_out_fraction: expected a float in (0, 1), got {held_out_fraction!r}")
     if max_bytes is not None:
-        _check_positive_int(max_bytes, "max_bytes")
+        check_positive_int(max_bytes, "max_bytes")
     base = Path(root or sysconfig.get_paths()["stdlib"])
     cut = held_out_fraction * 2**64
     chunks: list[bytes] = []
@@ -310,8 +310,8 @@ def stdlib_corpus(
 def token_windows(tokens: torch.Tensor, seq_len: int, count: int, *, seed: int | None = 0) -> torch.Tensor:
     """``(count, seq_len)`` windows of a token stream: at random offsets drawn with ``seed``, or consecutive
     non-overlapping windows from the start with ``seed=None`` (the evaluation convention)."""
-    _check_positive_int(seq_len, "seq_len")
-    _check_positive_int(count, "count")
+    check_positive_int(seq_len, "seq_len")
+    check_positive_int(count, "count")
     if tokens.dim() != 1 or tokens.numel() < seq_len:
         raise ValueError(f"tokens: expected a 1-D stream of at least seq_len={seq_len} tokens")
     if seed is None:

@@ -14,7 +14,6 @@ the names.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import itertools
 import numbers
@@ -24,6 +23,8 @@ from typing import TypeVar
 
 import torch
 from torch import nn
+
+from pyprune.arguments import check_positive_int, is_positive_int, unknown_name_message
 
 _ModuleT = TypeVar("_ModuleT", bound=nn.Module)
 
@@ -54,7 +55,7 @@ def mlp(widths: Sequence[int], *, bias: bool = True) -> nn.Sequential:
         bias: give every linear layer a bias.
     """
     widths = list(widths)
-    if len(widths) < 2 or not all(_is_positive_int(w) for w in widths):
+    if len(widths) < 2 or not all(is_positive_int(w) for w in widths):
         raise ValueError(f"widths: expected at least two positive ints, got {widths!r}")
     layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
     for i, (n_in, n_out) in enumerate(itertools.pairwise(widths), start=1):
@@ -98,9 +99,9 @@ def lenet5(in_channels: int = 1, num_classes: int = 10, image_size: int = 28) ->
         num_classes: output logits.
         image_size: side of the square input in pixels, at least 4.
     """
-    _check_positive_int(in_channels, "in_channels")
-    _check_positive_int(num_classes, "num_classes")
-    if not _is_positive_int(image_size) or image_size < 4:
+    check_positive_int(in_channels, "in_channels")
+    check_positive_int(num_classes, "num_classes")
+    if not is_positive_int(image_size) or image_size < 4:
         raise ValueError(f"image_size: expected an int >= 4, got {image_size!r}")
     after_pool1 = image_size // 2
     conv2_padding = 0 if after_pool1 - 4 >= 2 else 2
@@ -149,20 +150,20 @@ def vgg_bn(
     """
     if isinstance(config, str):
         if config not in VGG_CONFIGS:
-            raise ValueError(_unknown_name("config", config, list(VGG_CONFIGS)))
+            raise ValueError(unknown_name_message("config", config, list(VGG_CONFIGS)))
         layout = VGG_CONFIGS[config]
     else:
         layout = list(config)
-        if not any(_is_positive_int(v) for v in layout) or not all(
-            _is_positive_int(v) or v == "M" for v in layout
+        if not any(is_positive_int(v) for v in layout) or not all(
+            is_positive_int(v) or v == "M" for v in layout
         ):
             raise ValueError(
                 f"config: expected a VGG name or a list of positive ints and 'M' with at least one int, "
                 f"got {layout!r}"
             )
-    _check_positive_int(in_channels, "in_channels")
-    _check_positive_int(num_classes, "num_classes")
-    _check_positive_int(image_size, "image_size")
+    check_positive_int(in_channels, "in_channels")
+    check_positive_int(num_classes, "num_classes")
+    check_positive_int(image_size, "image_size")
     n_pools = layout.count("M")
     if image_size < 2**n_pools:
         raise ValueError(
@@ -269,10 +270,10 @@ def cifar_resnet(depth: int, in_channels: int = 3, num_classes: int = 10, width:
         num_classes: output logits.
         width: multiplies the 16/32/64 stage widths (rounded, at least 1 channel).
     """
-    if not _is_positive_int(depth) or depth < 8 or (depth - 2) % 6 != 0:
+    if not is_positive_int(depth) or depth < 8 or (depth - 2) % 6 != 0:
         raise ValueError(f"depth: expected 6n + 2 for an int n >= 1 (8, 14, 20, 26, ...), got {depth!r}")
-    _check_positive_int(in_channels, "in_channels")
-    _check_positive_int(num_classes, "num_classes")
+    check_positive_int(in_channels, "in_channels")
+    check_positive_int(num_classes, "num_classes")
     if not (isinstance(width, numbers.Real) and not isinstance(width, bool) and width > 0):
         raise ValueError(f"width: expected a positive number, got {width!r}")
     return _init(CifarResNet((depth - 2) // 6, in_channels, num_classes, float(width)))
@@ -311,15 +312,8 @@ def create(name: str, **kwargs: object) -> nn.Module:
     if not isinstance(name, str):
         raise TypeError(f"name: expected a model name (str), got {type(name).__name__}")
     if name not in MODELS:
-        raise ValueError(_unknown_name("name", name, list(MODELS)))
+        raise ValueError(unknown_name_message("name", name, list(MODELS)))
     return MODELS[name](**kwargs)
-
-
-def _unknown_name(argument: str, name: str, known: list[str]) -> str:
-    """The error message for a name that is not one of ``known``, suggesting close matches."""
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-    return f"{argument}: unknown name {name!r}{hint}; expected one of {', '.join(map(repr, known))}"
 
 
 def _init(model: _ModuleT) -> _ModuleT:
@@ -334,12 +328,3 @@ def _init(model: _ModuleT) -> _ModuleT:
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
     return model
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
-
-
-def _check_positive_int(value: object, name: str) -> None:
-    if not _is_positive_int(value):
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")

@@ -227,13 +227,13 @@ def _canonical(
     if xc.shape[1] == 0 or yc.shape[1] == 0:
         empty = xc.new_zeros(n, 0)
         return xc.new_zeros(0), empty, empty.clone()
-    qx, qy = _orthonormal_basis(xc, eps_x), _orthonormal_basis(yc, eps_y)
+    qx, qy = orthonormal_basis(xc, eps_x), orthonormal_basis(yc, eps_y)
     u, rho, vh = torch.linalg.svd(qx.T @ qy, full_matrices=False)
     # Cosines of principal angles; round-off can push the largest just above 1.
     return rho.clamp(max=1.0), qx @ u, qy @ vh.T
 
 
-def _orthonormal_basis(xc: torch.Tensor, eps: float = _FLOAT64_EPS) -> torch.Tensor:
+def orthonormal_basis(xc: torch.Tensor, eps: float = _FLOAT64_EPS) -> torch.Tensor:
     """Orthonormal basis ``(n, r)`` of the column space of ``xc``, ``r`` its numerical rank at resolution
     ``eps``."""
     # Unit columns first so that the rank decision, like CCA itself, does not depend on each neuron's scale:

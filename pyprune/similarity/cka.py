@@ -69,9 +69,9 @@ from pyprune.similarity._inputs import (
 )
 
 Kernel = Literal["linear", "rbf"]
-Method = Literal["auto", "gram", "feature"]
+CKAAlgorithm = Literal["auto", "gram", "feature"]
 KERNELS = ("linear", "rbf")
-METHODS = ("auto", "gram", "feature")
+CKA_ALGORITHMS = ("auto", "gram", "feature")
 Activations = Sequence[Any] | Mapping[str, Any]
 
 
@@ -157,11 +157,12 @@ def _label(names: Sequence[str] | None, index: int) -> str:
     return str(index) if names is None else repr(names[index])
 
 
-def _check_options(kernel: str, threshold: float, method: str) -> None:
+def check_options(kernel: str, threshold: float, method: str) -> None:
+    """Check the ``kernel``, RBF ``threshold`` and ``method`` arguments shared by every CKA entry point."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if method not in CKA_ALGORITHMS:
+        raise ValueError(f"method: expected one of {CKA_ALGORITHMS}, got {method!r}")
     if kernel == "rbf" and method == "feature":
         raise ValueError("method: 'feature' needs kernel='linear' (the RBF kernel has no feature-space form)")
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
@@ -414,7 +415,7 @@ def hsic_terms(
     kernel: Kernel = "linear",
     threshold: float = 0.5,
     unbiased: bool = False,
-    method: Method = "auto",
+    method: CKAAlgorithm = "auto",
     dtype: torch.dtype | None = None,
 ) -> HsicTerms:
     """HSIC statistics of every pair ``(xs[i], ys[j])`` of representations ``(n, p, ...)``.
@@ -431,12 +432,12 @@ def hsic_terms(
     y_list = None if ys is None else as_layer_list(ys, "ys", "example")[0]
     if y_list is not None:
         check_same_samples(x_list[0], y_list[0], "xs", "ys")
-    return _hsic_terms(
+    return hsic_terms_of_tensors(
         x_list, y_list, kernel=kernel, threshold=threshold, unbiased=unbiased, method=method, dtype=dtype
     )
 
 
-def _hsic_terms(
+def hsic_terms_of_tensors(
     xs: list[torch.Tensor],
     ys: list[torch.Tensor] | None,
     *,
@@ -447,7 +448,7 @@ def _hsic_terms(
     dtype: torch.dtype | None = None,
 ) -> HsicTerms:
     """:func:`hsic_terms` of validated ``(n, p)`` tensors."""
-    _check_options(kernel, threshold, method)
+    check_options(kernel, threshold, method)
     n = xs[0].shape[0]
     if unbiased and n < 4:
         raise ValueError(f"unbiased HSIC needs at least 4 samples, got {n}")
@@ -486,7 +487,7 @@ def cka(
     threshold: float = 0.5,
     unbiased: bool = False,
     flatten: Flatten = "example",
-    method: Method = "auto",
+    method: CKAAlgorithm = "auto",
 ) -> float:
     """CKA between two representations of the same samples, computed in float64.
 
@@ -516,7 +517,7 @@ def cka(
     xt = as_representation(x, "x", flatten)
     yt = as_representation(y, "y", flatten)
     check_same_samples(xt, yt)
-    terms = _hsic_terms(
+    terms = hsic_terms_of_tensors(
         [xt], [yt], kernel=kernel, threshold=threshold, unbiased=unbiased, method=method, dtype=torch.float64
     )
     return float(terms.cka()[0, 0])
@@ -539,7 +540,7 @@ def hsic(
     xt = as_representation(x, "x", flatten)
     yt = as_representation(y, "y", flatten)
     check_same_samples(xt, yt)
-    terms = _hsic_terms(
+    terms = hsic_terms_of_tensors(
         [xt], [yt], kernel=kernel, threshold=threshold, unbiased=unbiased, dtype=torch.float64
     )
     return float(terms.hsic()[0, 0])
@@ -553,7 +554,7 @@ def cka_matrix(
     threshold: float = 0.5,
     unbiased: bool = False,
     flatten: Flatten = "example",
-    method: Method = "auto",
+    method: CKAAlgorithm = "auto",
 ) -> torch.Tensor:
     """Layer-by-layer CKA between two lists (or dicts) of activations of the same samples.
 
@@ -576,5 +577,7 @@ def cka_matrix(
     y_list, y_names = (None, x_names) if ys is None else as_layer_list(ys, "ys", flatten)
     if y_list is not None:
         check_same_samples(x_list[0], y_list[0], "xs", "ys")
-    terms = _hsic_terms(x_list, y_list, kernel=kernel, threshold=threshold, unbiased=unbiased, method=method)
+    terms = hsic_terms_of_tensors(
+        x_list, y_list, kernel=kernel, threshold=threshold, unbiased=unbiased, method=method
+    )
     return terms.cka(x_names, y_names)

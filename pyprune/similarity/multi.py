@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pyprune.similarity._inputs import Flatten, check_same_samples
-from pyprune.similarity.cka import Activations, Kernel, Method, as_layer_list, hsic_terms
+from pyprune.similarity.cka import Activations, CKAAlgorithm, Kernel, as_layer_list, hsic_terms
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -115,7 +115,7 @@ def cka_matrix_models(
     threshold: float = 0.5,
     unbiased: bool = False,
     flatten: Flatten = "example",
-    method: Method = "auto",
+    method: CKAAlgorithm = "auto",
 ) -> ModelsCKA:
     """Layer-by-layer CKA between every pair of ``M`` models (and each model with itself).
 

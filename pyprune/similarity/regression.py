@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from pyprune.similarity._inputs import Flatten, as_pair, centre
-from pyprune.similarity.cca import _orthonormal_basis
+from pyprune.similarity.cca import orthonormal_basis
 
 
 def linear_regression_r2(x: Any, y: Any, *, flatten: Flatten = "example") -> float:
@@ -46,5 +46,5 @@ def linear_regression_r2(x: Any, y: Any, *, flatten: Flatten = "example") -> flo
     total = torch.linalg.matrix_norm(xc).square()
     if yc.shape[1] == 0 or float(total) == 0.0:
         return 0.0
-    explained = torch.linalg.matrix_norm(_orthonormal_basis(yc).T @ xc).square()
+    explained = torch.linalg.matrix_norm(orthonormal_basis(yc).T @ xc).square()
     return float(explained / total)

@@ -48,7 +48,7 @@ import torch
 from pyprune.ops import linear_gram, permutation_hsic, rbf_from_linear_gram
 from pyprune.similarity._inputs import Flatten, as_representation, centre, check_same_samples, is_constant
 from pyprune.similarity.cca import mean_cca, pwcca, r2_cca, svcca
-from pyprune.similarity.cka import Activations, Kernel, _check_options, as_layer_list, cka
+from pyprune.similarity.cka import Activations, Kernel, as_layer_list, check_options, cka
 from pyprune.similarity.nbs import nbs
 from pyprune.similarity.neighbors import cknna, mutual_knn
 from pyprune.similarity.procrustes import procrustes_similarity
@@ -349,7 +349,7 @@ def _prepare(x: torch.Tensor, name: str, kernel: str, threshold: float, unbiased
 
 def _check_cka_options(kernel: str, threshold: float, unbiased: bool, method: str, n: int) -> None:
     """The checks :func:`pyprune.cka` makes, without computing anything."""
-    _check_options(kernel, threshold, method)
+    check_options(kernel, threshold, method)
     if not isinstance(unbiased, bool):
         raise TypeError(f"unbiased: expected a bool, got {type(unbiased).__name__}")
     if n < (4 if unbiased else 2):

@@ -21,11 +21,11 @@ from pyprune.backend import warn_once
 from pyprune.similarity._inputs import Flatten, check_same_samples
 from pyprune.similarity.cka import (
     Activations,
+    CKAAlgorithm,
     Kernel,
-    Method,
-    _check_options,
-    _hsic_terms,
     as_layer_list,
+    check_options,
+    hsic_terms_of_tensors,
     normalise_hsic,
 )
 
@@ -54,9 +54,9 @@ class MinibatchCKA:
         kernel: Kernel = "linear",
         threshold: float = 0.5,
         flatten: Flatten = "example",
-        method: Method = "auto",
+        method: CKAAlgorithm = "auto",
     ) -> None:
-        _check_options(kernel, threshold, method)
+        check_options(kernel, threshold, method)
         self.kernel, self.threshold, self.flatten, self.method = kernel, threshold, flatten, method
         self.reset()
 
@@ -101,7 +101,7 @@ class MinibatchCKA:
             )
             self.num_skipped_samples += b
             return
-        terms = _hsic_terms(
+        terms = hsic_terms_of_tensors(
             x_list, y_list, kernel=self.kernel, threshold=self.threshold, unbiased=True, method=self.method
         )
         scale = 1.0 / (b * (b - 3))
