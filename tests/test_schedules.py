@@ -23,8 +23,8 @@ from pyprune import data, models, schedules
 from pyprune.measure import count
 from pyprune.pruning.planner import plan_structured
 from pyprune.pruning.taylor import Taylor
-from pyprune.schedules import ScheduleResult, cascade, imp, iterative, one_shot
-from pyprune.train import Callback, snapshot
+from pyprune.training.fit import Callback, snapshot
+from pyprune.training.schedules import ScheduleResult, cascade, imp, iterative, one_shot
 
 # mlp([64, 24, 16, 10]): IMP and unstructured cascade prune fc1 and fc2 (not the output layer).
 PRUNABLE_MLP = 64 * 24 + 24 * 16  # 1920 weights

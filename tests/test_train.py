@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 import pyprune
 from pyprune import train
 from pyprune.models import mlp
-from pyprune.train import (
+from pyprune.training.fit import (
     Callback,
     EarlyStopping,
     EpochRecord,

@@ -66,7 +66,7 @@ from pyprune.pruning.methods import plan as plan_method
 from pyprune.pruning.plan import PruningPlan
 from pyprune.pruning.planner import check_amount, check_materialised, plan_structured, select_layers
 from pyprune.pruning.taylor import Taylor
-from pyprune.train import (
+from pyprune.training.fit import (
     Callback,
     default_optimizer,
     enforce_masks,
