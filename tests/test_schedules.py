@@ -150,7 +150,7 @@ def test_imp_prunes_floor_of_remaining_each_round(flat_digits):
 
 
 def test_imp_prunes_nothing_when_rate_times_remaining_is_below_one():
-    # fc1 of mlp([4, 2, 2]) has 8 weights: floor(0.1 * 8) = 0, so nothing goes (the seed pruned everything).
+    # fc1 of mlp([4, 2, 2]) has 8 weights: floor(0.1 * 8) = 0, so nothing goes (not everything).
     torch.manual_seed(0)
     model = models.mlp([4, 2, 2])
     train = torch.utils.data.DataLoader(data.synthetic_images(32, (4,), 2), batch_size=16)

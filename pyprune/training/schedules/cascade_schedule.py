@@ -70,8 +70,8 @@ def cascade(
         method: any registered method (SiPP and PFP plug in by name once registered).
         keep_ratios: strictly decreasing fractions in (0, 1].
         epochs: retraining epochs, >= 1.
-        retrain_at: 0-based indices into ``keep_ratios`` after which to retrain; default all. The seed splits
-            its ratios into chunks and retrains at the last of each.
+        retrain_at: 0-based indices into ``keep_ratios`` after which to retrain; default all (e.g. the last
+            index of each chunk of ratios, to retrain once per chunk).
         train_loader, eval_loader, example_input, data, loss_fn, optimizer_factory, scheduler_factory,
         scheduler_step, method_options, fit_options, seed, checkpoint_dir, resume, callback, progress: as in
         :class:`~pyprune.training.schedules.ScheduleOptions`.

@@ -70,7 +70,7 @@ def imp(
 
     1. prunes exactly ``floor(rate · M)`` of the M surviving prunable weights, ranked globally by ``method``
        (already masked weights stay masked: the planner gets ``amount = (masked + floor(rate · M)) / total``);
-       when ``rate · M < 1`` nothing is pruned (the seed pruned *everything* there);
+       when ``rate · M < 1`` nothing is pruned (the floor is 0), never everything;
     2. retrains, always with a fresh optimiser from ``optimizer_factory`` (no momentum carried over), and
        :func:`~pyprune.train.fit` keeps pruned weights exactly zero:
 
