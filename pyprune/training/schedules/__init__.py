@@ -38,6 +38,13 @@ Taylor accumulators) and ``result.json`` (the :class:`ScheduleResult` so far), e
 and moved into place with ``os.replace``. ``resume=True`` with a freshly built model of the same architecture
 continues after the last round that ``result.json`` records.
 
+Distributed. Under ``torchrun`` every rank calls the schedule with its ``DistributedDataParallel`` model and its
+``DistributedSampler`` shards: the data-driven criteria reduce their statistics over ranks, so every rank plans the
+same (:mod:`pyprune.distributed`), and :func:`pyprune.train.fit` averages gradients as DDP does. A round that
+removes channels replaces parameters the wrapper registered when it was built, so the schedule then wraps the
+pruned module anew (:func:`pyprune.distributed.rewrap`): ``result.final_model`` is that new wrapper around the
+same module, and the wrapper passed in must not be trained further. Masks change no parameter and keep the wrapper.
+
 Failures. Planning never modifies the model and applying a plan is all-or-nothing (the engine restores the model
 if it fails), so an error while pruning round ``k`` leaves the model as round ``k - 1`` left it. An error during
 training leaves the model pruned and partly retrained. Either way the checkpoint directory still holds round

@@ -125,7 +125,7 @@ def cascade(
         else:
             amount = 1.0 - keep
         pruning = session.plan(model, method, amount, method_options)
-        pruning.apply(model)
+        model = session.apply(model, pruning)
         prune_seconds = time.perf_counter() - start
         session.result.notes["mode"] = pruning.mode
         if unit == "params":

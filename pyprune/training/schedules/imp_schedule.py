@@ -196,7 +196,7 @@ def imp(
         removing = math.floor(rate * remaining)
         amount = (total - remaining + removing) / total
         pruning = session.plan(model, method, amount, options)
-        pruning.apply(model)
+        model = session.apply(model, pruning)
         prune_seconds = time.perf_counter() - start
         if rewind == "lr":
             history, train_seconds, _ = trainer.run(model, epochs_per_round)

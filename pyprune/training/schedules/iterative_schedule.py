@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pyprune.distributed import unwrap_model
 from pyprune.measure import format_count
 from pyprune.pruning import planner
 from pyprune.pruning.methods import get_method
@@ -159,9 +160,12 @@ def iterative(
         total=None,
     )
     trainer = Trainer(shared, default_optimizer=_molchanov_optimizer)
+    # Plans, Taylor's hooks and channel counts name layers as the bare model does; a DistributedDataParallel
+    # wrapper around it is what trains. Removing channels changes the module in place, so it stays the same object.
+    bare = unwrap_model(model)
     taylor: Taylor | None = None
     if flops_target is not None:
-        _check_flops_target_reachable(model, session.example(model), flops_target, planner_options)
+        _check_flops_target_reachable(bare, session.example(model), flops_target, planner_options)
 
     def fine_tune() -> tuple[dict[str, Any], float]:
         # fit() stops at max_steps; epochs only bounds the passes over a loader shorter than that.
@@ -169,7 +173,7 @@ def iterative(
         if method != "taylor":
             history, seconds, _ = trainer.run(model, fine_tune_steps, max_steps=fine_tune_steps)
             return history, seconds
-        taylor = Taylor(model, **taylor_options)
+        taylor = Taylor(bare, **taylor_options)
         with taylor.accumulate():
             history, seconds, _ = trainer.run(model, fine_tune_steps, max_steps=fine_tune_steps)
         return history, seconds
@@ -177,7 +181,7 @@ def iterative(
     def make_plan(amount: float) -> PruningPlan:
         if taylor is not None:
             return plan_structured(
-                model, amount, session.example(model), criterion=taylor, method="taylor", **planner_options
+                bare, amount, session.example(model), criterion=taylor, method="taylor", **planner_options
             )
         return session.plan(model, method, amount, planner_options)
 
@@ -207,7 +211,7 @@ def iterative(
         ):
             return session.finish(model, "callback")
     elif method == "taylor":
-        taylor = Taylor(model, **taylor_options)
+        taylor = Taylor(bare, **taylor_options)
         _restore_taylor(taylor, session.saved_state(session.next_round - 1))
 
     roots: list[str] = session.result.notes["roots"]
@@ -224,7 +228,7 @@ def iterative(
             return session.finish(model, "max_rounds")
         session.reseed(last.round + 1)
         start = time.perf_counter()
-        sizes = [int(model.get_submodule(name).weight.shape[0]) for name in roots]
+        sizes = [int(bare.get_submodule(name).weight.shape[0]) for name in roots]
         channels = sum(sizes)
         k = (
             channels_per_round
@@ -240,10 +244,10 @@ def iterative(
         pruning = make_plan(amount)
         if pruning.num_removed == 0:  # e.g. round_to gave every channel back: another round would do the same
             return session.finish(model, "no_channels_left")
-        pruning.apply(model)
+        model = session.apply(model, pruning)
         prune_seconds = time.perf_counter() - start
         history, train_seconds = fine_tune()
-        kept = sum(int(model.get_submodule(name).weight.shape[0]) for name in roots)
+        kept = sum(int(bare.get_submodule(name).weight.shape[0]) for name in roots)
         if session.record(
             model,
             train_seconds=train_seconds,

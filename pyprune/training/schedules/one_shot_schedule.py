@@ -78,7 +78,7 @@ def one_shot(
         session.reseed(1)
         start = time.perf_counter()
         pruning = session.plan(model, method, amount, method_options)
-        pruning.apply(model)
+        model = session.apply(model, pruning)
         prune_seconds = time.perf_counter() - start
         kept, prunable = surviving_units(model, pruning, None)
         history, train_seconds = None, 0.0

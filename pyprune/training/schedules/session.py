@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pyprune.distributed import unwrap_model
+from pyprune.distributed import rewrap, unwrap_model
 from pyprune.measure import count
 from pyprune.pruning.apply import HISTORY_ATTRIBUTE
 from pyprune.pruning.io import load_checked, load_pruned, save_checked, save_pruned
@@ -119,6 +119,15 @@ class Session:
             loss_fn=self.options.loss_fn,
             **dict(method_options or {}),
         )
+
+    def apply(self, model: nn.Module, pruning: PruningPlan) -> nn.Module:
+        """Apply ``pruning`` to ``model`` and return the model to carry on with: ``model`` itself, or, when the plan
+        removed channels of a ``DistributedDataParallel`` model, a new wrapper around the same pruned module
+        (:func:`pyprune.distributed.rewrap`: the old one would not synchronise the new parameters)."""
+        pruning.apply(model)
+        if pruning.mode == "remove" and isinstance(model, nn.parallel.DistributedDataParallel):
+            return rewrap(model)
+        return model
 
     def record(
         self,
