@@ -95,16 +95,16 @@ def cascade(
                     f"retrain_at: expected indices into keep_ratios (0..{len(ratios) - 1}), got {index!r}"
                 )
             retrain.add(int(index))
-    options = ScheduleOptions.from_arguments(locals())
+    shared = ScheduleOptions.from_arguments(locals())
     session = Session(
         "cascade",
         method,
         {"keep_ratios": ratios, "epochs": epochs, "retrain_at": sorted(retrain)},
         model,
-        options,
+        shared,
         total=len(ratios),
     )
-    trainer = Trainer(options)
+    trainer = Trainer(shared)
     if session.next_round == 0:
         session.reseed(0)
         if session.record(model, train_seconds=0.0, prune_seconds=0.0):

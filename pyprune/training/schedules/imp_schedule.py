@@ -138,9 +138,10 @@ def imp(
         rewind_at = _rewind_point(
             rewind_epoch, rewind_step, steps_per_epoch, epochs_per_round, scheduler_step, scheduler_factory
         )
-    options = dict(method_options or {})
-    options.setdefault("scope", "global")
-    names = [name for name, _ in select_layers(model, options.get("layers"), options.get("ignored_layers"))]
+    planner_options = dict(method_options or {})
+    planner_options.setdefault("scope", "global")
+    selected = select_layers(model, planner_options.get("layers"), planner_options.get("ignored_layers"))
+    names = [name for name, _ in selected]
     # imp scores on train_loader: it has no data keyword.
     shared = ScheduleOptions.from_arguments({**locals(), "data": None})
     session = Session(
@@ -195,7 +196,7 @@ def imp(
         remaining = _surviving(modules)
         removing = math.floor(rate * remaining)
         amount = (total - remaining + removing) / total
-        pruning = session.plan(model, method, amount, options)
+        pruning = session.plan(model, method, amount, planner_options)
         model = session.apply(model, pruning)
         prune_seconds = time.perf_counter() - start
         if rewind == "lr":

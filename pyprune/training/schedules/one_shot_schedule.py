@@ -67,9 +67,9 @@ def one_shot(
     get_method(method)
     check_amount(amount)
     check_int(epochs, "epochs", 0)
-    options = ScheduleOptions.from_arguments(locals())
-    session = Session("one_shot", method, {"amount": amount, "epochs": epochs}, model, options, total=1)
-    trainer = Trainer(options)
+    shared = ScheduleOptions.from_arguments(locals())
+    session = Session("one_shot", method, {"amount": amount, "epochs": epochs}, model, shared, total=1)
+    trainer = Trainer(shared)
     if session.next_round == 0:
         session.reseed(0)
         if session.record(model, train_seconds=0.0, prune_seconds=0.0):
