@@ -41,7 +41,7 @@ from torch import nn
 import pyprune
 from pyprune.data import load_mnist_subset
 from pyprune.similarity.rsa import average_ranks
-from pyprune.train import fit
+from pyprune.training.fit import fit
 
 # Kornblith et al. 2019, ICML (arXiv:1905.00414), Table 2: accuracy (%) of identifying corresponding layers,
 # 10 Tiny-10 CNNs on CIFAR-10, logits excluded.

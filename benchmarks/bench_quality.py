@@ -57,8 +57,8 @@ from pyprune.data import load_mnist_subset
 from pyprune.models import lenet5, mlp_seed003
 from pyprune.pruning import get_method, output_layer_name
 from pyprune.pruning.criteria import PRUNABLE_TYPES
-from pyprune.schedules import imp
-from pyprune.train import evaluate, fit
+from pyprune.training.fit import evaluate, fit
+from pyprune.training.schedules import imp
 
 STEM = "quality_mnist"
 IMP_IMPLEMENTATION = "pyprune.schedules.imp"

@@ -8,7 +8,6 @@ Similarity: :func:`cka`, :func:`cka_matrix`, :class:`MinibatchCKA`, :func:`cca`,
 
 from importlib import metadata as _metadata
 
-from pyprune import schedules, train
 from pyprune.activations import capture, iterate_activations
 from pyprune.backend import get_backend, set_backend, use_backend
 from pyprune.compare import LayerSimilarity, compare_models
@@ -69,6 +68,8 @@ from pyprune.similarity import (
     svd_reduce,
 )
 from pyprune.system_info import format_info, info
+from pyprune.training import fit as train
+from pyprune.training import schedules
 
 try:
     __version__ = _metadata.version("pyprune")

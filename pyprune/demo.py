@@ -39,7 +39,7 @@ from pyprune.data import load_mnist_subset
 from pyprune.measure import count, format_count, latency
 from pyprune.models import lenet5
 from pyprune.pruning import METHODS, Method, get_method, plan, save_pruned
-from pyprune.train import evaluate, fit
+from pyprune.training.fit import evaluate, fit
 
 ARCHITECTURE = "pyprune.models:lenet5"
 """The demo's model as ``module:factory``, the form ``pyprune prune --model`` takes."""

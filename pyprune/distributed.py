@@ -20,6 +20,9 @@ addition); the plan can differ only where two candidates' scores are that close.
 reduced bytes, so every rank computes the same plan. Without an initialised process group every helper returns its
 input unchanged, so single-process code pays nothing.
 
+Applying a plan to a DDP model prunes its ``module``; a plan that removes channels also needs a new wrapper
+(:func:`rewrap`), which the schedules build.
+
 Every rank must reach the same collectives in the same order: plan on every rank, with the same method and options.
 :func:`check_same_architecture` (called at the plan entry) turns a mismatch of models into an error on every rank
 instead of a hang in a later collective of unequal sizes.
@@ -55,6 +58,36 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
         return model.module
     return model
+
+
+def rewrap(model: nn.parallel.DistributedDataParallel) -> nn.parallel.DistributedDataParallel:
+    """A new ``DistributedDataParallel`` around ``model.module``, with ``model``'s process group, devices, bucket
+    size and gradient settings.
+
+    DDP registers the module's parameters once, when it is built (gradient hooks, buckets, the initial
+    broadcast). Removing channels replaces parameters with smaller ones that the old wrapper would never
+    synchronise, so after a plan that removes channels the module needs a new wrapper. Building it is collective:
+    every rank must call this, with identically pruned modules (DDP checks the parameter shapes across ranks and
+    broadcasts rank 0's parameters and buffers). Communication hooks registered on ``model`` and a mixed-precision
+    configuration are not carried over.
+    """
+    settings: dict[str, Any] = {
+        "device_ids": model.device_ids,
+        "output_device": model.output_device,
+        "dim": model.dim,
+        "process_group": model.process_group,
+        "find_unused_parameters": model.find_unused_parameters,
+        "gradient_as_bucket_view": model.gradient_as_bucket_view,
+        "static_graph": model.static_graph,
+    }
+    if not getattr(model, "bucket_bytes_cap_default", True):  # an explicit bucket_cap_mb
+        settings["bucket_cap_mb"] = model.bucket_bytes_cap / 2**20
+    # torch 2.13 renamed broadcast_buffers to forward_sync_buffers and warns on the old name.
+    if hasattr(model, "forward_sync_buffers"):
+        settings["forward_sync_buffers"] = model.forward_sync_buffers
+    else:
+        settings["broadcast_buffers"] = model.broadcast_buffers
+    return nn.parallel.DistributedDataParallel(model.module, **settings)
 
 
 def reduction_device(like: torch.Tensor | None = None) -> torch.device:

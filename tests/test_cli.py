@@ -60,7 +60,7 @@ def test_demo_quick_runs_every_registered_method(tmp_path, capsys):
     import pyprune
     from pyprune.data import load_mnist_subset
     from pyprune.models import lenet5
-    from pyprune.train import evaluate
+    from pyprune.training.fit import evaluate
 
     model = pyprune.load_pruned(result["files"]["model"], lenet5())
     test = torch.utils.data.DataLoader(load_mnist_subset("test", seed=3), batch_size=500)

@@ -108,6 +108,7 @@ def _plans_on_rank(rank: int) -> dict[str, str]:
     wrapped = nn.parallel.DistributedDataParallel(_model())
     plans["taylor_ddp"] = _plan("taylor", _batches(range(rank, rank + 1)), wrapped)
     plans["one_shot"] = _one_shot_on_rank()
+    plans["iterative_remove"] = _iterative_removal(distributed=True)
     plans.update(_accumulated_in_steps(_batches(range(rank, rank + 1))))
     # Helpers: counts and gathered rows over both ranks (the reference is arithmetic on the rank numbers).
     plans["sum_counts"] = json.dumps(sum_counts([rank + 1, 10 * rank]))
@@ -155,6 +156,42 @@ def _one_shot_on_rank() -> str:
     final = result.final
     weights = [p.detach().double().sum().item() for p in unwrap_model(model).parameters()]
     return json.dumps({"keep": final.keep, "loss": final.loss, "weights": weights})
+
+
+def _iterative_removal(*, distributed: bool) -> str:
+    """iterative removing channels (two rounds of two per layer, two fine-tuning steps each): under torchrun on a
+    DDP model with DistributedSampler shards of ``BATCH``, or in one process on batches of ``2 * BATCH`` (global step
+    k of the two ranks averages samples 8k ... 8k + 7, as one batch of 8 does). Returns whether the final model is a
+    DDP wrapper, its parameters' shapes and their float64 sums."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data.distributed import DistributedSampler
+
+    dataset = TensorDataset(*_data())
+    if distributed:
+        loader = DataLoader(dataset, batch_size=BATCH, sampler=DistributedSampler(dataset, shuffle=False))
+        model: nn.Module = nn.parallel.DistributedDataParallel(_model())
+    else:
+        loader = DataLoader(dataset, batch_size=2 * BATCH)
+        model = _model()
+    result = pyprune.schedules.iterative(
+        model,
+        "l1_filter",
+        channels_target=0.5,
+        channels_per_round=2,
+        fine_tune_steps=2,
+        method_options={"scope": "layer"},  # the widths then depend on the shapes only
+        train_loader=loader,
+        eval_loader=loader,
+        progress=False,
+    )
+    parameters = list(unwrap_model(result.final_model).parameters())
+    return json.dumps(
+        {
+            "ddp": isinstance(result.final_model, nn.parallel.DistributedDataParallel),
+            "shapes": [list(p.shape) for p in parameters],
+            "sums": [p.detach().double().sum().item() for p in parameters],
+        }
+    )
 
 
 def _mismatch_on_rank(rank: int) -> str:
@@ -258,6 +295,22 @@ def test_two_ranks_plan_identically_and_as_one_process_on_all_data(ranks, one_th
     assert json.loads(ranks[0]["sum_counts"]) == [1 + 2, 0 + 10]
     assert json.loads(ranks[0]["gather_rows"]) == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
     assert "evaluate: returned different values on different ranks" in ranks[0]["check_rank_identical"]
+
+
+@needs_dist
+@pytest.mark.slow
+def test_a_schedule_that_removes_channels_rewraps_the_ddp_model(ranks, one_thread):
+    """Removing channels replaces parameters that the DDP wrapper registered when it was built; the schedule wraps
+    the pruned module anew, so fine-tuning keeps the ranks in step (the ranks' results are equal, as every key is
+    in the first test) and trains as one process on all the data does."""
+    distributed = json.loads(ranks[0]["iterative_remove"])
+    single = json.loads(_iterative_removal(distributed=False))
+    assert distributed["ddp"]
+    assert not single["ddp"]
+    assert distributed["shapes"] == single["shapes"]
+    # channels_target 0.5 of the 6 + 8 channels: 7 kept, each layer cut in proportion (scope="layer").
+    assert [distributed["shapes"][0][0], distributed["shapes"][2][0]] == [3, 4]
+    assert distributed["sums"] == pytest.approx(single["sums"], rel=1e-5, abs=1e-6)
 
 
 @needs_dist

@@ -8,6 +8,8 @@ from the model independently.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import itertools
 import json
 import math
@@ -19,12 +21,21 @@ import pytest
 import torch
 from torch import nn
 
-from pyprune import data, models, schedules
+from pyprune import data, models
 from pyprune.measure import count
 from pyprune.pruning.planner import plan_structured
 from pyprune.pruning.taylor import Taylor
-from pyprune.schedules import ScheduleResult, cascade, imp, iterative, one_shot
-from pyprune.train import Callback, snapshot
+from pyprune.training.fit import Callback, snapshot
+from pyprune.training.schedules import (
+    ScheduleOptions,
+    ScheduleResult,
+    cascade,
+    imp,
+    iterative,
+    iterative_schedule,
+    one_shot,
+)
+from pyprune.training.schedules.trainer import Trainer
 
 # mlp([64, 24, 16, 10]): IMP and unstructured cascade prune fc1 and fc2 (not the output layer).
 PRUNABLE_MLP = 64 * 24 + 24 * 16  # 1920 weights
@@ -139,7 +150,7 @@ def test_imp_prunes_floor_of_remaining_each_round(flat_digits):
 
 
 def test_imp_prunes_nothing_when_rate_times_remaining_is_below_one():
-    # fc1 of mlp([4, 2, 2]) has 8 weights: floor(0.1 * 8) = 0, so nothing goes (the seed pruned everything).
+    # fc1 of mlp([4, 2, 2]) has 8 weights: floor(0.1 * 8) = 0, so nothing goes (not everything).
     torch.manual_seed(0)
     model = models.mlp([4, 2, 2])
     train = torch.utils.data.DataLoader(data.synthetic_images(32, (4,), 2), batch_size=16)
@@ -285,13 +296,13 @@ def test_iterative_taylor_scores_come_from_the_fine_tuning_batches(image_digits,
 
     monkeypatch.setattr(Taylor, "accumulate_over", no_extra_pass)
     batches_at_planning = []
-    real_plan_structured = schedules.plan_structured
+    real_plan_structured = iterative_schedule.plan_structured
 
     def spy_plan(model, amount, example_input=None, *, criterion, **options):
         batches_at_planning.append(criterion.num_batches)
         return real_plan_structured(model, amount, example_input, criterion=criterion, **options)
 
-    monkeypatch.setattr(schedules, "plan_structured", spy_plan)
+    monkeypatch.setattr(iterative_schedule, "plan_structured", spy_plan)
     channels = []
     result = iterative(
         model,
@@ -626,7 +637,7 @@ def test_iterative_refuses_an_unreachable_flops_target_before_training(image_dig
     plan_structured(narrowest, 1 - 1e-9, x, scope="layer").apply(narrowest)
     floor = count(narrowest, x).flops / count(model, x).flops
     trained = []
-    monkeypatch.setattr(schedules._Trainer, "run", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr(Trainer, "run", lambda *a, **k: trained.append(1))
     with pytest.raises(ValueError, match="flops_target") as error:
         iterative(
             model,
@@ -639,3 +650,17 @@ def test_iterative_refuses_an_unreachable_flops_target_before_training(image_dig
         )
     assert f"{floor:.3f}" in str(error.value)
     assert not trained
+
+
+@pytest.mark.parametrize("schedule", [one_shot, iterative, imp, cascade])
+def test_every_schedule_takes_the_shared_keywords_with_the_options_defaults(schedule):
+    """The signatures spell the shared keywords out; ScheduleOptions bundles them by name, so they must agree."""
+    parameters = inspect.signature(schedule).parameters
+    for option in dataclasses.fields(ScheduleOptions):
+        if schedule is imp and option.name == "data":  # imp scores on train_loader
+            assert "data" not in parameters
+            continue
+        parameter = parameters[option.name]
+        assert parameter.kind is inspect.Parameter.KEYWORD_ONLY, option.name
+        default = inspect.Parameter.empty if option.default is dataclasses.MISSING else option.default
+        assert parameter.default == default, option.name

@@ -14,7 +14,7 @@ from torch import nn
 
 import pyprune
 from pyprune.data import load_digits
-from pyprune.train import fit
+from pyprune.training.fit import fit
 
 pytest.importorskip("sklearn")
 

@@ -23,8 +23,9 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 import pyprune
 from pyprune import train
+from pyprune.distributed import exit_rank
 from pyprune.models import mlp
-from pyprune.train import (
+from pyprune.training.fit import (
     Callback,
     EarlyStopping,
     EpochRecord,
@@ -1212,38 +1213,30 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> Non
         world_size=world_size,
         timeout=timedelta(seconds=60),
     )
-    try:
-        dataset = _ddp_data()
-        model = DistributedDataParallel(_ddp_model())
-        train_loader = DataLoader(
-            dataset, batch_size=DDP_BATCH, sampler=DistributedSampler(dataset, shuffle=False)
-        )
-        val_loader = DataLoader(dataset, batch_size=5, sampler=DistributedSampler(dataset, shuffle=False))
-        history = fit(
-            model,
-            train_loader,
-            DDP_EPOCHS,
-            optimizer=torch.optim.SGD(model.parameters(), lr=DDP_LR),
-            val_loader=val_loader,
-            progress=False,
-        )
-        metrics = evaluate(model, val_loader)
-        result = {
-            "history": history.to_dict(),
-            "metrics": metrics,
-            "main": is_main_process(),
-            "state": snapshot(model),
-            "shard": list(iter(train_loader.sampler)),
-        }
-        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
-        dist.barrier()  # neither rank tears gloo down while the other still talks to it
-    finally:
-        dist.destroy_process_group()
-    # Rarely, gloo's background threads abort the interpreter's own shutdown ("terminate called without an
-    # active exception") after all the work above is done; leave without running static destructors.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    dataset = _ddp_data()
+    model = DistributedDataParallel(_ddp_model())
+    train_loader = DataLoader(
+        dataset, batch_size=DDP_BATCH, sampler=DistributedSampler(dataset, shuffle=False)
+    )
+    val_loader = DataLoader(dataset, batch_size=5, sampler=DistributedSampler(dataset, shuffle=False))
+    history = fit(
+        model,
+        train_loader,
+        DDP_EPOCHS,
+        optimizer=torch.optim.SGD(model.parameters(), lr=DDP_LR),
+        val_loader=val_loader,
+        progress=False,
+    )
+    metrics = evaluate(model, val_loader)
+    result = {
+        "history": history.to_dict(),
+        "metrics": metrics,
+        "main": is_main_process(),
+        "state": snapshot(model),
+        "shard": list(iter(train_loader.sampler)),
+    }
+    torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    exit_rank()
 
 
 ROOT = Path(__file__).resolve().parents[1]

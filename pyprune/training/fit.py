@@ -6,8 +6,8 @@ records; :func:`evaluate` measures loss and accuracy over a loader. Both are pla
 Masks. A weight pruned with ``torch.nn.utils.prune`` (every pyprune mask) is computed as
 ``weight = weight_orig * weight_mask`` on each forward pass, so the *effective* weight is zero where the mask is.
 The stored ``weight_orig`` is another matter: weight decay and momentum keep moving it where the mask is zero (the
-the code of Ansuini et al. lets pruned weights drift this way), and a later ``prune.remove`` or a rewound mask would bring the
-drifted values back. :func:`fit` therefore multiplies every masked ``*_orig`` gradient by its mask after
+code of Ansuini et al. lets pruned weights drift this way), and a later ``prune.remove`` or a rewound mask would
+bring the drifted values back. :func:`fit` therefore multiplies every masked ``*_orig`` gradient by its mask after
 ``backward()`` and every ``*_orig`` parameter by its mask after each optimiser step (:class:`MaskEnforcer`), so
 that a pruned weight is exactly zero in the parameter as well as in the forward pass.
 
@@ -33,6 +33,7 @@ from torch.nn.utils import prune
 from tqdm.auto import tqdm
 
 from pyprune.activations import eval_mode, model_device
+from pyprune.distributed import all_reduce, is_distributed, unwrap_model
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -96,7 +97,7 @@ class History:
 class EarlyStopping:
     """Stop :func:`fit` when a monitored metric has not improved for ``patience`` epochs.
 
-    Seed 000 trains with early stopping on the validation loss; that is the default here.
+    The default monitors the validation loss.
 
     Args:
         monitor: an :class:`EpochRecord` field: ``"val_loss"``, ``"val_accuracy"``, ``"train_loss"`` or
@@ -173,7 +174,7 @@ class MaskEnforcer:
 
     def __init__(self, model: nn.Module) -> None:
         self.pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
-        for module in _unwrap(model).modules():
+        for module in unwrap_model(model).modules():
             for hook in module._forward_pre_hooks.values():
                 if isinstance(hook, prune.BasePruningMethod):
                     name = hook._tensor_name
@@ -208,7 +209,7 @@ def default_optimizer(model: nn.Module, lr: float = 0.01) -> torch.optim.Optimiz
 
 def is_main_process() -> bool:
     """True unless this is a rank other than 0 of an initialised ``torch.distributed`` process group."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return not is_distributed() or dist.get_rank() == 0
 
 
 def fit(
@@ -374,7 +375,7 @@ def fit(
         # Every callback sees every epoch, so no short-circuit: collect the answers first.
         answers = [callback.on_epoch_end(model, record) for callback in callbacks]
         stop = any(answers)
-        if early_stopping is not None and early_stopping.update(record, _unwrap(model)):
+        if early_stopping is not None and early_stopping.update(record, unwrap_model(model)):
             history.stopped_early = True
             stop = True
         if stop or (max_steps is not None and history.steps >= max_steps):
@@ -383,7 +384,7 @@ def fit(
     if early_stopping is not None and early_stopping.best_epoch is not None:
         history.best_epoch = early_stopping.best_epoch
         if early_stopping.restore_best and early_stopping.best_state is not None:
-            _unwrap(model).load_state_dict(early_stopping.best_state)
+            unwrap_model(model).load_state_dict(early_stopping.best_state)
     return history
 
 
@@ -443,11 +444,6 @@ def evaluate(
     }
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel / DataParallel wrapper, or ``model`` itself."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel) else model
-
-
 def _split_batch(batch: Any, device: torch.device) -> tuple[Any, torch.Tensor]:
     if not (isinstance(batch, Sequence) and len(batch) >= 2):
         raise ValueError(
@@ -466,12 +462,11 @@ def _correct(output: torch.Tensor, targets: torch.Tensor) -> int | None:
 
 
 def _all_reduce(totals: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if not (dist.is_available() and dist.is_initialized()):
+    """``totals`` (CPU float64) summed over ranks; under NCCL reduced on the training ``device``."""
+    if not is_distributed():
         return totals
-    # NCCL reduces only CUDA tensors; gloo takes CPU ones.
-    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    reduced = totals.to(on)
-    dist.all_reduce(reduced)
+    # all_reduce runs NCCL collectives on its input's CUDA device: the model's, not whichever is current.
+    (reduced,) = all_reduce([totals.to(device)], "sum")
     return reduced.cpu()
 
 
@@ -484,7 +479,7 @@ def _autocast(amp: bool, device: torch.device) -> Any:
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached copy of ``model.state_dict()`` (for rewinding); tensors stay on their devices."""
-    return {k: v.detach().clone() for k, v in _unwrap(model).state_dict().items()}
+    return {k: v.detach().clone() for k, v in unwrap_model(model).state_dict().items()}
 
 
 __all__ = [
