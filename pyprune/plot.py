@@ -24,7 +24,8 @@ ANNOTATE_MAX = 12
 _NAN_COLOUR = "#d9d9d9"
 
 
-def _matplotlib() -> Any:
+def require_matplotlib() -> Any:
+    """The ``matplotlib`` module, or an ImportError that says how to install it (it is an optional dependency)."""
     try:
         import matplotlib
     except ImportError as exc:
@@ -81,7 +82,7 @@ def plot_similarity(
         ImportError: matplotlib is missing.
         ValueError: ``matrix`` is not 2-D or its shape does not match the names.
     """
-    mpl = _matplotlib()
+    mpl = require_matplotlib()
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch, Rectangle

@@ -164,9 +164,9 @@ class ScheduleResult:
         Raises:
             ImportError: matplotlib is missing.
         """
-        from pyprune.plot import _matplotlib
+        from pyprune.plot import require_matplotlib
 
-        _matplotlib()
+        require_matplotlib()
         from matplotlib.figure import Figure
 
         if axes is None:
