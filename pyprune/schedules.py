@@ -58,14 +58,14 @@ from torch import nn
 
 from pyprune.distributed import unwrap_model
 from pyprune.measure import count, format_count
-from pyprune.pruning import planner
+from pyprune.pruning import selection
 from pyprune.pruning.apply import HISTORY_ATTRIBUTE
+from pyprune.pruning.criteria.taylor import Taylor
 from pyprune.pruning.io import checksum, load_checked, load_pruned, save_checked, save_pruned
 from pyprune.pruning.methods import get_method
 from pyprune.pruning.methods import plan as plan_method
 from pyprune.pruning.plan import PruningPlan
-from pyprune.pruning.planner import check_amount, check_materialised, plan_structured, select_layers
-from pyprune.pruning.taylor import Taylor
+from pyprune.pruning.selection import check_amount, check_materialised, plan_structured, select_layers
 from pyprune.train import (
     Callback,
     default_optimizer,
@@ -454,9 +454,9 @@ def iterative(
         max_rounds: stop after this many rounds, >= 1.
         optimizer_factory: default SGD with lr 1e-4, momentum 0.9, weight decay 1e-4, created
             fresh every round.
-        method_options: for ``"taylor"``, the :class:`~pyprune.pruning.taylor.Taylor` options (``point``,
+        method_options: for ``"taylor"``, the :class:`~pyprune.pruning.criteria.taylor.Taylor` options (``point``,
             ``reduction``, ``flops_lambda``, ...) go to the criterion, the rest to
-            :func:`~pyprune.pruning.planner.plan_structured`.
+            :func:`~pyprune.pruning.selection.plan_structured`.
         example_input, data, loss_fn, scheduler_factory, scheduler_step, fit_options, seed, checkpoint_dir,
         resume, callback, progress: as in :func:`one_shot`.
 
@@ -1337,7 +1337,7 @@ def _check_flops_target_reachable(
     """Raise before any training when even the narrowest model the planner allows misses ``flops_target``."""
     # Every group cut to its minimum width (the criterion is irrelevant when almost everything goes).
     limits = {k: options[k] for k in ("ignored_layers", "min_channels", "round_to") if k in options}
-    narrowest = planner.plan_structured(
+    narrowest = selection.plan_structured(
         model, 1 - 1e-9, example, scope="layer", method="flops floor", **limits
     )
     dense, least = narrowest.totals["flops"]

@@ -165,9 +165,9 @@ def _plan(name, method, amount):
             options["loss_fn"] = loss
     with warnings.catch_warnings():
         # SiPP/PFP warn that a few samples are below their bound's sensitivity-set size.
-        warnings.simplefilter("ignore", pyprune.pruning.provable.SmallSensitivitySetWarning)
+        warnings.simplefilter("ignore", pyprune.pruning.criteria.provable.SmallSensitivitySetWarning)
         # PFP on a tiny model: one unit can be worth more than its 0.5% tolerance on the keep ratio.
-        warnings.simplefilter("ignore", pyprune.pruning.provable.pfp.KeepRatioMissedWarning)
+        warnings.simplefilter("ignore", pyprune.pruning.criteria.provable.pfp.KeepRatioMissedWarning)
         return model, pyprune.plan(model, method, amount, example_input=inputs, **options)
 
 

@@ -21,8 +21,8 @@ from torch import nn
 
 from pyprune import data, models, schedules
 from pyprune.measure import count
-from pyprune.pruning.planner import plan_structured
-from pyprune.pruning.taylor import Taylor
+from pyprune.pruning.criteria.taylor import Taylor
+from pyprune.pruning.selection import plan_structured
 from pyprune.schedules import ScheduleResult, cascade, imp, iterative, one_shot
 from pyprune.train import Callback, snapshot
 

@@ -1,18 +1,16 @@
 """Pruning: criteria score, planners decide (a :class:`PruningPlan`), applying is the only step that mutates.
 
-See :mod:`pyprune.pruning.criteria`, :mod:`~pyprune.pruning.planner`, :mod:`~pyprune.pruning.apply`,
+See :mod:`pyprune.pruning.criteria`, :mod:`~pyprune.pruning.selection`, :mod:`~pyprune.pruning.apply`,
 :mod:`~pyprune.pruning.groups` (Torch-Pruning dependency groups) and :mod:`~pyprune.pruning.methods` (the
 named-method registry).
 """
 
-from pyprune.pruning import (
-    oneshot,  # importing it registers wanda and sparsegpt
-    provable,  # importing it registers the SiPP and PFP methods
-)
-from pyprune.pruning.ablation import AblationDamage, ablation_damage
+from pyprune.pruning import oneshot  # importing it registers wanda and sparsegpt
 from pyprune.pruning.apply import apply_plan, make_permanent
-from pyprune.pruning.cka_damage import CKADamage
-from pyprune.pruning.criteria import (
+from pyprune.pruning.criteria import provable  # importing it registers the SiPP and PFP methods
+from pyprune.pruning.criteria.ablation import AblationDamage, ablation_damage
+from pyprune.pruning.criteria.cka_damage import CKADamage
+from pyprune.pruning.criteria.magnitude import (
     ChannelCriterion,
     Criterion,
     FilterNorm,
@@ -21,13 +19,13 @@ from pyprune.pruning.criteria import (
     RandomWeights,
     WeightCriterion,
 )
+from pyprune.pruning.criteria.taylor import Taylor
 from pyprune.pruning.groups import TorchPruningImportance, group_scores
 from pyprune.pruning.io import load_pruned, save_pruned
 from pyprune.pruning.methods import METHODS, Method, get_method, plan, prune, register_method
 from pyprune.pruning.plan import LayerPlan, PruningPlan
-from pyprune.pruning.planner import output_layer_name, plan_structured, plan_unstructured
-from pyprune.pruning.sensitivity import Sensitivity, sensitivity_analysis
-from pyprune.pruning.taylor import Taylor
+from pyprune.pruning.selection import output_layer_name, plan_structured, plan_unstructured
+from pyprune.pruning.sensitivity_sweep import Sensitivity, sensitivity_analysis
 
 __all__ = [
     "METHODS",

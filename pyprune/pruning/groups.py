@@ -22,7 +22,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
+from pyprune.pruning.criteria.magnitude import PRUNABLE_TYPES, ChannelCriterion
 
 GroupReduction = Literal["mean", "sum", "max", "first"]
 GROUP_REDUCTIONS = ("mean", "sum", "max", "first")

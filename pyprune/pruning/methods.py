@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from pyprune.distributed import planning_model
-from pyprune.pruning.criteria import FilterNorm, Magnitude, RandomChannels, RandomWeights
+from pyprune.pruning.criteria.magnitude import FilterNorm, Magnitude, RandomChannels, RandomWeights
 from pyprune.pruning.plan import PruningPlan, check_untied
-from pyprune.pruning.planner import Amount, check_materialised, plan_structured, plan_unstructured
+from pyprune.pruning.selection import Amount, check_materialised, plan_structured, plan_unstructured
 
 Planner = Callable[..., PruningPlan]
 AMOUNT_UNITS = ("weights", "channels", "params")
@@ -220,7 +220,7 @@ def _channels(criterion_factory: Callable[[int], Any], mode: str) -> Planner:
 def _taylor(
     model, amount, *, example_input=None, data=None, loss_fn=None, max_batches=None, progress=True, **options
 ):
-    from pyprune.pruning.taylor import Taylor
+    from pyprune.pruning.criteria.taylor import Taylor
 
     options.setdefault("scope", "global")
     taylor_options = {

@@ -6,7 +6,7 @@ so applying it to another architecture fails before anything changes. Plans prin
 (weight masks as packed bits, so a plan of a large model stays small) and apply to a fresh copy of the same
 architecture, which is how :func:`pyprune.load_pruned` rebuilds a pruned model without pickled classes.
 
-Applying lives in :mod:`pyprune.pruning.apply`; planning in :mod:`pyprune.pruning.planner`.
+Applying lives in :mod:`pyprune.pruning.apply`; planning in :mod:`pyprune.pruning.selection`.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from pyprune.pruning.oneshot.owl import (
 )
 from pyprune.pruning.oneshot.solvers import SPARSEGPT_BLOCK, SPARSEGPT_DAMPING, select_by_score, sparsegpt
 from pyprune.pruning.plan import LayerPlan, PruningPlan, model_fingerprint
-from pyprune.pruning.planner import check_amount, measure_plan, select_layers
+from pyprune.pruning.selection import check_amount, measure_plan, select_layers
 
 Score = Literal["magnitude", "wanda", "sparsegpt"]
 SCORES: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt")

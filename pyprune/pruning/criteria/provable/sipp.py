@@ -13,7 +13,7 @@ Three planners share one sensitivity pass (:class:`SensitivityTracker`) and diff
 
 Budget. ``amount`` is the fraction of the *compressible weights* to remove: ``N`` = every weight of the tracked
 Linear/Conv2d layers (all of them by default, classifier included, as the seed); ``B = N - round(amount * N)``
-stay (round half up, as :func:`~pyprune.pruning.planner.plan_unstructured`). Biases and BatchNorm are never
+stay (round half up, as :func:`~pyprune.pruning.selection.plan_unstructured`). Biases and BatchNorm are never
 touched. The originals define a keep ratio over *all* parameters instead: pp converts it into a weight budget
 inconsistently (inflated by ``kr * (size - compressible_size)``) and tp fixes that and adds an outer
 root search until the realised ratio is within 0.5 %. We count compressible weights only, because SiPP removes
@@ -29,7 +29,7 @@ expectation), so the realised count scatters around ``B``; it is recorded in ``p
 Allocation (SiPPRand/Hybrid). For group ``g`` with total sensitivity ``S_g``, coefficient
 ``a_g = alpha(P_l, kappa_l, c, delta) * S_g`` and ``n_g`` weights of positive sensitivity, minimise
 ``sum_g e(x_g; a_g) / F_l`` subject to ``0 <= x_g <= n_g`` and ``sum_g x_g <= B``, with ``e`` the bound of
-:func:`~pyprune.pruning.provable.bounds.error_bound`. The seed hands this to cvxpy; it is a separable convex
+:func:`~pyprune.pruning.criteria.provable.bounds.error_bound`. The seed hands this to cvxpy; it is a separable convex
 problem, solved here exactly by its KKT conditions (:func:`continuous_allocation`): inverting ``e`` gives
 ``x(e) = a (2e + 3) / (6 e^2)``, so the stationarity condition ``e'(x) / F = -lambda`` becomes the cubic
 ``e^3 / (e + 3) = lambda a F / 3``, whose single positive root has a closed form; ``x_g(lambda)`` is that root's
@@ -70,12 +70,12 @@ from torch import nn
 
 from pyprune.distributed import rank_identical_generator
 from pyprune.ops.sensitivity import EPSILON
-from pyprune.pruning.criteria import PRUNABLE_TYPES
+from pyprune.pruning.criteria.magnitude import PRUNABLE_TYPES
+from pyprune.pruning.criteria.provable.bounds import adapt_sample_size, alpha, sensitivity_set_size
+from pyprune.pruning.criteria.provable.tracker import COMPRESSIBLE_TYPES, SensitivityTracker
 from pyprune.pruning.methods import Method, Planner, register_method
 from pyprune.pruning.plan import LayerPlan, PruningPlan, model_fingerprint
-from pyprune.pruning.planner import _resolve_refs, check_amount, measure_plan
-from pyprune.pruning.provable.bounds import adapt_sample_size, alpha, sensitivity_set_size
-from pyprune.pruning.provable.tracker import COMPRESSIBLE_TYPES, SensitivityTracker
+from pyprune.pruning.selection import _resolve_refs, check_amount, measure_plan
 
 Variant = Literal["rand", "hybrid"]
 

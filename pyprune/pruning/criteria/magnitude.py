@@ -1,7 +1,7 @@
 """Pruning criteria: objects that score the weights or the output channels of one layer.
 
 A criterion only scores; it never decides how many go or touches the model (that is the planner's job, see
-:mod:`pyprune.pruning.planner`). Higher scores mean *more important*: the lowest-scoring weights or channels are
+:mod:`pyprune.pruning.selection`). Higher scores mean *more important*: the lowest-scoring weights or channels are
 removed first, ties broken by index.
 
 Two granularities:

@@ -38,7 +38,13 @@ from pyprune.pruning.attention import (
     projection_names,
     unit_scores,
 )
-from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion, FilterNorm, Magnitude, WeightCriterion
+from pyprune.pruning.criteria.magnitude import (
+    PRUNABLE_TYPES,
+    ChannelCriterion,
+    FilterNorm,
+    Magnitude,
+    WeightCriterion,
+)
 from pyprune.pruning.groups import (
     GroupReduction,
     build_dependency_graph,

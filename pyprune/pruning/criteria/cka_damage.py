@@ -61,11 +61,11 @@ from pyprune.activations import eval_mode, model_device
 from pyprune.distributed import CKATotals, cka_totals
 from pyprune.ops import gram_hsic_terms
 from pyprune.ops.cka_damage import greedy_removal_order, rbf_candidate_scan
-from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
+from pyprune.pruning.criteria.magnitude import PRUNABLE_TYPES, ChannelCriterion
+from pyprune.pruning.criteria.taylor import channel_dim, resolve_points, resolve_scored_layers
 from pyprune.pruning.methods import Method, register_method
 from pyprune.pruning.plan import PruningPlan
-from pyprune.pruning.planner import output_layer_name, plan_structured
-from pyprune.pruning.taylor import channel_dim, resolve_points, resolve_scored_layers
+from pyprune.pruning.selection import output_layer_name, plan_structured
 
 Kernel = Literal["linear", "rbf"]
 Representation = Literal["channels", "flatten"]

@@ -71,7 +71,7 @@ from tqdm.auto import tqdm
 
 from pyprune.activations import LayerSelector, call_model, model_device, resolve_layers, to_device
 from pyprune.distributed import TaylorTotals, taylor_totals
-from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
+from pyprune.pruning.criteria.magnitude import PRUNABLE_TYPES, ChannelCriterion
 
 Reduction = Literal["paper", "signed_sum_then_abs"]
 LossReduction = Literal["mean", "sum"]

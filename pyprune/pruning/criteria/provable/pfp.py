@@ -21,7 +21,7 @@ means keeping those output channels of the layers that produce them. Three steps
 A channel of a group is removed only if *every* layer reading it dropped it: on a residual stream
 one reader keeping a channel keeps it for all, and the readers that dropped it get zero columns for it (the
 original zeroes ``W_l[:, c]`` of every dropped input channel). Removal goes through
-:func:`~pyprune.pruning.planner.plan_structured`; reweighting and zeroed columns go in ``plan.rescale``.
+:func:`~pyprune.pruning.selection.plan_structured`; reweighting and zeroed columns go in ``plan.rescale``.
 
 ``amount`` is the fraction of *all* parameters to remove, measured on the pruned model (``count(...).params``;
 nonzero parameters with ``mode="mask"``). The allocator's weight count is only an estimate (biases,
@@ -46,11 +46,20 @@ from pyprune.distributed import rank_identical_generator
 from pyprune.measure import count
 from pyprune.pruning.apply import describe_input
 from pyprune.pruning.attention import find_units, projection_names
-from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
+from pyprune.pruning.criteria.magnitude import PRUNABLE_TYPES, ChannelCriterion
+from pyprune.pruning.criteria.provable.bounds import (
+    adapt_sample_size,
+    alpha,
+    expected_distinct,
+    sample_complexity,
+    sensitivity_set_size,
+)
+from pyprune.pruning.criteria.provable.sipp import SmallSensitivitySetWarning, sensitivity_layers
+from pyprune.pruning.criteria.provable.tracker import SensitivityTracker
 from pyprune.pruning.groups import build_dependency_graph
 from pyprune.pruning.methods import Method, register_method
 from pyprune.pruning.plan import ApplyMode, PruningPlan
-from pyprune.pruning.planner import (
+from pyprune.pruning.selection import (
     _resolve_refs,
     check_amount,
     measure_plan,
@@ -59,15 +68,6 @@ from pyprune.pruning.planner import (
     prunable_groups,
     select_layers,
 )
-from pyprune.pruning.provable.bounds import (
-    adapt_sample_size,
-    alpha,
-    expected_distinct,
-    sample_complexity,
-    sensitivity_set_size,
-)
-from pyprune.pruning.provable.sipp import SmallSensitivitySetWarning, sensitivity_layers
-from pyprune.pruning.provable.tracker import SensitivityTracker
 
 Variant = Literal["det", "rand", "top"]
 VARIANTS = ("det", "rand", "top")
