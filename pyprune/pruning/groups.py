@@ -8,21 +8,23 @@ rather than a home-made graph.
 Group score of root channel ``c``: the criterion's score of ``c`` in every layer of the group whose **output**
 channels are pruned (the root, residual partners; not BatchNorm, not consumers), combined by ``reduction``:
 ``"mean"`` (default: a residual stream written by three convs is judged by all three equally), ``"sum"``,
-``"max"`` or ``"first"`` (the root alone). Consumers' input weights are not scored, as in Li et al. and seed
-003, where a filter is judged by its own incoming weights.
+``"max"`` or ``"first"`` (the root alone). Consumers' input weights are not scored, as in Li et al. 2017,
+where a filter is judged by its own incoming weights.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from pyprune.pruning.criteria.magnitude import PRUNABLE_TYPES, ChannelCriterion
+from pyprune.pruning.criteria.base import PRUNABLE_TYPES, ChannelCriterion
+
+if TYPE_CHECKING:
+    import torch_pruning as tp
 
 GroupReduction = Literal["mean", "sum", "max", "first"]
 GROUP_REDUCTIONS = ("mean", "sum", "max", "first")
@@ -34,6 +36,9 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.
     Raises:
         ValueError: Torch-Pruning cannot trace the model; the message carries its error.
     """
+    # Imported here: Torch-Pruning loads only when a model is first traced, not with pyprune.
+    import torch_pruning as tp
+
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -163,33 +168,6 @@ def consumer_inputs(
         lost = [i for i, r in zip(item.idxs, item.root_idxs, strict=True) if int(r) in removed_set]
         result[names[module]] = torch.tensor(sorted(int(i) for i in lost), dtype=torch.long)
     return result
-
-
-class TorchPruningImportance(tp.importance.Importance):
-    """A pyprune channel criterion as a Torch-Pruning importance, for Torch-Pruning's own pruners.
-
-    Example:
-        >>> imp = TorchPruningImportance(pyprune.FilterNorm(p=1), model)
-        >>> pruner = tp.pruner.MetaPruner(model, example_inputs, importance=imp, pruning_ratio=0.5)
-
-    ``model`` is needed once, to know the layers' names (data-driven criteria such as Taylor key their
-    statistics by name).
-    """
-
-    def __init__(
-        self, criterion: ChannelCriterion, model: nn.Module, group_reduction: GroupReduction = "mean"
-    ):
-        if not isinstance(criterion, ChannelCriterion):
-            raise TypeError(f"criterion: expected a ChannelCriterion, got {type(criterion).__name__}")
-        if group_reduction not in GROUP_REDUCTIONS:
-            raise ValueError(f"group_reduction: expected one of {GROUP_REDUCTIONS}, got {group_reduction!r}")
-        self.criterion = criterion
-        self.group_reduction = group_reduction
-        self._names = {module: name for name, module in model.named_modules()}
-
-    @torch.no_grad()
-    def __call__(self, group: tp.Group) -> torch.Tensor:
-        return group_scores(group, self.criterion, self._names, self.group_reduction).float()
 
 
 def prunes(item: Any, side: Literal["in", "out"]) -> bool:

@@ -38,13 +38,9 @@ from pyprune.pruning.attention import (
     projection_names,
     unit_scores,
 )
-from pyprune.pruning.criteria.magnitude import (
-    PRUNABLE_TYPES,
-    ChannelCriterion,
-    FilterNorm,
-    Magnitude,
-    WeightCriterion,
-)
+from pyprune.pruning.criteria.base import PRUNABLE_TYPES, ChannelCriterion, WeightCriterion
+from pyprune.pruning.criteria.magnitude import FilterNorm, Magnitude
+from pyprune.pruning.fingerprint import model_fingerprint
 from pyprune.pruning.groups import (
     GroupReduction,
     build_dependency_graph,
@@ -52,7 +48,7 @@ from pyprune.pruning.groups import (
     group_scores,
     prunes,
 )
-from pyprune.pruning.plan import ApplyMode, LayerPlan, PruningPlan, check_untied, model_fingerprint
+from pyprune.pruning.plan import ApplyMode, LayerPlan, PruningPlan, check_untied
 
 Scope = Literal["layer", "global"]
 Amount = float | Mapping[str, float]
@@ -223,7 +219,9 @@ def plan_structured(
 
     work = copy.deepcopy(model)
     names = {module: name for name, module in work.named_modules()}
-    ignored = _resolve_refs(work, ignored_layers, "ignored_layers") if ignored_layers is not None else None
+    ignored = (
+        resolve_layer_refs(work, ignored_layers, "ignored_layers") if ignored_layers is not None else None
+    )
     default_ignored = ignored is None
     if ignored is None:
         ignored = [output_layer_name(work)]
@@ -485,7 +483,9 @@ def _untouched_weights(
     """``{layer: reason}`` for the weight layers an unstructured plan does not mask."""
     chosen = set(selected)
     skipped = (
-        set(_resolve_refs(model, ignored_layers, "ignored_layers")) if ignored_layers is not None else set()
+        set(resolve_layer_refs(model, ignored_layers, "ignored_layers"))
+        if ignored_layers is not None
+        else set()
     )
     output = output_layer_name(model)
     untouched = {}
@@ -571,7 +571,7 @@ def select_layers(
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     check_materialised(model)
     if layers is not None:
-        names = _resolve_refs(model, layers, "layers")
+        names = resolve_layer_refs(model, layers, "layers")
         if not names:
             raise ValueError("layers: expected at least one layer name, got none")
     else:
@@ -582,7 +582,7 @@ def select_layers(
             if (isinstance(m, PRUNABLE_TYPES) or is_conv1d(m)) and n != output
         ]
     if ignored_layers is not None:
-        skip = set(_resolve_refs(model, ignored_layers, "ignored_layers"))
+        skip = set(resolve_layer_refs(model, ignored_layers, "ignored_layers"))
         names = [n for n in names if n not in skip]
     if not names:
         raise ValueError(
@@ -604,7 +604,11 @@ def select_layers(
     return selected
 
 
-def _resolve_refs(model: nn.Module, refs: Sequence[str | nn.Module], argument: str) -> list[str]:
+def resolve_layer_refs(model: nn.Module, refs: Sequence[str | nn.Module], argument: str) -> list[str]:
+    """Qualified names of ``refs`` (module names or the modules themselves; one alone is taken as a list of one).
+
+    Raises ValueError naming ``argument`` (with close matches) for a name or module that is not part of ``model``.
+    """
     if isinstance(refs, (str, nn.Module)):
         refs = [refs]
     modules = dict(model.named_modules())

@@ -30,10 +30,9 @@ from tqdm.auto import tqdm
 
 from pyprune.activations import eval_mode, first_tensor, model_device
 from pyprune.distributed import ablation_totals
+from pyprune.pruning.criteria.base import PRUNABLE_TYPES, ChannelCriterion
 from pyprune.pruning.criteria.cka_damage import CKADamage
-from pyprune.pruning.criteria.magnitude import PRUNABLE_TYPES, ChannelCriterion
-from pyprune.pruning.criteria.taylor import channel_dim
-from pyprune.pruning.methods import Method, register_method
+from pyprune.pruning.criteria.scored_layers import channel_dim
 from pyprune.pruning.plan import PruningPlan
 from pyprune.pruning.selection import check_materialised, output_layer_name, plan_structured
 
@@ -255,7 +254,7 @@ class AblationDamage(ChannelCriterion):
         return f"AblationDamage(measure={self.measure!r}, at={self.at!r})"
 
 
-def _oracle(
+def plan_oracle(
     model: nn.Module,
     amount: Any,
     *,
@@ -268,20 +267,11 @@ def _oracle(
     progress: bool = False,
     **options: Any,
 ) -> PruningPlan:
+    """The ``"oracle"`` method: score channels by :class:`AblationDamage` over ``data``, then
+    :func:`~pyprune.pruning.selection.plan_structured` them (the output layer is left out unless
+    ``ignored_layers`` says otherwise)."""
     options.setdefault("ignored_layers", [output_layer_name(model)])
     criterion = AblationDamage(
         model, data, measure=measure, at=at, loss_fn=loss_fn, max_batches=max_batches, progress=progress
     )
     return plan_structured(model, amount, example_input, criterion=criterion, method="oracle", **options)
-
-
-register_method(
-    Method(
-        "oracle",
-        _oracle,
-        "channels by the loss increase of ablating each one, batched (Molchanov's oracle)",
-        structured=True,
-        needs_example_input=True,
-        needs_data=True,
-    )
-)

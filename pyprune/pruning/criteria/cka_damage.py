@@ -61,9 +61,8 @@ from pyprune.activations import eval_mode, model_device
 from pyprune.distributed import CKATotals, cka_totals
 from pyprune.ops import gram_hsic_terms
 from pyprune.ops.cka_damage import greedy_removal_order, rbf_candidate_scan
-from pyprune.pruning.criteria.magnitude import PRUNABLE_TYPES, ChannelCriterion
-from pyprune.pruning.criteria.taylor import channel_dim, resolve_points, resolve_scored_layers
-from pyprune.pruning.methods import Method, register_method
+from pyprune.pruning.criteria.base import PRUNABLE_TYPES, ChannelCriterion
+from pyprune.pruning.criteria.scored_layers import channel_dim, resolve_points, resolve_scored_layers
 from pyprune.pruning.plan import PruningPlan
 from pyprune.pruning.selection import output_layer_name, plan_structured
 
@@ -601,103 +600,79 @@ def _names(model: nn.Module, refs: Any) -> set[str]:
     return {ref if isinstance(ref, str) else by_module.get(ref, "") for ref in refs}
 
 
-def _planner(greedy: bool):
-    def planner(
-        model: nn.Module,
-        amount: Any,
-        *,
-        example_input: torch.Tensor | None = None,
-        data: Iterable[Any] | None = None,
-        loss_fn: Any = None,
-        layers: Any = None,
-        point: str | Mapping[str, str] | None = None,
-        kernel: Kernel = "linear",
-        representation: Representation = "channels",
-        threshold: float = 0.5,
-        bandwidth: Bandwidth = "fixed",
-        max_samples: int = 1024,
-        max_batches: int | None = None,
-        stop_cka: float | None = None,
-        scope: Literal["layer", "global"] = "layer",
-        mode: Literal["remove", "mask"] = "remove",
-        progress: bool = True,
-        **options: Any,
-    ) -> PruningPlan:
-        """``amount``: fraction of channels to remove per layer (or of all, ``scope="global"``); with
-        ``stop_cka`` each layer instead loses channels while its CKA stays above ``stop_cka`` (pass
-        ``amount=0``; ``amount`` then caps nothing and is ignored)."""
-        ignored = options.get("ignored_layers")
-        if layers is None and ignored is None:
-            output = output_layer_name(model)
-            layers = [
-                name for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and name != output
-            ]
-        criterion = CKADamage(
-            model,
-            layers,
-            point=point,
-            kernel=kernel,
-            greedy=greedy,
-            representation=representation,
-            threshold=threshold,
-            bandwidth=bandwidth,
-            max_samples=max_samples,
-            scope=scope,
-        )
-        if layers is not None and ignored is None:
-            # plan_structured plans every prunable layer that is not ignored: leave out those not scored.
-            scored = set(criterion.layer_names)
-            unscored = [
-                name
-                for name, m in model.named_modules()
-                if isinstance(m, PRUNABLE_TYPES) and name not in scored
-            ]
-            if unscored:
-                options["ignored_layers"] = ignored = unscored
-        criterion.accumulate_over(data, max_batches, progress=progress)
-        if stop_cka is not None:
-            if scope != "layer":
-                raise ValueError("stop_cka: a per-layer stop threshold needs scope='layer'")
-            skip = {output_layer_name(model)} if ignored is None else _names(model, ignored)
-            # amount counts the channels gone after the plan, already-pruned ones (ranked first) included.
-            amount = {
-                name: (criterion.removals_above(name, stop_cka) + int((~criterion.active(name)).sum()))
-                / criterion._layers[name].weight.shape[0]
-                for name in criterion.layer_names
-                if name not in skip
-            }
-            amount = {name: min(value, 1 - 1e-9) for name, value in amount.items()}
-        return plan_structured(
-            model,
-            amount,
-            example_input,
-            criterion=criterion,
-            scope=scope,
-            mode=mode,
-            method="cka_greedy" if greedy else "cka_single",
-            **options,
-        )
+def plan_cka_damage(
+    model: nn.Module,
+    amount: Any,
+    *,
+    greedy: bool = False,
+    example_input: torch.Tensor | None = None,
+    data: Iterable[Any] | None = None,
+    layers: Any = None,
+    point: str | Mapping[str, str] | None = None,
+    kernel: Kernel = "linear",
+    representation: Representation = "channels",
+    threshold: float = 0.5,
+    bandwidth: Bandwidth = "fixed",
+    max_samples: int = 1024,
+    max_batches: int | None = None,
+    stop_cka: float | None = None,
+    scope: Literal["layer", "global"] = "layer",
+    mode: Literal["remove", "mask"] = "remove",
+    progress: bool = True,
+    **options: Any,
+) -> PruningPlan:
+    """The ``"cka_single"`` (``greedy=False``) and ``"cka_greedy"`` methods: score channels by
+    :class:`CKADamage` over ``data``, then :func:`~pyprune.pruning.selection.plan_structured` them.
 
-    return planner
-
-
-register_method(
-    Method(
-        "cka_single",
-        _planner(greedy=False),
-        "units/channels by single-removal CKA damage of the layer's output",
-        structured=True,
-        needs_example_input=True,
-        needs_data=True,
+    ``amount``: fraction of channels to remove per layer (or of all, ``scope="global"``); with ``stop_cka``
+    each layer instead loses channels while its CKA stays above ``stop_cka`` (pass ``amount=0``; ``amount``
+    then caps nothing and is ignored)."""
+    ignored = options.get("ignored_layers")
+    if layers is None and ignored is None:
+        output = output_layer_name(model)
+        layers = [
+            name for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and name != output
+        ]
+    criterion = CKADamage(
+        model,
+        layers,
+        point=point,
+        kernel=kernel,
+        greedy=greedy,
+        representation=representation,
+        threshold=threshold,
+        bandwidth=bandwidth,
+        max_samples=max_samples,
+        scope=scope,
     )
-)
-register_method(
-    Method(
-        "cka_greedy",
-        _planner(greedy=True),
-        "units/channels by greedy set CKA damage, exact closed form",
-        structured=True,
-        needs_example_input=True,
-        needs_data=True,
+    if layers is not None and ignored is None:
+        # plan_structured plans every prunable layer that is not ignored: leave out those not scored.
+        scored = set(criterion.layer_names)
+        unscored = [
+            name for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and name not in scored
+        ]
+        if unscored:
+            options["ignored_layers"] = ignored = unscored
+    criterion.accumulate_over(data, max_batches, progress=progress)
+    if stop_cka is not None:
+        if scope != "layer":
+            raise ValueError("stop_cka: a per-layer stop threshold needs scope='layer'")
+        skip = {output_layer_name(model)} if ignored is None else _names(model, ignored)
+        # amount counts the channels gone after the plan, already-pruned ones (ranked first) included.
+        amount = {
+            name: (criterion.removals_above(name, stop_cka) + int((~criterion.active(name)).sum()))
+            / criterion._layers[name].weight.shape[0]
+            for name in criterion.layer_names
+            if name not in skip
+        }
+        amount = {name: min(value, 1 - 1e-9) for name, value in amount.items()}
+    return plan_structured(
+        model,
+        amount,
+        example_input,
+        criterion=criterion,
+        scope=scope,
+        mode=mode,
+        method="cka_greedy" if greedy else "cka_single",
+        **options,
     )
-)

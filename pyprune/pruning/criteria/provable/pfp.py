@@ -46,7 +46,7 @@ from pyprune.distributed import rank_identical_generator
 from pyprune.measure import count
 from pyprune.pruning.apply import describe_input
 from pyprune.pruning.attention import find_units, projection_names
-from pyprune.pruning.criteria.magnitude import PRUNABLE_TYPES, ChannelCriterion
+from pyprune.pruning.criteria.base import PRUNABLE_TYPES, ChannelCriterion
 from pyprune.pruning.criteria.provable.bounds import (
     adapt_sample_size,
     alpha,
@@ -57,15 +57,14 @@ from pyprune.pruning.criteria.provable.bounds import (
 from pyprune.pruning.criteria.provable.sipp import SmallSensitivitySetWarning, sensitivity_layers
 from pyprune.pruning.criteria.provable.tracker import SensitivityTracker
 from pyprune.pruning.groups import build_dependency_graph
-from pyprune.pruning.methods import Method, register_method
 from pyprune.pruning.plan import ApplyMode, PruningPlan
 from pyprune.pruning.selection import (
-    _resolve_refs,
     check_amount,
     measure_plan,
     output_layer_name,
     plan_structured,
     prunable_groups,
+    resolve_layer_refs,
     select_layers,
 )
 
@@ -349,7 +348,7 @@ def pfp_network(
     ignored = (
         [output_layer_name(work)]
         if ignored_layers is None
-        else _resolve_refs(work, ignored_layers, "ignored_layers")
+        else resolve_layer_refs(work, ignored_layers, "ignored_layers")
     )
     groups = _dependency_groups(work, example_input, ignored)
     if isinstance(data, SensitivityTracker):
@@ -807,60 +806,3 @@ def _has_statistics(tracker: SensitivityTracker, name: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _planner(variant: Variant):
-    def planner(
-        model: nn.Module,
-        amount: float,
-        *,
-        example_input: torch.Tensor | None = None,
-        data: Iterable[Any] | None = None,
-        loss_fn: Any = None,
-        c: float = 3.0,
-        delta: float = 1e-16,
-        seed: int = 0,
-        max_batches: int | None = None,
-        progress: bool = True,
-        mode: ApplyMode = "remove",
-        ignored_layers: Sequence[str | nn.Module] | None = None,
-    ) -> PruningPlan:
-        """``amount``: fraction of all parameters to remove; ``loss_fn`` is not used (PFP needs no labels)."""
-        return plan_pfp(
-            model,
-            amount,
-            example_input,
-            data,
-            variant=variant,
-            c=c,
-            delta=delta,
-            seed=seed,
-            max_batches=max_batches,
-            progress=progress,
-            mode=mode,
-            ignored_layers=ignored_layers,
-        )
-
-    return planner
-
-
-for _name, _variant, _description in (
-    ("pfp", "det", "filters by input-channel sensitivity, eps-allocated, top-k (PFP, Liebenwein 2020)"),
-    ("pfp_rand", "rand", "filters sampled by input-channel sensitivity with reweighting (PFP, randomised)"),
-    (
-        "pfp_top",
-        "top",
-        "filters: sure ones kept, the rest sampled with reweighting (PFP, partially derandomised)",
-    ),
-):
-    register_method(
-        Method(
-            _name,
-            _planner(_variant),
-            _description,
-            structured=True,
-            needs_example_input=True,
-            needs_data=True,
-            amount_unit="params",
-        )
-    )

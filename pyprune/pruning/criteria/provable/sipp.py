@@ -60,7 +60,7 @@ from __future__ import annotations
 import heapq
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -70,12 +70,12 @@ from torch import nn
 
 from pyprune.distributed import rank_identical_generator
 from pyprune.ops.sensitivity import EPSILON
-from pyprune.pruning.criteria.magnitude import PRUNABLE_TYPES
+from pyprune.pruning.criteria.base import PRUNABLE_TYPES
 from pyprune.pruning.criteria.provable.bounds import adapt_sample_size, alpha, sensitivity_set_size
 from pyprune.pruning.criteria.provable.tracker import COMPRESSIBLE_TYPES, SensitivityTracker
-from pyprune.pruning.methods import Method, Planner, register_method
-from pyprune.pruning.plan import LayerPlan, PruningPlan, model_fingerprint
-from pyprune.pruning.selection import _resolve_refs, check_amount, measure_plan
+from pyprune.pruning.fingerprint import model_fingerprint
+from pyprune.pruning.plan import LayerPlan, PruningPlan
+from pyprune.pruning.selection import check_amount, measure_plan, resolve_layer_refs
 
 Variant = Literal["rand", "hybrid"]
 
@@ -602,61 +602,39 @@ def _plan(
     return plan
 
 
-def _registry_planner(plan_function: Planner, *, sampled: bool) -> Planner:
-    """Adapt a planner to the registry's signature. ``loss_fn`` is not used (sensitivities need no labels);
-    ``seed`` is accepted by all three, as by every registered method, and only the sampling variants use it."""
-
-    def planner(
-        model: nn.Module,
-        amount: float,
-        *,
-        example_input: torch.Tensor | None = None,
-        data: Iterable[Any] | None = None,
-        loss_fn: Any = None,
-        seed: int = 0,
-        progress: bool = True,
-        ignored_layers: Sequence[str | nn.Module] | None = None,
-        **options: Any,
-    ) -> PruningPlan:
-        if sampled:
-            options["seed"] = seed
-        if ignored_layers is not None:
-            # The registry's common option: SiPP's own is the list of layers to prune, default all it can track.
-            skip = set(_resolve_refs(model, ignored_layers, "ignored_layers"))
-            chosen = options.get("layers")
-            chosen = sensitivity_layers(model) if chosen is None else _resolve_refs(model, chosen, "layers")
-            options["layers"] = [name for name in chosen if name not in skip]
-            if not options["layers"]:
-                raise ValueError("ignored_layers: no layer is left to prune")
-        return plan_function(model, amount, data, example_input=example_input, progress=progress, **options)
-
-    return planner
+SIPP_VARIANTS: dict[str, Callable[..., PruningPlan]] = {
+    "det": sipp_det_plan,
+    "rand": sipp_rand_plan,
+    "hybrid": sipp_hybrid_plan,
+}
 
 
-register_method(
-    Method(
-        "sipp_det",
-        _registry_planner(sipp_det_plan, sampled=False),
-        "weights by empirical sensitivity (patch mean), global top-k over all layers (SiPPDet, Baykal et al. 2019)",
-        structured=False,
-        needs_data=True,
-    )
-)
-register_method(
-    Method(
-        "sipp_rand",
-        _registry_planner(sipp_rand_plan, sampled=True),
-        "weights sampled per unit and sign by sensitivity, convex budget split, reweighted (SiPPRand)",
-        structured=False,
-        needs_data=True,
-    )
-)
-register_method(
-    Method(
-        "sipp_hybrid",
-        _registry_planner(sipp_hybrid_plan, sampled=True),
-        "per unit and sign: sensitivity top-k or reweighted sampling, whichever bound is smaller (SiPPHybrid)",
-        structured=False,
-        needs_data=True,
-    )
-)
+def plan_sipp(
+    model: nn.Module,
+    amount: float,
+    data: Iterable[Any] | torch.Tensor | SensitivityTracker,
+    *,
+    variant: Literal["det", "rand", "hybrid"] = "det",
+    seed: int = 0,
+    progress: bool = True,
+    ignored_layers: Sequence[str | nn.Module] | None = None,
+    **options: Any,
+) -> PruningPlan:
+    """SiPP by ``variant`` (:func:`sipp_det_plan`, :func:`sipp_rand_plan`, :func:`sipp_hybrid_plan`): the form the
+    ``"sipp_*"`` methods run.
+
+    ``seed`` goes to the sampling variants only. ``ignored_layers`` (the option every structured and unstructured
+    planner takes) is subtracted from SiPP's own ``layers``, the layers to prune, default all it can track.
+    """
+    if variant not in SIPP_VARIANTS:
+        raise ValueError(f"variant: expected one of {tuple(SIPP_VARIANTS)}, got {variant!r}")
+    if variant != "det":
+        options["seed"] = seed
+    if ignored_layers is not None:
+        skip = set(resolve_layer_refs(model, ignored_layers, "ignored_layers"))
+        chosen = options.get("layers")
+        chosen = sensitivity_layers(model) if chosen is None else resolve_layer_refs(model, chosen, "layers")
+        options["layers"] = [name for name in chosen if name not in skip]
+        if not options["layers"]:
+            raise ValueError("ignored_layers: no layer is left to prune")
+    return SIPP_VARIANTS[variant](model, amount, data, progress=progress, **options)
