@@ -62,10 +62,11 @@ from pyprune.pruning import selection
 from pyprune.pruning.apply import HISTORY_ATTRIBUTE
 from pyprune.pruning.criteria.taylor import Taylor
 from pyprune.pruning.io import checksum, load_checked, load_pruned, save_checked, save_pruned
+from pyprune.pruning.layers import check_materialised, select_layers
 from pyprune.pruning.methods import get_method
 from pyprune.pruning.methods import plan as plan_method
 from pyprune.pruning.plan import PruningPlan
-from pyprune.pruning.selection import check_amount, check_materialised, plan_structured, select_layers
+from pyprune.pruning.selection import check_amount, plan_structured
 from pyprune.train import (
     Callback,
     default_optimizer,

@@ -19,9 +19,10 @@ from pyprune.pruning.criteria.magnitude import FilterNorm, Magnitude, RandomChan
 from pyprune.pruning.criteria.taylor import Taylor
 from pyprune.pruning.groups import group_scores
 from pyprune.pruning.io import load_pruned, save_pruned
+from pyprune.pruning.layers import output_layer_name
 from pyprune.pruning.methods import METHODS, Method, get_method, plan, prune, register_method
 from pyprune.pruning.plan import LayerPlan, PruningPlan
-from pyprune.pruning.selection import output_layer_name, plan_structured, plan_unstructured
+from pyprune.pruning.selection import plan_structured, plan_unstructured
 from pyprune.pruning.sensitivity_sweep import Sensitivity, sensitivity_analysis
 
 __all__ = [

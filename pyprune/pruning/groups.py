@@ -15,12 +15,13 @@ where a filter is judged by its own incoming weights.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
+from pyprune.pruning.attention import is_hf_model
 from pyprune.pruning.criteria.base import PRUNABLE_TYPES, ChannelCriterion
 
 if TYPE_CHECKING:
@@ -174,3 +175,63 @@ def prunes(item: Any, side: Literal["in", "out"]) -> bool:
     # Torch-Pruning's handlers are bound methods named prune_out_channels / prune_in_channels of each layer's
     # pruner, for built-in and user-registered layer types alike.
     return getattr(item.dep.handler, "__name__", "") == f"prune_{side}_channels"
+
+
+def prunable_groups(
+    work: nn.Module, graph: Any, blocked: Sequence[nn.Module]
+) -> tuple[list[Any], dict[str, str]]:
+    """Torch-Pruning's groups of ``work`` that pyprune prunes by channel, and ``{layer: reason}`` for the rest.
+
+    ``blocked`` modules keep their output channels (ignored layers and attention projections: a group that
+    would cut them, such as a transformer's residual stream, is left whole). Also left whole: groups tied to a
+    grouped (not depthwise) convolution, and, in a Hugging Face model, groups as wide as ``config.hidden_size``
+    (one config field sets that width for every layer, so ``from_pretrained`` could not rebuild the model).
+    """
+    names = {module: name for name, module in work.named_modules()}
+    hidden = work.config.hidden_size if is_hf_model(work) else None
+    groups, untouched = [], {}
+    all_groups = (
+        [] if graph is None else graph.get_all_groups(list(blocked), root_module_types=PRUNABLE_TYPES)
+    )
+    for group in all_groups:
+        reason = _grouped_conv(group, names)
+        if reason is None and hidden is not None and group[0].dep.target.module.weight.shape[0] == hidden:
+            reason = (
+                f"{hidden} wide like the model's hidden_size, which one Hugging Face config field sets for "
+                "every layer"
+            )
+        if reason is None:
+            groups.append(group)
+        else:
+            for member in out_members(group, names):
+                untouched[member] = reason
+    return groups, untouched
+
+
+def _grouped_conv(group: Any, names: Mapping[nn.Module, str]) -> str | None:
+    """Why ``group`` cannot be pruned by channel when it touches a grouped (not depthwise) convolution, else None.
+
+    Torch-Pruning removes arbitrary channels of a grouped conv, which leaves groups of unequal width and a
+    failing forward (regnet_y_400mf: ``INDICES element is out of DATA bounds``).
+    """
+    for item in group:
+        module = item.dep.target.module
+        if (
+            isinstance(module, nn.modules.conv._ConvNd)
+            and module.groups > 1
+            and not (module.groups == module.in_channels == module.out_channels)
+        ):
+            return (
+                f"tied to grouped convolution {names[module]!r} (groups={module.groups}), whose groups would "
+                "lose different numbers of channels"
+            )
+    return None
+
+
+def out_members(group: Any, names: Mapping[nn.Module, str]) -> list[str]:
+    """Names of the Linear/ConvNd layers of ``group`` whose output channels it removes."""
+    return [
+        names[item.dep.target.module]
+        for item in group
+        if isinstance(item.dep.target.module, PRUNABLE_TYPES) and prunes(item, "out")
+    ]

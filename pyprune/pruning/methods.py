@@ -33,8 +33,9 @@ from pyprune.activations import call_model
 from pyprune.distributed import planning_model
 from pyprune.pruning.apply import describe_input
 from pyprune.pruning.criteria.magnitude import FilterNorm, Magnitude, RandomChannels, RandomWeights
+from pyprune.pruning.layers import check_materialised
 from pyprune.pruning.plan import PruningPlan, check_untied
-from pyprune.pruning.selection import Amount, check_materialised, plan_structured, plan_unstructured
+from pyprune.pruning.selection import Amount, plan_structured, plan_unstructured
 
 LossFn = Callable[..., torch.Tensor]
 AMOUNT_UNITS = ("weights", "channels", "params")

@@ -33,8 +33,9 @@ from pyprune.distributed import ablation_totals
 from pyprune.pruning.criteria.base import PRUNABLE_TYPES, ChannelCriterion
 from pyprune.pruning.criteria.cka_damage import CKADamage
 from pyprune.pruning.criteria.scored_layers import channel_dim
+from pyprune.pruning.layers import check_materialised, output_layer_name
 from pyprune.pruning.plan import PruningPlan
-from pyprune.pruning.selection import check_materialised, output_layer_name, plan_structured
+from pyprune.pruning.selection import plan_structured
 
 Measure = Literal["cka", "loss", "mse"]
 

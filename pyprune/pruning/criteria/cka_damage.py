@@ -63,8 +63,9 @@ from pyprune.ops import gram_hsic_terms
 from pyprune.ops.cka_damage import greedy_removal_order, rbf_candidate_scan
 from pyprune.pruning.criteria.base import PRUNABLE_TYPES, ChannelCriterion
 from pyprune.pruning.criteria.scored_layers import channel_dim, resolve_points, resolve_scored_layers
+from pyprune.pruning.layers import output_layer_name
 from pyprune.pruning.plan import PruningPlan
-from pyprune.pruning.selection import output_layer_name, plan_structured
+from pyprune.pruning.selection import plan_structured
 
 Kernel = Literal["linear", "rbf"]
 Representation = Literal["channels", "flatten"]

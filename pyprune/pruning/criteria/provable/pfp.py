@@ -56,17 +56,10 @@ from pyprune.pruning.criteria.provable.bounds import (
 )
 from pyprune.pruning.criteria.provable.sipp import SmallSensitivitySetWarning, sensitivity_layers
 from pyprune.pruning.criteria.provable.tracker import SensitivityTracker
-from pyprune.pruning.groups import build_dependency_graph
+from pyprune.pruning.groups import build_dependency_graph, prunable_groups
+from pyprune.pruning.layers import output_layer_name, resolve_layer_refs, select_layers
 from pyprune.pruning.plan import ApplyMode, PruningPlan
-from pyprune.pruning.selection import (
-    check_amount,
-    measure_plan,
-    output_layer_name,
-    plan_structured,
-    prunable_groups,
-    resolve_layer_refs,
-    select_layers,
-)
+from pyprune.pruning.selection import check_amount, measure_plan, plan_structured
 
 Variant = Literal["det", "rand", "top"]
 VARIANTS = ("det", "rand", "top")

@@ -74,8 +74,9 @@ from pyprune.pruning.criteria.base import PRUNABLE_TYPES
 from pyprune.pruning.criteria.provable.bounds import adapt_sample_size, alpha, sensitivity_set_size
 from pyprune.pruning.criteria.provable.tracker import COMPRESSIBLE_TYPES, SensitivityTracker
 from pyprune.pruning.fingerprint import model_fingerprint
+from pyprune.pruning.layers import resolve_layer_refs
 from pyprune.pruning.plan import LayerPlan, PruningPlan
-from pyprune.pruning.selection import check_amount, measure_plan, resolve_layer_refs
+from pyprune.pruning.selection import check_amount, measure_plan
 
 Variant = Literal["rand", "hybrid"]
 
