@@ -4,10 +4,10 @@ The damage of removing a set of neurons is measured by CKA between the layer's o
 representation with those neurons replaced by constants (a neuron whose weight row is zero outputs its bias, a
 constant; after centring a constant is zero). Two procedures:
 
-* ``greedy=False`` (``cka_single``, what the seed's code computes): rank neurons by their *single-removal* CKA
-  and remove the best-scoring ones.
-* ``greedy=True`` (``cka_greedy``, the seed README's procedure): remove one neuron at a time, each time the one
-  whose removal leaves the highest CKA *of the whole removed set* against the original representation.
+* ``greedy=False`` (``cka_single``, what the reference code ``SupurCalvinHiggins/cka-prune`` computes): rank
+  neurons by their *single-removal* CKA and remove the best-scoring ones.
+* ``greedy=True`` (``cka_greedy``, the procedure its README describes): remove one neuron at a time, each time
+  the one whose removal leaves the highest CKA *of the whole removed set* against the original representation.
 
 Both are exact and cheap for the linear kernel. Let ``M[a, b] = <H K_a H, H K_b H>_F`` be the inner
 product of the centred Gram contributions of neurons ``a`` and ``b``; then with ``K`` the kept set,
@@ -29,16 +29,16 @@ pairwise distances of the kept set by the candidate's own distances, exponentiat
 terms in one pass (:func:`pyprune.ops.cka_damage.rbf_candidate_scan`). Bandwidth: ``bandwidth="fixed"`` (default)
 takes ``sigma^2 = threshold^2 * median squared distance`` of the *original* representation for every candidate,
 so all candidates are compared with one kernel; ``"per_candidate"`` re-derives the median from each modified
-representation, as Google's ``gram_rbf`` (and so the seed) does. The RBF kernel always uses the per-example
+representation, as Google's ``gram_rbf`` (and so cka-prune) does. The RBF kernel always uses the per-example
 representation.
 
-Where the representation is observed (``point``): the layer's own output (the seed's pre-activation, default),
+Where the representation is observed (``point``): the layer's own output (cka-prune's pre-activation, default),
 ``"post"`` (the activation module that directly follows the layer, e.g. ``fc1 -> relu1``; a BatchNorm in between
 is passed over), or a ``{layer: module name}`` dict. A module observed must map channel ``c`` to channel ``c``
 (BatchNorm, elementwise activations), so that a removed channel is still a constant there.
 
 Statistics are taken in eval mode without gradients, by hooks (:meth:`CKADamage.accumulate_over`), once for all
-layers: as in the seed, layer ``l + 1``'s scores ignore what is removed from layer ``l`` in the same pass; the
+layers: as in cka-prune, layer ``l + 1``'s scores ignore what is removed from layer ``l`` in the same pass; the
 iterative protocol (re-measure, prune 20% of what remains, retrain) is :func:`pyprune.schedules.cascade` or
 :func:`pyprune.schedules.iterative`.
 """
@@ -302,7 +302,8 @@ class CKADamage(ChannelCriterion):
         return _flatten_interaction(torch.cat(self._totals().samples[name]))
 
     def active(self, name: str) -> torch.Tensor:
-        """Bool ``(C,)``: channels whose weights are not all zero (a zero row was pruned before; seed rule)."""
+        """Bool ``(C,)``: channels whose weights are not all zero (a zero row was pruned before, as cka-prune
+        decides)."""
         self._check_name(name)
         weight = self._layers[name].weight.detach()
         return weight.flatten(1).ne(0).any(dim=1).cpu()
@@ -319,8 +320,8 @@ class CKADamage(ChannelCriterion):
     def removals_above(self, name: str, stop_cka: float) -> int:
         """How many channels go before the layer's CKA would fall to ``stop_cka`` or below.
 
-        Greedy: the cumulative CKA of the removed set (the seed's ``stop_cka``, made cumulative). Single: the
-        single-removal CKA, as the seed's code compares it."""
+        Greedy: the cumulative CKA of the removed set (cka-prune's ``stop_cka``, made cumulative). Single: the
+        single-removal CKA, as cka-prune compares it."""
         if not (isinstance(stop_cka, numbers.Real) and 0 <= stop_cka <= 1):
             raise ValueError(f"stop_cka: expected a number in [0, 1], got {stop_cka!r}")
         below = (self.trajectory(name) <= stop_cka).nonzero()

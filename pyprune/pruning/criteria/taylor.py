@@ -7,9 +7,10 @@ feature map ``z_c`` is set to zero::
 
 A position is a spatial location of a ConvNd output (dim 1 is the channel) or, for a Linear layer, one of the
 leading positions of a ``(B, ..., C)`` output (the last dim is the channel; ``(B, C)`` has one position per
-example). The seed code's variant averages the *signed* product over the batch and positions, sums
-that over batches and takes the absolute value only at the end; pyprune divides the sum by the number of batches
-so that both variants are on the same scale (the L2-normalised scores are the seed's exactly)::
+example). The public implementation ``jacobgil/pytorch-pruning`` averages the *signed* product over the batch
+and positions, sums that over batches and takes the absolute value only at the end; pyprune divides the sum by
+the number of batches so that both variants are on the same scale (the L2-normalised scores are that
+implementation's exactly)::
 
     θ_c = | Σ over batches of mean over (b, m) of z_c · ∂L/∂z_c | / num_batches                  ("signed_sum_then_abs")
 
@@ -97,7 +98,8 @@ class Taylor(ChannelCriterion):
         point: ``{layer name: module name}``: observe z at that module's output (e.g. the following BatchNorm
             or activation) instead of the layer's own output. Its channel dim (dim 1, last for Linear layers)
             must have the layer's number of output channels.
-        reduction: ``"paper"`` (abs per example, then mean) or ``"signed_sum_then_abs"`` (the seed code).
+        reduction: ``"paper"`` (abs per example, then mean) or ``"signed_sum_then_abs"``
+            (``jacobgil/pytorch-pruning``).
         normalize: divide each layer's θ by its L2 norm in :meth:`scores` (a zero vector stays zero).
         flops_lambda: λ >= 0 of the FLOPs penalty subtracted in :meth:`scores` (paper: 1e-3).
         flops_unit: FLOPs per unit of the penalty (paper: 1e6, i.e. MFLOPs).
