@@ -90,11 +90,7 @@ def _rescaled_tensors(
     """``(weight parameter, factors)`` for every entry of ``plan.rescale``, checked before anything changes."""
     pairs = []
     for name, factors in plan.rescale.items():
-        module = modules.get(name)
-        if module is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
-            raise ValueError(f"plan.rescale: {name!r} is not a module with a weight in the model")
-        # A masked weight is recomputed from weight_orig on every forward: scale the parameter behind it.
-        weight = getattr(module, "weight_orig", module.weight)
+        weight = _stored_weight(modules, name, "plan.rescale")
         try:
             torch.broadcast_shapes(factors.shape, weight.shape)
         except RuntimeError:
@@ -112,16 +108,22 @@ def _replaced_tensors(
     """``(weight parameter, new values)`` for every entry of ``plan.weights``, checked before anything changes."""
     pairs = []
     for name, values in plan.weights.items():
-        module = modules.get(name)
-        if module is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
-            raise ValueError(f"plan.weights: {name!r} is not a module with a weight in the model")
-        weight = getattr(module, "weight_orig", module.weight)
+        weight = _stored_weight(modules, name, "plan.weights")
         if tuple(values.shape) != tuple(weight.shape):
             raise ValueError(
                 f"plan.weights[{name!r}]: values of shape {tuple(values.shape)}, the weight has {tuple(weight.shape)}"
             )
         pairs.append((weight, values))
     return pairs
+
+
+def _stored_weight(modules: dict[str, nn.Module], name: str, field: str) -> torch.Tensor:
+    """The parameter behind module ``name``'s weight: ``weight_orig`` under a ``torch.nn.utils.prune`` mask (the
+    masked weight is recomputed from it on every forward, so that is what must change), else ``weight``."""
+    module = modules.get(name)
+    if module is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
+        raise ValueError(f"{field}: {name!r} is not a module with a weight in the model")
+    return getattr(module, "weight_orig", module.weight)
 
 
 def _apply(

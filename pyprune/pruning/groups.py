@@ -15,7 +15,7 @@ where a filter is judged by its own incoming weights.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -28,7 +28,21 @@ if TYPE_CHECKING:
     import torch_pruning as tp
 
 GroupReduction = Literal["mean", "sum", "max", "first"]
-GROUP_REDUCTIONS = ("mean", "sum", "max", "first")
+GROUP_REDUCERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "mean": lambda scores: scores.mean(dim=0),
+    "sum": lambda scores: scores.sum(dim=0),
+    "max": lambda scores: scores.amax(dim=0),
+    "first": lambda scores: scores[0],
+}
+"""How the scores of coupled layers (dim 0: one row per layer) or of a unit's rows combine into one score."""
+GROUP_REDUCTIONS = tuple(GROUP_REDUCERS)
+
+
+def group_reducer(reduction: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The reducer named ``reduction``; ValueError naming ``group_reduction`` for any other name."""
+    if reduction not in GROUP_REDUCERS:
+        raise ValueError(f"group_reduction: expected one of {GROUP_REDUCTIONS}, got {reduction!r}")
+    return GROUP_REDUCERS[reduction]
 
 
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
@@ -129,8 +143,7 @@ def group_scores(
         reduction: how the layers' scores of one channel combine.
         dropped_inputs: name -> input indices already removed upstream (Li et al.'s greedy mode).
     """
-    if reduction not in GROUP_REDUCTIONS:
-        raise ValueError(f"group_reduction: expected one of {GROUP_REDUCTIONS}, got {reduction!r}")
+    reduce = group_reducer(reduction)
     size = int(group[0].dep.target.module.weight.shape[0])
     contributions = []
     for item in group:
@@ -146,14 +159,7 @@ def group_scores(
         contributions.append(contribution)
         if reduction == "first":
             break
-    stacked = torch.stack(contributions)
-    if reduction == "mean":
-        return stacked.mean(dim=0)
-    if reduction == "sum":
-        return stacked.sum(dim=0)
-    if reduction == "max":
-        return stacked.amax(dim=0)
-    return stacked[0]
+    return reduce(torch.stack(contributions))
 
 
 def consumer_inputs(

@@ -45,6 +45,7 @@ from pyprune.pruning.groups import (
     GroupReduction,
     build_dependency_graph,
     consumer_inputs,
+    group_reducer,
     group_scores,
     out_members,
     prunable_groups,
@@ -275,9 +276,7 @@ def plan_structured(
     unit_names = [spec.name for spec in units]
     amounts = _layer_amounts(amount, roots + unit_names, scope)
     sizes = [int(work.get_submodule(name).weight.shape[0]) for name in roots] + [s.num_units for s in units]
-    reduce = _REDUCERS.get(group_reduction)
-    if reduce is None:
-        raise ValueError(f"group_reduction: expected one of {tuple(_REDUCERS)}, got {group_reduction!r}")
+    reduce = group_reducer(group_reduction)
 
     dropped: dict[str, torch.Tensor] = {}
     scores: list[torch.Tensor] = []
@@ -360,14 +359,6 @@ def plan_structured(
         else:
             measure_plan(plan, model, example_input)
     return plan
-
-
-_REDUCERS = {
-    "mean": torch.mean,
-    "sum": torch.sum,
-    "max": torch.amax,
-    "first": lambda s: s[0],
-}
 
 
 def _untouched(

@@ -11,7 +11,7 @@ import torch_pruning as tp
 from torch import nn
 
 from pyprune.pruning.criteria.base import ChannelCriterion
-from pyprune.pruning.groups import GROUP_REDUCTIONS, GroupReduction, group_scores
+from pyprune.pruning.groups import GroupReduction, group_reducer, group_scores
 
 
 class TorchPruningImportance(tp.importance.Importance):
@@ -30,8 +30,7 @@ class TorchPruningImportance(tp.importance.Importance):
     ):
         if not isinstance(criterion, ChannelCriterion):
             raise TypeError(f"criterion: expected a ChannelCriterion, got {type(criterion).__name__}")
-        if group_reduction not in GROUP_REDUCTIONS:
-            raise ValueError(f"group_reduction: expected one of {GROUP_REDUCTIONS}, got {group_reduction!r}")
+        group_reducer(group_reduction)
         self.criterion = criterion
         self.group_reduction = group_reduction
         self._names = {module: name for name, module in model.named_modules()}
