@@ -90,7 +90,11 @@ def check_planner(planner: Any, name: str) -> None:
 
 
 def registry_planner(
-    function: Callable[..., PruningPlan], *, takes: Iterable[str] = (), **defaults: Any
+    function: Callable[..., PruningPlan],
+    *,
+    takes: Iterable[str] = (),
+    fixed: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Planner:
     """``function(model, amount, **keywords)`` as a :class:`Planner`.
 
@@ -98,13 +102,16 @@ def registry_planner(
         function: plans ``model``; called with ``model`` and ``amount`` by position, everything else by name.
         takes: which of :data:`REGISTRY_KEYWORDS` ``function`` receives; the others are accepted and dropped, as
             every method accepts them.
-        **defaults: options for ``function`` that a caller's options override (the method's fixed choices, e.g.
-            ``criterion=FilterNorm(1), mode="remove"``).
+        fixed: keywords that make the method what it is (``criterion=FilterNorm(1)``, ``variant="rand"``); a
+            caller who passes one too gets a TypeError, as from a plain call with a keyword given twice.
+        defaults: options for ``function`` that a caller's options override (``mode="mask"``, ``scope="global"``).
 
     The planner's signature lists ``function``'s own keywords after the registry's, so a caller can see which
     options a method takes (the demo passes ``seed`` and ``progress`` only to the methods that declare them).
     """
     takes = tuple(takes)
+    fixed = dict(fixed or {})
+    defaults = dict(defaults or {})
     unknown = [key for key in takes if key not in REGISTRY_KEYWORDS]
     if unknown:
         raise ValueError(f"takes: expected names from {REGISTRY_KEYWORDS}, got {unknown}")
@@ -124,7 +131,12 @@ def registry_planner(
             "loss_fn": loss_fn,
             "seed": options.pop("seed", 0),
         }
-        return function(model, amount, **{key: given[key] for key in takes}, **{**defaults, **options})
+        twice = [key for key in fixed if key in options]
+        if twice:
+            raise TypeError(f"{planner.__name__}() got multiple values for keyword argument {twice[0]!r}")
+        return function(
+            model, amount, **{key: given[key] for key in takes}, **fixed, **{**defaults, **options}
+        )
 
     planner.__signature__ = _registry_signature(function, takes)  # type: ignore[attr-defined]
     planner.__name__ = planner.__qualname__ = getattr(function, "__name__", "planner")
@@ -197,7 +209,7 @@ class BuiltinMethod:
 
     Attributes:
         planner: the planning function, or ``"module:function"`` to import on first lookup.
-        takes, defaults: how :func:`registry_planner` adapts it.
+        takes, fixed, defaults: how :func:`registry_planner` adapts it.
         description, structured, needs_example_input, needs_data, amount_unit: as in :class:`Method`.
     """
 
@@ -208,6 +220,7 @@ class BuiltinMethod:
     needs_data: bool = False
     amount_unit: str = ""
     takes: tuple[str, ...] = ()
+    fixed: Mapping[str, Any] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def load(self, name: str) -> Method:
@@ -217,7 +230,7 @@ class BuiltinMethod:
             function = getattr(importlib.import_module(module), attribute)
         return Method(
             name,
-            registry_planner(function, takes=self.takes, **self.defaults),
+            registry_planner(function, takes=self.takes, fixed=self.fixed, defaults=self.defaults),
             self.description,
             self.structured,
             self.needs_example_input,
@@ -269,7 +282,8 @@ BUILTIN_METHODS: dict[str, BuiltinMethod] = {
         "|w| ranked over all layers (IMP)",
         False,
         takes=("example_input",),
-        defaults={"criterion": Magnitude(), "scope": "global"},
+        fixed={"criterion": Magnitude()},
+        defaults={"scope": "global"},
     ),
     "random": BuiltinMethod(
         _random_weights, "random weights per layer (baseline)", False, takes=("example_input", "seed")
@@ -279,19 +293,22 @@ BUILTIN_METHODS: dict[str, BuiltinMethod] = {
         "units by L2 norm of incoming weights, masked (unit pruning)",
         True,
         takes=("example_input",),
-        defaults={"criterion": FilterNorm(2), "mode": "mask"},
+        fixed={"criterion": FilterNorm(2)},
+        defaults={"mode": "mask"},
     ),
     "l1_filter": BuiltinMethod(
         plan_structured,
         "filters by L1 norm, removed (Li et al.)",
         **_CHANNELS,
-        defaults={"criterion": FilterNorm(1), "mode": "remove"},
+        fixed={"criterion": FilterNorm(1)},
+        defaults={"mode": "remove"},
     ),
     "l2_filter": BuiltinMethod(
         plan_structured,
         "filters by L2 norm, removed",
         **_CHANNELS,
-        defaults={"criterion": FilterNorm(2), "mode": "remove"},
+        fixed={"criterion": FilterNorm(2)},
+        defaults={"mode": "remove"},
     ),
     "random_channels": BuiltinMethod(
         _random_channels,
@@ -308,61 +325,61 @@ BUILTIN_METHODS: dict[str, BuiltinMethod] = {
         "pyprune.pruning.oneshot.planner:plan_oneshot",
         "|w| * ||x_j|| per output row, one-shot from calibration data (Sun et al. 2023)",
         **_ONESHOT,
-        defaults={"method": "wanda"},
+        fixed={"method": "wanda"},
     ),
     "sparsegpt": BuiltinMethod(
         "pyprune.pruning.oneshot.planner:plan_oneshot",
         "OBS reconstruction, one-shot from calibration data (Frantar & Alistarh 2023)",
         **_ONESHOT,
-        defaults={"method": "sparsegpt"},
+        fixed={"method": "sparsegpt"},
     ),
     "sipp_det": BuiltinMethod(
         "pyprune.pruning.criteria.provable.sipp:plan_sipp",
         "weights by empirical sensitivity (patch mean), global top-k over all layers (SiPPDet, Baykal et al. 2019)",
         **_SIPP,
-        defaults={"variant": "det"},
+        fixed={"variant": "det"},
     ),
     "sipp_rand": BuiltinMethod(
         "pyprune.pruning.criteria.provable.sipp:plan_sipp",
         "weights sampled per unit and sign by sensitivity, convex budget split, reweighted (SiPPRand)",
         **_SIPP,
-        defaults={"variant": "rand"},
+        fixed={"variant": "rand"},
     ),
     "sipp_hybrid": BuiltinMethod(
         "pyprune.pruning.criteria.provable.sipp:plan_sipp",
         "per unit and sign: sensitivity top-k or reweighted sampling, whichever bound is smaller (SiPPHybrid)",
         **_SIPP,
-        defaults={"variant": "hybrid"},
+        fixed={"variant": "hybrid"},
     ),
     "pfp": BuiltinMethod(
         "pyprune.pruning.criteria.provable.pfp:plan_pfp",
         "filters by input-channel sensitivity, eps-allocated, top-k (PFP, Liebenwein 2020)",
         **_PFP,
-        defaults={"variant": "det"},
+        fixed={"variant": "det"},
     ),
     "pfp_rand": BuiltinMethod(
         "pyprune.pruning.criteria.provable.pfp:plan_pfp",
         "filters sampled by input-channel sensitivity with reweighting (PFP, randomised)",
         **_PFP,
-        defaults={"variant": "rand"},
+        fixed={"variant": "rand"},
     ),
     "pfp_top": BuiltinMethod(
         "pyprune.pruning.criteria.provable.pfp:plan_pfp",
         "filters: sure ones kept, the rest sampled with reweighting (PFP, partially derandomised)",
         **_PFP,
-        defaults={"variant": "top"},
+        fixed={"variant": "top"},
     ),
     "cka_single": BuiltinMethod(
         "pyprune.pruning.criteria.cka_damage:plan_cka_damage",
         "units/channels by single-removal CKA damage of the layer's output",
         **_CKA,
-        defaults={"greedy": False},
+        fixed={"procedure": "single"},
     ),
     "cka_greedy": BuiltinMethod(
         "pyprune.pruning.criteria.cka_damage:plan_cka_damage",
         "units/channels by greedy set CKA damage, exact closed form",
         **_CKA,
-        defaults={"greedy": True},
+        fixed={"procedure": "greedy"},
     ),
     "oracle": BuiltinMethod(
         "pyprune.pruning.criteria.ablation:plan_oracle",

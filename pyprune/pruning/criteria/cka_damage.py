@@ -606,7 +606,7 @@ def plan_cka_damage(
     model: nn.Module,
     amount: Any,
     *,
-    greedy: bool = False,
+    procedure: Literal["single", "greedy"] = "single",
     example_input: torch.Tensor | None = None,
     data: Iterable[Any] | None = None,
     layers: Any = None,
@@ -623,12 +623,16 @@ def plan_cka_damage(
     progress: bool = True,
     **options: Any,
 ) -> PruningPlan:
-    """The ``"cka_single"`` (``greedy=False``) and ``"cka_greedy"`` methods: score channels by
-    :class:`CKADamage` over ``data``, then :func:`~pyprune.pruning.selection.plan_structured` them.
+    """The ``"cka_single"`` (``procedure="single"``) and ``"cka_greedy"`` (``procedure="greedy"``) methods: score
+    channels by :class:`CKADamage` over ``data``, then :func:`~pyprune.pruning.selection.plan_structured` them.
+    Other options go to the planner (``greedy=True`` there is Li et al.'s greedy mode, not this procedure).
 
     ``amount``: fraction of channels to remove per layer (or of all, ``scope="global"``); with ``stop_cka``
     each layer instead loses channels while its CKA stays above ``stop_cka`` (pass ``amount=0``; ``amount``
     then caps nothing and is ignored)."""
+    if procedure not in ("single", "greedy"):
+        raise ValueError(f"procedure: expected 'single' or 'greedy', got {procedure!r}")
+    greedy = procedure == "greedy"
     ignored = options.get("ignored_layers")
     if layers is None and ignored is None:
         output = output_layer_name(model)
