@@ -77,9 +77,9 @@ from torch import nn
 import pyprune
 from pyprune import models
 from pyprune.backend import cpu_import_error, cpu_kernels, use_kernel
-from pyprune.pruning import planner as planner_module
+from pyprune.pruning import selection as planner_module
 
-cka_module = importlib.import_module("pyprune.pruning.cka_damage")
+cka_module = importlib.import_module("pyprune.pruning.criteria.cka_damage")
 CKADamage = cka_module.CKADamage
 
 MAP_SIZE = 8

@@ -33,7 +33,7 @@ from _common import (
 
 import pyprune
 from pyprune.pruning.depth import BlockPlan
-from pyprune.pruning.plan import model_fingerprint
+from pyprune.pruning.fingerprint import model_fingerprint
 
 SELECTIONS = (
     ("angular, best run", "angular", True),

@@ -51,7 +51,7 @@ from torch import nn  # noqa: E402
 from torch.nn.utils import prune as torch_prune  # noqa: E402
 
 import pyprune  # noqa: E402
-from pyprune.pruning.planner import output_layer_name, select_layers  # noqa: E402
+from pyprune.pruning.layers import output_layer_name, select_layers  # noqa: E402
 
 AMOUNT = 0.3
 IMAGE = (1, 3, 224, 224)

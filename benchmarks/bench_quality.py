@@ -56,7 +56,7 @@ import pyprune
 from pyprune.data import load_mnist_subset
 from pyprune.models import lenet5, mlp_seed003
 from pyprune.pruning import get_method, output_layer_name
-from pyprune.pruning.criteria import PRUNABLE_TYPES
+from pyprune.pruning.criteria.base import PRUNABLE_TYPES
 from pyprune.training.fit import evaluate, fit
 from pyprune.training.schedules import imp
 

@@ -61,7 +61,7 @@ import pyprune
 from pyprune.backend import cpu_kernels, get_backend, use_backend
 from pyprune.data import load_mnist_subset
 from pyprune.models import lenet5, lenet_300_100
-from pyprune.pruning.provable import SensitivityTracker, sensitivity_set_size
+from pyprune.pruning.criteria.provable import SensitivityTracker, sensitivity_set_size
 from pyprune.training.fit import evaluate, fit
 from pyprune.training.schedules import cascade
 

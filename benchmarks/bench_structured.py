@@ -50,7 +50,7 @@ from torch import nn
 
 import pyprune
 from pyprune import models
-from pyprune.pruning import planner as planner_module
+from pyprune.pruning import layers as planner_module
 
 INPUT_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from pyprune.cli import main
+from pyprune.app.cli import main
 
 raise SystemExit(main())

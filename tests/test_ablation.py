@@ -10,7 +10,7 @@ from torch import nn
 
 import pyprune
 from pyprune.models import resnet20
-from pyprune.pruning import ablation
+from pyprune.pruning.criteria import ablation
 
 
 def cnn() -> nn.Sequential:

@@ -24,7 +24,7 @@ import pyprune
 from pyprune import CKADamage
 from pyprune.ops.cka_damage import greedy_removal_order
 from pyprune.ops.reference import greedy_removal_order_reference
-from pyprune.pruning import cka_damage as cka_damage_module
+from pyprune.pruning.criteria import cka_damage as cka_damage_module
 
 ATOL = 1e-10
 NEAR_TIE = 1e-9

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyprune import cli
+from pyprune.app import cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -71,7 +71,7 @@ def test_demo_quick_runs_every_registered_method(tmp_path, capsys):
 def test_demo_picks_up_a_newly_registered_method(tmp_path, monkeypatch):
     pytest.importorskip("mlxtend")
     pytest.importorskip("matplotlib")
-    from pyprune.demo import run_demo
+    from pyprune.app.demo import run_demo
     from pyprune.pruning import METHODS, Method, plan_unstructured
 
     calls = []
@@ -186,14 +186,14 @@ def test_prune_command_bad_arguments(argv, expected, capsys):
 
 
 def test_demo_missing_dependency(monkeypatch, tmp_path, capsys):
-    import pyprune.demo
+    import pyprune.app.demo
 
-    monkeypatch.setattr(pyprune.demo, "missing_dependencies", lambda: ["sklearn"])
+    monkeypatch.setattr(pyprune.app.demo, "missing_dependencies", lambda: ["sklearn"])
     assert cli.main(["demo", "--quick", "--out", str(tmp_path / "never")]) == 1
     assert "missing sklearn; install with: pip install pyprune[demo]" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
     with pytest.raises(ImportError, match=r"pip install pyprune\[demo\]"):
-        pyprune.demo.run_demo(tmp_path / "never")
+        pyprune.app.demo.run_demo(tmp_path / "never")
 
 
 def test_no_command_prints_help(capsys):

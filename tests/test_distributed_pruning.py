@@ -126,7 +126,7 @@ def _plans_on_rank(rank: int) -> dict[str, str]:
 def _accumulated_in_steps(batches: list) -> dict[str, str]:
     """Criteria fed in several steps before planning: Taylor batch by batch as during training (what
     schedules.iterative does), a SiPP/PFP tracker over two calls (maxima reduced after each; counts summed)."""
-    from pyprune.pruning.provable.tracker import SensitivityTracker
+    from pyprune.pruning.criteria.provable.tracker import SensitivityTracker
 
     model, example = _model(), _data()[0][:2]
     taylor = pyprune.Taylor(model)

@@ -22,11 +22,12 @@ from torch import nn
 
 import pyprune
 from pyprune import models, schedules
-from pyprune.pruning import LayerPlan, PruningPlan, ablation
-from pyprune.pruning.provable.bounds import adapt_sample_size, expected_distinct
-from pyprune.pruning.provable.pfp import KeepRatioMissedWarning, plan_pfp
-from pyprune.pruning.provable.sipp import SmallSensitivitySetWarning
-from pyprune.pruning.provable.tracker import SensitivityTracker
+from pyprune.pruning import LayerPlan, PruningPlan
+from pyprune.pruning.criteria import ablation
+from pyprune.pruning.criteria.provable.bounds import adapt_sample_size, expected_distinct
+from pyprune.pruning.criteria.provable.pfp import KeepRatioMissedWarning, plan_pfp
+from pyprune.pruning.criteria.provable.sipp import SmallSensitivitySetWarning
+from pyprune.pruning.criteria.provable.tracker import SensitivityTracker
 
 # The one-shot LLM methods (wanda, sparsegpt) need transformer blocks; tests/test_oneshot*.py cover them.
 ORIGINAL_METHODS = sorted(name for name in pyprune.METHODS if name not in ("wanda", "sparsegpt"))

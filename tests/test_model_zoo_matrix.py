@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 import pyprune
+from pyprune.pruning.criteria.provable.pfp import KeepRatioMissedWarning
+from pyprune.pruning.criteria.provable.sipp import SmallSensitivitySetWarning
 from tests.test_model_zoo import IDS, IMAGES, Encoder, hf_bert, hf_gpt2, hf_llama, hf_vit, timm_vit, tv_vit
 
 tvm = pytest.importorskip("torchvision.models")
@@ -165,9 +167,9 @@ def _plan(name, method, amount):
             options["loss_fn"] = loss
     with warnings.catch_warnings():
         # SiPP/PFP warn that a few samples are below their bound's sensitivity-set size.
-        warnings.simplefilter("ignore", pyprune.pruning.provable.SmallSensitivitySetWarning)
+        warnings.simplefilter("ignore", SmallSensitivitySetWarning)
         # PFP on a tiny model: one unit can be worth more than its 0.5% tolerance on the keep ratio.
-        warnings.simplefilter("ignore", pyprune.pruning.provable.pfp.KeepRatioMissedWarning)
+        warnings.simplefilter("ignore", KeepRatioMissedWarning)
         return model, pyprune.plan(model, method, amount, example_input=inputs, **options)
 
 

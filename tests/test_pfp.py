@@ -19,7 +19,7 @@ from pyprune import models
 from pyprune.measure import count
 from pyprune.ops.sensitivity import EPSILON
 from pyprune.pruning import PruningPlan
-from pyprune.pruning.provable import (
+from pyprune.pruning.criteria.provable import (
     PFPAllocator,
     PFPLayer,
     SensitivityTracker,
@@ -31,7 +31,7 @@ from pyprune.pruning.provable import (
     sample_complexity,
     select_channels,
 )
-from pyprune.pruning.provable.pfp import EPSILON_RANGE, KEEP_RATIO_TOLERANCE, KeepRatioMissedWarning
+from pyprune.pruning.criteria.provable.pfp import EPSILON_RANGE, KEEP_RATIO_TOLERANCE, KeepRatioMissedWarning
 
 # More samples than SPEC §5.4's |S| for the tiny nets below (c = 3, delta = 1e-16), so no warning fires.
 SAMPLES = 200

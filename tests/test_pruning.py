@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pathlib
 
 import pytest
 import torch
@@ -560,3 +561,26 @@ def test_measure_false_skips_the_counts_but_plans_the_same_channels():
     assert [layer.removed.tolist() for layer in quick.layers] == [
         layer.removed.tolist() for layer in measured.layers
     ]
+
+
+def test_a_method_whose_planner_has_the_wrong_signature_is_refused():
+    from pyprune.pruning.methods import Method
+
+    with pytest.raises(TypeError, match=r"planner must accept planner\(model, amount, \*, example_input"):
+        Method("bad", lambda model: None, "takes no amount", structured=False)
+    with pytest.raises(TypeError, match="planner must be callable"):
+        Method("bad", "not a function", "a string", structured=False)
+
+
+def test_built_in_methods_load_on_first_lookup():
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, pyprune\n"
+        "from pyprune.pruning import METHODS\n"
+        "sipp = 'pyprune.pruning.criteria.provable.sipp'\n"
+        "assert 'sipp_det' in METHODS and 'sipp_det' in list(METHODS) and sipp not in sys.modules\n"
+        "assert METHODS['sipp_det'].needs_data and sipp in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=pathlib.Path(__file__).parents[1])

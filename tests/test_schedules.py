@@ -23,8 +23,8 @@ from torch import nn
 
 from pyprune import data, models
 from pyprune.measure import count
-from pyprune.pruning.planner import plan_structured
-from pyprune.pruning.taylor import Taylor
+from pyprune.pruning.criteria.taylor import Taylor
+from pyprune.pruning.selection import plan_structured
 from pyprune.training.fit import Callback, snapshot
 from pyprune.training.schedules import (
     ScheduleOptions,

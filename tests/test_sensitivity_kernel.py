@@ -33,7 +33,7 @@ from pyprune.ops.sensitivity import (
     sensitivity_update,
     sensitivity_update_reference,
 )
-from pyprune.pruning.provable.tracker import SensitivityTracker
+from pyprune.pruning.criteria.provable.tracker import SensitivityTracker
 
 TIGHT = 1e-12  # float64
 FLOAT32_FACTOR = 4.0  # float32: at most this times the float32 reference's error (plus FLOAT32_ATOL)

@@ -19,7 +19,7 @@ import pyprune.pruning as pruning
 from pyprune.models import resnet20
 from pyprune.ops.sensitivity import EPSILON
 from pyprune.pruning import PruningPlan
-from pyprune.pruning.provable import (
+from pyprune.pruning.criteria.provable import (
     SensitivityTracker,
     SmallSensitivitySetWarning,
     adapt_sample_size,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyprune.pruning.taylor import Taylor
+from pyprune.pruning.criteria.taylor import Taylor
 
 N_EXAMPLES = 8
 

@@ -25,20 +25,26 @@ so that :func:`pyprune.load_pruned` can replay it on a fresh instance of the arc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
 from pyprune.activations import call_model, eval_mode
-from pyprune.pruning import attention
-from pyprune.pruning.groups import output_tensors
-from pyprune.pruning.plan import LayerPlan, PruningPlan, check_fingerprint
+from pyprune.pruning.attention import find_units, is_hf_model, remove_units, rewrite_hf_config, unit_spec
+from pyprune.pruning.fingerprint import check_fingerprint
+from pyprune.pruning.groups import build_dependency_graph, output_tensors
+
+if TYPE_CHECKING:
+    # Names for annotations only: plan.py imports this module (PruningPlan.apply), not the other way round.
+    from pyprune.pruning.plan import LayerPlan, PruningPlan
 
 HISTORY_ATTRIBUTE = "pyprune_history"
+#: What :func:`apply_plan` reads from a plan; checked by name because this module cannot import PruningPlan.
+PLAN_FIELDS = ("method", "mode", "layers", "fingerprint", "rescale", "weights", "options", "to_dict")
 UNIT_GRANULARITIES = ("heads", "units")
 #: Set on a pruned Hugging Face model: None when its config describes it, else why it cannot.
 CONFIG_NOTE_ATTRIBUTE = "pyprune_config_note"
@@ -53,11 +59,11 @@ def apply_plan(plan: PruningPlan, model: nn.Module, *, verify: bool = True) -> n
         verify: run the forward check after a plan that changes shapes (``mode="remove"``); on failure the model
             is restored and ValueError raised. ``False`` skips the two forward passes.
     """
-    if not isinstance(plan, PruningPlan):
+    if not all(hasattr(plan, field) for field in PLAN_FIELDS):
         raise TypeError(f"plan: expected a PruningPlan, got {type(plan).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    check_fingerprint(plan, model)
+    check_fingerprint(plan.fingerprint, model)
     modules = dict(model.named_modules())
     for layer in plan.layers:
         _check_layer(layer, modules)
@@ -69,20 +75,12 @@ def apply_plan(plan: PruningPlan, model: nn.Module, *, verify: bool = True) -> n
         # Recorded by the planner's trace when there was one; otherwise one forward pass now.
         recorded = plan.options.get("output_shapes")
         expected = [tuple(s) for s in recorded] if recorded is not None else _output_shapes(model, example)
-    saved = [tensor.detach().clone() for tensor, _ in [*replaced, *scaled]]
-    try:
-        # A mask plan changes only its layers: saving those alone keeps a plan over a DenseNet's 120 layers cheap.
-        touched = None if plan.mode == "remove" else [modules[layer.name] for layer in plan.layers]
-        with restore_on_error(model, touched):
-            _apply(plan, model, modules, scaled, replaced)
-            if example is not None:
-                _verify(plan, model, example, expected)
-    except BaseException:
-        # restore_on_error puts modules back but never sees in-place writes; undo them by hand.
-        with torch.no_grad():
-            for (tensor, _), value in zip([*replaced, *scaled], saved, strict=True):
-                tensor.copy_(value)
-        raise
+    # A mask plan changes only its layers: saving those alone keeps a plan over a DenseNet's 120 layers cheap.
+    touched = None if plan.mode == "remove" else [modules[layer.name] for layer in plan.layers]
+    with restore_on_error(model, touched, written=[tensor for tensor, _ in [*replaced, *scaled]]):
+        _apply(plan, model, modules, scaled, replaced)
+        if example is not None:
+            _verify(plan, model, example, expected)
     return model
 
 
@@ -92,11 +90,7 @@ def _rescaled_tensors(
     """``(weight parameter, factors)`` for every entry of ``plan.rescale``, checked before anything changes."""
     pairs = []
     for name, factors in plan.rescale.items():
-        module = modules.get(name)
-        if module is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
-            raise ValueError(f"plan.rescale: {name!r} is not a module with a weight in the model")
-        # A masked weight is recomputed from weight_orig on every forward: scale the parameter behind it.
-        weight = getattr(module, "weight_orig", module.weight)
+        weight = _stored_weight(modules, name, "plan.rescale")
         try:
             torch.broadcast_shapes(factors.shape, weight.shape)
         except RuntimeError:
@@ -114,16 +108,22 @@ def _replaced_tensors(
     """``(weight parameter, new values)`` for every entry of ``plan.weights``, checked before anything changes."""
     pairs = []
     for name, values in plan.weights.items():
-        module = modules.get(name)
-        if module is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
-            raise ValueError(f"plan.weights: {name!r} is not a module with a weight in the model")
-        weight = getattr(module, "weight_orig", module.weight)
+        weight = _stored_weight(modules, name, "plan.weights")
         if tuple(values.shape) != tuple(weight.shape):
             raise ValueError(
                 f"plan.weights[{name!r}]: values of shape {tuple(values.shape)}, the weight has {tuple(weight.shape)}"
             )
         pairs.append((weight, values))
     return pairs
+
+
+def _stored_weight(modules: dict[str, nn.Module], name: str, field: str) -> torch.Tensor:
+    """The parameter behind module ``name``'s weight: ``weight_orig`` under a ``torch.nn.utils.prune`` mask (the
+    masked weight is recomputed from it on every forward, so that is what must change), else ``weight``."""
+    module = modules.get(name)
+    if module is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
+        raise ValueError(f"{field}: {name!r} is not a module with a weight in the model")
+    return getattr(module, "weight_orig", module.weight)
 
 
 def _apply(
@@ -165,28 +165,36 @@ def make_permanent(model: nn.Module) -> nn.Module:
 
 
 @contextmanager
-def restore_on_error(model: nn.Module, touched: Iterable[nn.Module] | None = None) -> Iterator[None]:
+def restore_on_error(
+    model: nn.Module, touched: Iterable[nn.Module] | None = None, *, written: Sequence[torch.Tensor] = ()
+) -> Iterator[None]:
     """Run a block that mutates ``model``; if it raises, put every module's state back and re-raise.
 
     ``touched``: the only modules the block can change besides ``model`` itself (a mask plan's layers); by
     default every module is saved (Torch-Pruning's groups reach BatchNorms and consumers anywhere).
+    ``written``: tensors the block writes in place (a plan's new or rescaled weights); their values are copied
+    now and written back, since saving the modules' attributes keeps the same tensor objects.
     """
     modules = model.modules() if touched is None else dict.fromkeys([model, *touched])
-    snapshot = [(module, type(module), _shallow_state(module)) for module in modules]
+    snapshot: list[tuple[Any, type, dict[str, Any]]] = [
+        (module, type(module), _shallow_state(module)) for module in modules
+    ]
     # A Hugging Face config is shared by the model's modules and rewritten after head pruning.
     config = getattr(model, "config", None)
-    config_state = dict(config.__dict__) if hasattr(config, "to_dict") else None
+    if hasattr(config, "to_dict"):
+        snapshot.append((config, type(config), dict(config.__dict__)))
     history = getattr(model, HISTORY_ATTRIBUTE, None)
+    values = [tensor.detach().clone() for tensor in written]
     try:
         yield
     except BaseException:
-        for module, cls, state in snapshot:
-            module.__class__ = cls
-            module.__dict__.clear()
-            module.__dict__.update(state)
-        if config_state is not None:
-            config.__dict__.clear()
-            config.__dict__.update(config_state)
+        for owner, cls, state in snapshot:
+            owner.__class__ = cls
+            owner.__dict__.clear()
+            owner.__dict__.update(state)
+        with torch.no_grad():
+            for tensor, value in zip(written, values, strict=True):
+                tensor.copy_(value)
         if history is None:
             model.__dict__.pop(HISTORY_ATTRIBUTE, None)
         else:
@@ -205,7 +213,7 @@ def _check_layer(layer: LayerPlan, modules: dict[str, nn.Module]) -> None:
     if module is None:
         raise ValueError(f"plan: layer {layer.name!r} does not exist in the model")
     if layer.granularity in UNIT_GRANULARITIES:
-        spec = attention.unit_spec(layer.name, module)
+        spec = unit_spec(layer.name, module)
         size = 0 if spec is None else spec.num_units
         if spec is None or spec.granularity != layer.granularity:
             raise ValueError(
@@ -250,8 +258,6 @@ def apply_traced(plan: PruningPlan, model: nn.Module, graph: Any) -> None:
 def _remove_channels(
     plan: PruningPlan, model: nn.Module, modules: dict[str, nn.Module], graph: Any = None
 ) -> None:
-    from pyprune.pruning.groups import build_dependency_graph
-
     channels = [layer for layer in plan.layers if layer.granularity not in UNIT_GRANULARITIES]
     units = [layer for layer in plan.layers if layer.granularity in UNIT_GRANULARITIES]
     if any(layer.num_removed for layer in channels):
@@ -274,9 +280,9 @@ def _remove_channels(
                 )
             group.prune()
     for layer in units:
-        attention.remove_units(model, attention.unit_spec(layer.name, modules[layer.name]), layer.removed)
-    if attention.is_hf_model(model):
-        note = attention.rewrite_hf_config(model, attention.find_units(model))
+        remove_units(model, unit_spec(layer.name, modules[layer.name]), layer.removed)
+    if is_hf_model(model):
+        note = rewrite_hf_config(model, find_units(model))
         object.__setattr__(model, CONFIG_NOTE_ATTRIBUTE, note)
 
 

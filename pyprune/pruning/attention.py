@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyprune.pruning.criteria import ChannelCriterion
+from pyprune.pruning.criteria.base import ChannelCriterion
 
 
 @dataclass(frozen=True)

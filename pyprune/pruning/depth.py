@@ -32,8 +32,8 @@ from torch import nn
 
 from pyprune.activations import eval_mode
 from pyprune.pruning.apply import HISTORY_ATTRIBUTE, restore_on_error
+from pyprune.pruning.fingerprint import check_fingerprint, model_fingerprint
 from pyprune.pruning.oneshot.calibration import model_inputs
-from pyprune.pruning.plan import check_fingerprint, model_fingerprint
 
 BLOCK_PLAN_FORMAT = "pyprune-blocks/1"
 Metric = Literal["angular", "bi", "cka"]
@@ -261,7 +261,7 @@ class BlockPlan:
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Remove the blocks from ``model`` (in place; untouched if anything fails); returns ``model``."""
-        check_fingerprint(self, model)  # type: ignore[arg-type]  # reads .fingerprint only
+        check_fingerprint(self.fingerprint, model)
         by_container: dict[str, list[int]] = {}
         modules = dict(model.named_modules())
         for name in self.removed:

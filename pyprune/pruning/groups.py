@@ -8,24 +8,41 @@ rather than a home-made graph.
 Group score of root channel ``c``: the criterion's score of ``c`` in every layer of the group whose **output**
 channels are pruned (the root, residual partners; not BatchNorm, not consumers), combined by ``reduction``:
 ``"mean"`` (default: a residual stream written by three convs is judged by all three equally), ``"sum"``,
-``"max"`` or ``"first"`` (the root alone). Consumers' input weights are not scored, as in Li et al. and seed
-003, where a filter is judged by its own incoming weights.
+``"max"`` or ``"first"`` (the root alone). Consumers' input weights are not scored, as in Li et al. 2017,
+where a filter is judged by its own incoming weights.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
+from pyprune.pruning.attention import is_hf_model
+from pyprune.pruning.criteria.base import PRUNABLE_TYPES, ChannelCriterion
+
+if TYPE_CHECKING:
+    import torch_pruning as tp
 
 GroupReduction = Literal["mean", "sum", "max", "first"]
-GROUP_REDUCTIONS = ("mean", "sum", "max", "first")
+GROUP_REDUCERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "mean": lambda scores: scores.mean(dim=0),
+    "sum": lambda scores: scores.sum(dim=0),
+    "max": lambda scores: scores.amax(dim=0),
+    "first": lambda scores: scores[0],
+}
+"""How the scores of coupled layers (dim 0: one row per layer) or of a unit's rows combine into one score."""
+GROUP_REDUCTIONS = tuple(GROUP_REDUCERS)
+
+
+def group_reducer(reduction: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The reducer named ``reduction``; ValueError naming ``group_reduction`` for any other name."""
+    if reduction not in GROUP_REDUCERS:
+        raise ValueError(f"group_reduction: expected one of {GROUP_REDUCTIONS}, got {reduction!r}")
+    return GROUP_REDUCERS[reduction]
 
 
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
@@ -34,6 +51,9 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.
     Raises:
         ValueError: Torch-Pruning cannot trace the model; the message carries its error.
     """
+    # Imported here: Torch-Pruning loads only when a model is first traced, not with pyprune.
+    import torch_pruning as tp
+
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -123,8 +143,7 @@ def group_scores(
         reduction: how the layers' scores of one channel combine.
         dropped_inputs: name -> input indices already removed upstream (Li et al.'s greedy mode).
     """
-    if reduction not in GROUP_REDUCTIONS:
-        raise ValueError(f"group_reduction: expected one of {GROUP_REDUCTIONS}, got {reduction!r}")
+    reduce = group_reducer(reduction)
     size = int(group[0].dep.target.module.weight.shape[0])
     contributions = []
     for item in group:
@@ -140,14 +159,7 @@ def group_scores(
         contributions.append(contribution)
         if reduction == "first":
             break
-    stacked = torch.stack(contributions)
-    if reduction == "mean":
-        return stacked.mean(dim=0)
-    if reduction == "sum":
-        return stacked.sum(dim=0)
-    if reduction == "max":
-        return stacked.amax(dim=0)
-    return stacked[0]
+    return reduce(torch.stack(contributions))
 
 
 def consumer_inputs(
@@ -165,34 +177,67 @@ def consumer_inputs(
     return result
 
 
-class TorchPruningImportance(tp.importance.Importance):
-    """A pyprune channel criterion as a Torch-Pruning importance, for Torch-Pruning's own pruners.
-
-    Example:
-        >>> imp = TorchPruningImportance(pyprune.FilterNorm(p=1), model)
-        >>> pruner = tp.pruner.MetaPruner(model, example_inputs, importance=imp, pruning_ratio=0.5)
-
-    ``model`` is needed once, to know the layers' names (data-driven criteria such as Taylor key their
-    statistics by name).
-    """
-
-    def __init__(
-        self, criterion: ChannelCriterion, model: nn.Module, group_reduction: GroupReduction = "mean"
-    ):
-        if not isinstance(criterion, ChannelCriterion):
-            raise TypeError(f"criterion: expected a ChannelCriterion, got {type(criterion).__name__}")
-        if group_reduction not in GROUP_REDUCTIONS:
-            raise ValueError(f"group_reduction: expected one of {GROUP_REDUCTIONS}, got {group_reduction!r}")
-        self.criterion = criterion
-        self.group_reduction = group_reduction
-        self._names = {module: name for name, module in model.named_modules()}
-
-    @torch.no_grad()
-    def __call__(self, group: tp.Group) -> torch.Tensor:
-        return group_scores(group, self.criterion, self._names, self.group_reduction).float()
-
-
 def prunes(item: Any, side: Literal["in", "out"]) -> bool:
     # Torch-Pruning's handlers are bound methods named prune_out_channels / prune_in_channels of each layer's
     # pruner, for built-in and user-registered layer types alike.
     return getattr(item.dep.handler, "__name__", "") == f"prune_{side}_channels"
+
+
+def prunable_groups(
+    work: nn.Module, graph: Any, blocked: Sequence[nn.Module]
+) -> tuple[list[Any], dict[str, str]]:
+    """Torch-Pruning's groups of ``work`` that pyprune prunes by channel, and ``{layer: reason}`` for the rest.
+
+    ``blocked`` modules keep their output channels (ignored layers and attention projections: a group that
+    would cut them, such as a transformer's residual stream, is left whole). Also left whole: groups tied to a
+    grouped (not depthwise) convolution, and, in a Hugging Face model, groups as wide as ``config.hidden_size``
+    (one config field sets that width for every layer, so ``from_pretrained`` could not rebuild the model).
+    """
+    names = {module: name for name, module in work.named_modules()}
+    hidden = work.config.hidden_size if is_hf_model(work) else None
+    groups, untouched = [], {}
+    all_groups = (
+        [] if graph is None else graph.get_all_groups(list(blocked), root_module_types=PRUNABLE_TYPES)
+    )
+    for group in all_groups:
+        reason = _grouped_conv(group, names)
+        if reason is None and hidden is not None and group[0].dep.target.module.weight.shape[0] == hidden:
+            reason = (
+                f"{hidden} wide like the model's hidden_size, which one Hugging Face config field sets for "
+                "every layer"
+            )
+        if reason is None:
+            groups.append(group)
+        else:
+            for member in out_members(group, names):
+                untouched[member] = reason
+    return groups, untouched
+
+
+def _grouped_conv(group: Any, names: Mapping[nn.Module, str]) -> str | None:
+    """Why ``group`` cannot be pruned by channel when it touches a grouped (not depthwise) convolution, else None.
+
+    Torch-Pruning removes arbitrary channels of a grouped conv, which leaves groups of unequal width and a
+    failing forward (regnet_y_400mf: ``INDICES element is out of DATA bounds``).
+    """
+    for item in group:
+        module = item.dep.target.module
+        if (
+            isinstance(module, nn.modules.conv._ConvNd)
+            and module.groups > 1
+            and not (module.groups == module.in_channels == module.out_channels)
+        ):
+            return (
+                f"tied to grouped convolution {names[module]!r} (groups={module.groups}), whose groups would "
+                "lose different numbers of channels"
+            )
+    return None
+
+
+def out_members(group: Any, names: Mapping[nn.Module, str]) -> list[str]:
+    """Names of the Linear/ConvNd layers of ``group`` whose output channels it removes."""
+    return [
+        names[item.dep.target.module]
+        for item in group
+        if isinstance(item.dep.target.module, PRUNABLE_TYPES) and prunes(item, "out")
+    ]

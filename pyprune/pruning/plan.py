@@ -6,7 +6,7 @@ so applying it to another architecture fails before anything changes. Plans prin
 (weight masks as packed bits, so a plan of a large model stays small) and apply to a fresh copy of the same
 architecture, which is how :func:`pyprune.load_pruned` rebuilds a pruned model without pickled classes.
 
-Applying lives in :mod:`pyprune.pruning.apply`; planning in :mod:`pyprune.pruning.planner`.
+Applying lives in :mod:`pyprune.pruning.apply`; planning in :mod:`pyprune.pruning.selection`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from pyprune.distributed import unwrap_model
+from pyprune.pruning.apply import apply_plan
+from pyprune.pruning.fingerprint import Fingerprint
 
 PLAN_FORMAT = "pyprune-plan/1"
 
@@ -192,7 +194,7 @@ class PruningPlan:
     method: str
     mode: ApplyMode
     layers: list[LayerPlan]
-    fingerprint: list[tuple[str, tuple[int, ...]]]
+    fingerprint: Fingerprint
     input_shape: tuple[int, ...] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     totals: dict[str, list[int]] = field(default_factory=dict)
@@ -227,8 +229,6 @@ class PruningPlan:
 
         A DistributedDataParallel wrapper is pruned through its module; re-wrap the model afterwards when the plan
         removes channels (DDP keeps references to the replaced parameters)."""
-        from pyprune.pruning.apply import apply_plan
-
         check_untied(self, unwrap_model(model))
         apply_plan(self, unwrap_model(model))
         return model
@@ -326,11 +326,6 @@ class PruningPlan:
         return format_plan(self)
 
 
-def model_fingerprint(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
-    """Names and shapes of ``model``'s parameters, ``torch.nn.utils.prune``'s ``_orig`` suffix stripped."""
-    return [(name.removesuffix("_orig"), tuple(p.shape)) for name, p in model.named_parameters()]
-
-
 def check_untied(plan: PruningPlan, model: nn.Module) -> None:
     """Refuse a plan that prunes a parameter shared by several modules (tied weights, e.g. an embedding and an
     output layer), since masking or slicing it for one user would give the others different values or shapes.
@@ -360,29 +355,6 @@ def check_untied(plan: PruningPlan, model: nn.Module) -> None:
                     "pruning it for one user would untie it from the others. Leave every user of a shared "
                     "parameter out (ignored_layers=[...]) or untie the parameter first."
                 )
-
-
-def check_fingerprint(plan: PruningPlan, model: nn.Module) -> None:
-    """Raise ValueError naming the first difference when ``model`` is not the architecture ``plan`` was made for."""
-    found = model_fingerprint(model)
-    if found == plan.fingerprint:
-        return
-    expected = dict(plan.fingerprint)
-    actual = dict(found)
-    for name, shape in plan.fingerprint:
-        if name not in actual:
-            problem = f"the model has no parameter {name!r}"
-            break
-        if actual[name] != shape:
-            problem = f"parameter {name!r} has shape {actual[name]}, the plan expects {shape}"
-            break
-    else:
-        extra = [name for name in actual if name not in expected]
-        problem = f"the model has parameters the plan does not know: {extra[:5]}"
-    raise ValueError(
-        f"model: the plan was made for a different architecture ({problem}). Apply a plan to a fresh instance "
-        "of the model it was made for, in the state it had when planned (earlier plans applied first)."
-    )
 
 
 def format_plan(plan: PruningPlan) -> str:

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from pyprune.ops.nm_select import check_n_m
+from pyprune.pruning.fingerprint import model_fingerprint
+from pyprune.pruning.layers import select_layers
 from pyprune.pruning.oneshot.calibration import (
     BlockRun,
     find_blocks,
@@ -30,8 +32,8 @@ from pyprune.pruning.oneshot.owl import (
     owl_sparsities,
 )
 from pyprune.pruning.oneshot.solvers import SPARSEGPT_BLOCK, SPARSEGPT_DAMPING, select_by_score, sparsegpt
-from pyprune.pruning.plan import LayerPlan, PruningPlan, model_fingerprint
-from pyprune.pruning.planner import check_amount, measure_plan, select_layers
+from pyprune.pruning.plan import LayerPlan, PruningPlan
+from pyprune.pruning.selection import check_amount, measure_plan
 
 Score = Literal["magnitude", "wanda", "sparsegpt"]
 SCORES: tuple[str, ...] = ("magnitude", "wanda", "sparsegpt")

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pyprune.pruning.layers import select_layers
 from pyprune.pruning.methods import get_method
-from pyprune.pruning.planner import select_layers
 from pyprune.training.fit import Callback, enforce_masks, snapshot
 from pyprune.training.schedules.config import (
     OptimizerFactory,

@@ -14,11 +14,11 @@ from torch import nn
 
 from pyprune.distributed import unwrap_model
 from pyprune.measure import format_count
-from pyprune.pruning import planner
+from pyprune.pruning import selection
+from pyprune.pruning.criteria.taylor import TAYLOR_OPTIONS, Taylor
 from pyprune.pruning.methods import get_method
 from pyprune.pruning.plan import PruningPlan
-from pyprune.pruning.planner import plan_structured
-from pyprune.pruning.taylor import Taylor
+from pyprune.pruning.selection import plan_structured
 from pyprune.training.schedules.config import (
     OptimizerFactory,
     RoundCallback,
@@ -31,16 +31,9 @@ from pyprune.training.schedules.results import ScheduleResult
 from pyprune.training.schedules.session import Session
 from pyprune.training.schedules.trainer import Trainer
 
-# Taylor options go to the criterion; every other method option goes to the planner.
-_TAYLOR_OPTIONS = (
-    "layers",
-    "point",
-    "reduction",
-    "normalize",
-    "flops_lambda",
-    "flops_unit",
-    "loss_reduction",
-)
+# Taylor options go to the criterion (which also takes the scored ``layers``); every other method option goes to
+# the planner.
+_CRITERION_OPTIONS = ("layers", *TAYLOR_OPTIONS)
 
 
 def iterative(
@@ -99,9 +92,9 @@ def iterative(
         max_rounds: stop after this many rounds, >= 1.
         optimizer_factory: default SGD with lr 1e-4, momentum 0.9, weight decay 1e-4, created
             fresh every round.
-        method_options: for ``"taylor"``, the :class:`~pyprune.pruning.taylor.Taylor` options (``point``,
+        method_options: for ``"taylor"``, the :class:`~pyprune.pruning.criteria.taylor.Taylor` options (``point``,
             ``reduction``, ``flops_lambda``, ...) go to the criterion, the rest to
-            :func:`~pyprune.pruning.planner.plan_structured`.
+            :func:`~pyprune.pruning.selection.plan_structured`.
         train_loader, eval_loader, example_input, data, loss_fn, scheduler_factory, scheduler_step, fit_options,
         seed, checkpoint_dir, resume, callback, progress: as in :class:`~pyprune.training.schedules.ScheduleOptions`.
 
@@ -138,7 +131,7 @@ def iterative(
             "method_options: iterative removes channels; mode='mask' would leave the FLOPs unchanged"
         )
     taylor_options = (
-        {k: planner_options.pop(k) for k in _TAYLOR_OPTIONS if k in planner_options}
+        {k: planner_options.pop(k) for k in _CRITERION_OPTIONS if k in planner_options}
         if method == "taylor"
         else {}
     )
@@ -268,7 +261,7 @@ def _check_flops_target_reachable(
     """Raise before any training when even the narrowest model the planner allows misses ``flops_target``."""
     # Every group cut to its minimum width (the criterion is irrelevant when almost everything goes).
     limits = {k: options[k] for k in ("ignored_layers", "min_channels", "round_to") if k in options}
-    narrowest = planner.plan_structured(
+    narrowest = selection.plan_structured(
         model, 1 - 1e-9, example, scope="layer", method="flops floor", **limits
     )
     dense, least = narrowest.totals["flops"]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pyprune.pruning.methods import get_method
-from pyprune.pruning.planner import check_amount
+from pyprune.pruning.selection import check_amount
 from pyprune.training.schedules.config import (
     OptimizerFactory,
     RoundCallback,

@@ -23,10 +23,10 @@ from pyprune.distributed import rewrap, unwrap_model
 from pyprune.measure import count
 from pyprune.pruning.apply import HISTORY_ATTRIBUTE
 from pyprune.pruning.io import load_checked, load_pruned, save_checked, save_pruned
+from pyprune.pruning.layers import check_materialised
 from pyprune.pruning.methods import get_method
 from pyprune.pruning.methods import plan as plan_method
 from pyprune.pruning.plan import PruningPlan
-from pyprune.pruning.planner import check_materialised
 from pyprune.training.fit import evaluate, is_main_process, model_device
 from pyprune.training.schedules.config import ScheduleOptions
 from pyprune.training.schedules.results import RoundRecord, ScheduleResult, progress_line

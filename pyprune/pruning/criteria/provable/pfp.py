@@ -21,7 +21,7 @@ means keeping those output channels of the layers that produce them. Three steps
 A channel of a group is removed only if *every* layer reading it dropped it: on a residual stream
 one reader keeping a channel keeps it for all, and the readers that dropped it get zero columns for it (the
 original zeroes ``W_l[:, c]`` of every dropped input channel). Removal goes through
-:func:`~pyprune.pruning.planner.plan_structured`; reweighting and zeroed columns go in ``plan.rescale``.
+:func:`~pyprune.pruning.selection.plan_structured`; reweighting and zeroed columns go in ``plan.rescale``.
 
 ``amount`` is the fraction of *all* parameters to remove, measured on the pruned model (``count(...).params``;
 nonzero parameters with ``mode="mask"``). The allocator's weight count is only an estimate (biases,
@@ -46,28 +46,20 @@ from pyprune.distributed import rank_identical_generator
 from pyprune.measure import count
 from pyprune.pruning.apply import describe_input
 from pyprune.pruning.attention import find_units, projection_names
-from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
-from pyprune.pruning.groups import build_dependency_graph
-from pyprune.pruning.methods import Method, register_method
-from pyprune.pruning.plan import ApplyMode, PruningPlan
-from pyprune.pruning.planner import (
-    _resolve_refs,
-    check_amount,
-    measure_plan,
-    output_layer_name,
-    plan_structured,
-    prunable_groups,
-    select_layers,
-)
-from pyprune.pruning.provable.bounds import (
+from pyprune.pruning.criteria.base import PRUNABLE_TYPES, ChannelCriterion
+from pyprune.pruning.criteria.provable.bounds import (
     adapt_sample_size,
     alpha,
     expected_distinct,
     sample_complexity,
     sensitivity_set_size,
 )
-from pyprune.pruning.provable.sipp import SmallSensitivitySetWarning, sensitivity_layers
-from pyprune.pruning.provable.tracker import SensitivityTracker
+from pyprune.pruning.criteria.provable.sipp import SmallSensitivitySetWarning, sensitivity_layers
+from pyprune.pruning.criteria.provable.tracker import SensitivityTracker
+from pyprune.pruning.groups import build_dependency_graph, prunable_groups
+from pyprune.pruning.layers import output_layer_name, resolve_layer_refs, select_layers
+from pyprune.pruning.plan import ApplyMode, PruningPlan
+from pyprune.pruning.selection import check_amount, measure_plan, plan_structured
 
 Variant = Literal["det", "rand", "top"]
 VARIANTS = ("det", "rand", "top")
@@ -349,7 +341,7 @@ def pfp_network(
     ignored = (
         [output_layer_name(work)]
         if ignored_layers is None
-        else _resolve_refs(work, ignored_layers, "ignored_layers")
+        else resolve_layer_refs(work, ignored_layers, "ignored_layers")
     )
     groups = _dependency_groups(work, example_input, ignored)
     if isinstance(data, SensitivityTracker):
@@ -807,60 +799,3 @@ def _has_statistics(tracker: SensitivityTracker, name: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _planner(variant: Variant):
-    def planner(
-        model: nn.Module,
-        amount: float,
-        *,
-        example_input: torch.Tensor | None = None,
-        data: Iterable[Any] | None = None,
-        loss_fn: Any = None,
-        c: float = 3.0,
-        delta: float = 1e-16,
-        seed: int = 0,
-        max_batches: int | None = None,
-        progress: bool = True,
-        mode: ApplyMode = "remove",
-        ignored_layers: Sequence[str | nn.Module] | None = None,
-    ) -> PruningPlan:
-        """``amount``: fraction of all parameters to remove; ``loss_fn`` is not used (PFP needs no labels)."""
-        return plan_pfp(
-            model,
-            amount,
-            example_input,
-            data,
-            variant=variant,
-            c=c,
-            delta=delta,
-            seed=seed,
-            max_batches=max_batches,
-            progress=progress,
-            mode=mode,
-            ignored_layers=ignored_layers,
-        )
-
-    return planner
-
-
-for _name, _variant, _description in (
-    ("pfp", "det", "filters by input-channel sensitivity, eps-allocated, top-k (PFP, Liebenwein 2020)"),
-    ("pfp_rand", "rand", "filters sampled by input-channel sensitivity with reweighting (PFP, randomised)"),
-    (
-        "pfp_top",
-        "top",
-        "filters: sure ones kept, the rest sampled with reweighting (PFP, partially derandomised)",
-    ),
-):
-    register_method(
-        Method(
-            _name,
-            _planner(_variant),
-            _description,
-            structured=True,
-            needs_example_input=True,
-            needs_data=True,
-            amount_unit="params",
-        )
-    )

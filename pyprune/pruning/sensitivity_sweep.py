@@ -20,8 +20,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pyprune.distributed import check_rank_identical
+from pyprune.pruning.layers import check_materialised
 from pyprune.pruning.methods import get_method, plan
-from pyprune.pruning.planner import check_amount, check_materialised
+from pyprune.pruning.selection import check_amount
 
 
 @dataclass

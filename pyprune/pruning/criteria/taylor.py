@@ -7,9 +7,10 @@ feature map ``z_c`` is set to zero::
 
 A position is a spatial location of a ConvNd output (dim 1 is the channel) or, for a Linear layer, one of the
 leading positions of a ``(B, ..., C)`` output (the last dim is the channel; ``(B, C)`` has one position per
-example). The seed code's variant averages the *signed* product over the batch and positions, sums
-that over batches and takes the absolute value only at the end; pyprune divides the sum by the number of batches
-so that both variants are on the same scale (the L2-normalised scores are the seed's exactly)::
+example). The public implementation ``jacobgil/pytorch-pruning`` averages the *signed* product over the batch
+and positions, sums that over batches and takes the absolute value only at the end; pyprune divides the sum by
+the number of batches so that both variants are on the same scale (the L2-normalised scores are that
+implementation's exactly)::
 
     θ_c = | Σ over batches of mean over (b, m) of z_c · ∂L/∂z_c | / num_batches                  ("signed_sum_then_abs")
 
@@ -53,7 +54,7 @@ Example:
 
 from __future__ import annotations
 
-import difflib
+import copy
 import itertools
 import math
 import numbers
@@ -69,9 +70,17 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
-from pyprune.activations import LayerSelector, call_model, model_device, resolve_layers, to_device
+from pyprune.activations import LayerSelector, call_model, model_device, to_device
 from pyprune.distributed import TaylorTotals, taylor_totals
-from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
+from pyprune.pruning.criteria.base import ChannelCriterion
+from pyprune.pruning.criteria.scored_layers import (
+    channel_dim,
+    close_matches_hint,
+    resolve_points,
+    resolve_scored_layers,
+)
+from pyprune.pruning.plan import PruningPlan
+from pyprune.pruning.selection import plan_structured
 
 Reduction = Literal["paper", "signed_sum_then_abs"]
 LossReduction = Literal["mean", "sum"]
@@ -89,7 +98,8 @@ class Taylor(ChannelCriterion):
         point: ``{layer name: module name}``: observe z at that module's output (e.g. the following BatchNorm
             or activation) instead of the layer's own output. Its channel dim (dim 1, last for Linear layers)
             must have the layer's number of output channels.
-        reduction: ``"paper"`` (abs per example, then mean) or ``"signed_sum_then_abs"`` (the seed code).
+        reduction: ``"paper"`` (abs per example, then mean) or ``"signed_sum_then_abs"``
+            (``jacobgil/pytorch-pruning``).
         normalize: divide each layer's θ by its L2 norm in :meth:`scores` (a zero vector stays zero).
         flops_lambda: λ >= 0 of the FLOPs penalty subtracted in :meth:`scores` (paper: 1e-3).
         flops_unit: FLOPs per unit of the penalty (paper: 1e6, i.e. MFLOPs).
@@ -370,9 +380,10 @@ class Taylor(ChannelCriterion):
 
     def _check_name(self, name: str) -> None:
         if name not in self._layers:
-            close = difflib.get_close_matches(str(name), list(self._layers), n=3, cutoff=0.6)
-            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            raise ValueError(f"name: {name!r} is not a layer scored by this Taylor criterion{hint}")
+            raise ValueError(
+                f"name: {name!r} is not a layer scored by this Taylor criterion"
+                f"{close_matches_hint(name, list(self._layers))}"
+            )
 
     def _on_layer(self, name: str, layer: nn.Module, args: Any, output: Any) -> None:
         self._positions[name] = _positions(output, layer)
@@ -447,63 +458,6 @@ class Taylor(ChannelCriterion):
         self._over_ranks = None
 
 
-def resolve_scored_layers(model: nn.Module, layers: LayerSelector | None) -> dict[str, nn.Module]:
-    """``{name: module}`` of the Linear/ConvNd layers a data-driven criterion scores (default: all of them)."""
-    if layers is None:
-        selected = [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
-        if not selected:
-            raise ValueError(f"model: {type(model).__name__} has no Linear or ConvNd layer to score")
-    else:
-        selected = resolve_layers(model, layers)
-    for name, module in selected:
-        if not isinstance(module, PRUNABLE_TYPES):
-            raise TypeError(
-                f"layers: {name!r} is a {type(module).__name__}; expected a Linear, Conv1d, Conv2d or Conv3d"
-            )
-    return dict(selected)
-
-
-def resolve_points(model: nn.Module, layers: Mapping[str, nn.Module], point: Any) -> dict[str, str]:
-    """Check a ``{layer name: module name}`` measurement-point mapping against the model; ``{}`` for None."""
-    if point is None:
-        return {}
-    if not isinstance(point, Mapping):
-        raise TypeError(f"point: expected a dict {{layer name: module name}}, got {type(point).__name__}")
-    modules = dict(model.named_modules(remove_duplicate=False))
-    resolved = {}
-    for layer_name, module_name in point.items():
-        if layer_name not in layers:
-            raise ValueError(
-                f"point: key {layer_name!r} is not a scored layer{_close(layer_name, list(layers))}"
-            )
-        if not isinstance(module_name, str):
-            raise TypeError(
-                f"point[{layer_name!r}]: expected a module name (str), got {type(module_name).__name__}"
-            )
-        if module_name not in modules:
-            valid = [n for n in modules if n]
-            raise ValueError(
-                f"point[{layer_name!r}]: {module_name!r} is not a module of {type(model).__name__}"
-                f"{_close(module_name, valid)}"
-            )
-        if module_name != layer_name:
-            resolved[layer_name] = module_name
-    return resolved
-
-
-def _close(name: Any, valid: list[str]) -> str:
-    close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-
-
-def channel_dim(z: torch.Tensor, layer: nn.Module) -> int | None:
-    """Channel dim of ``z`` read as an output of ``layer``: last for Linear; 1 (0 if unbatched) for ConvNd."""
-    if isinstance(layer, nn.Linear):
-        return z.ndim - 1 if z.ndim >= 1 else None
-    spatial = len(layer.kernel_size)
-    return {spatial + 2: 1, spatial + 1: 0}.get(z.ndim)
-
-
 def _positions(output: torch.Tensor, layer: nn.Module) -> int:
     """Output positions per example of ``layer``: the spatial product (ConvNd) or Linear's leading dims."""
     if isinstance(layer, nn.Linear):
@@ -534,3 +488,33 @@ def _is_int(value: Any) -> bool:
 
 def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+TAYLOR_OPTIONS = ("reduction", "normalize", "flops_lambda", "flops_unit", "point", "loss_reduction")
+"""Options of the ``"taylor"`` method that configure the :class:`Taylor` criterion; the rest go to the planner."""
+
+
+def plan_taylor(
+    model: nn.Module,
+    amount: Any,
+    *,
+    example_input: Any = None,
+    data: Iterable[Any] | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    max_batches: int | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> PruningPlan:
+    """The ``"taylor"`` method: score channels by :class:`Taylor` over ``data`` (``loss_fn`` default cross-entropy),
+    then :func:`~pyprune.pruning.selection.plan_structured` them, ranked globally unless ``scope`` says otherwise.
+
+    Options named in :data:`TAYLOR_OPTIONS` configure the criterion; the others go to the planner.
+    """
+    options.setdefault("scope", "global")
+    taylor_options = {key: options.pop(key) for key in TAYLOR_OPTIONS if key in options}
+    # Scores come from forward/backward passes of a copy: train-mode BatchNorm would update the model's statistics.
+    criterion = Taylor(copy.deepcopy(model), **taylor_options)
+    criterion.accumulate_over(
+        data, loss_fn or nn.functional.cross_entropy, max_batches=max_batches, progress=progress
+    )
+    return plan_structured(model, amount, example_input, criterion=criterion, method="taylor", **options)

@@ -4,7 +4,7 @@ Three separate steps: sensitivities (:class:`SensitivityTracker`), allocation of
 across layers, sparsification (top-k or importance sampling with reweighting).
 """
 
-from pyprune.pruning.provable.bounds import (
+from pyprune.pruning.criteria.provable.bounds import (
     adapt_sample_size,
     alpha,
     error_bound,
@@ -12,7 +12,7 @@ from pyprune.pruning.provable.bounds import (
     sample_complexity,
     sensitivity_set_size,
 )
-from pyprune.pruning.provable.pfp import (
+from pyprune.pruning.criteria.provable.pfp import (
     PFPAllocation,
     PFPAllocator,
     PFPGroup,
@@ -22,7 +22,7 @@ from pyprune.pruning.provable.pfp import (
     plan_pfp,
     select_channels,
 )
-from pyprune.pruning.provable.sipp import (
+from pyprune.pruning.criteria.provable.sipp import (
     SiPPAllocation,
     SmallSensitivitySetWarning,
     continuous_allocation,
@@ -33,7 +33,7 @@ from pyprune.pruning.provable.sipp import (
     sipp_hybrid_plan,
     sipp_rand_plan,
 )
-from pyprune.pruning.provable.tracker import LayerShape, SensitivityTracker
+from pyprune.pruning.criteria.provable.tracker import LayerShape, SensitivityTracker
 
 __all__ = [
     "LayerShape",

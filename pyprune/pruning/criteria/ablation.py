@@ -13,7 +13,7 @@ model runs once on ``chunk`` stacked copies of the input batch, and a forward ho
 forward pass the same batch size, so skip connections, concatenations and a layer called several times per
 forward (each call ablated, as zeroed weights would be) work unchanged; the model must treat examples
 independently along dim 0, which eval mode guarantees for BatchNorm. When ``at`` is the layer itself and the
-measure is CKA, the closed form of :class:`~pyprune.pruning.cka_damage.CKADamage` is used instead (the
+measure is CKA, the closed form of :class:`~pyprune.pruning.criteria.cka_damage.CKADamage` is used instead (the
 representation is linear in the ablated unit there): no extra forward pass at all.
 
 :class:`AblationDamage` wraps it as a channel criterion; the ``"oracle"`` method prunes by it.
@@ -30,12 +30,12 @@ from tqdm.auto import tqdm
 
 from pyprune.activations import eval_mode, first_tensor, model_device
 from pyprune.distributed import ablation_totals
-from pyprune.pruning.cka_damage import CKADamage
-from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
-from pyprune.pruning.methods import Method, register_method
+from pyprune.pruning.criteria.base import PRUNABLE_TYPES, ChannelCriterion
+from pyprune.pruning.criteria.cka_damage import CKADamage
+from pyprune.pruning.criteria.scored_layers import channel_dim
+from pyprune.pruning.layers import check_materialised, output_layer_name
 from pyprune.pruning.plan import PruningPlan
-from pyprune.pruning.planner import check_materialised, output_layer_name, plan_structured
-from pyprune.pruning.taylor import channel_dim
+from pyprune.pruning.selection import plan_structured
 
 Measure = Literal["cka", "loss", "mse"]
 
@@ -255,7 +255,7 @@ class AblationDamage(ChannelCriterion):
         return f"AblationDamage(measure={self.measure!r}, at={self.at!r})"
 
 
-def _oracle(
+def plan_oracle(
     model: nn.Module,
     amount: Any,
     *,
@@ -268,20 +268,11 @@ def _oracle(
     progress: bool = False,
     **options: Any,
 ) -> PruningPlan:
+    """The ``"oracle"`` method: score channels by :class:`AblationDamage` over ``data``, then
+    :func:`~pyprune.pruning.selection.plan_structured` them (the output layer is left out unless
+    ``ignored_layers`` says otherwise)."""
     options.setdefault("ignored_layers", [output_layer_name(model)])
     criterion = AblationDamage(
         model, data, measure=measure, at=at, loss_fn=loss_fn, max_batches=max_batches, progress=progress
     )
     return plan_structured(model, amount, example_input, criterion=criterion, method="oracle", **options)
-
-
-register_method(
-    Method(
-        "oracle",
-        _oracle,
-        "channels by the loss increase of ablating each one, batched (Molchanov's oracle)",
-        structured=True,
-        needs_example_input=True,
-        needs_data=True,
-    )
-)

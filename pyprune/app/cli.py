@@ -242,7 +242,7 @@ def _info() -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pyprune.demo import format_summary, missing_dependencies, run_demo
+    from pyprune.app.demo import format_summary, missing_dependencies, run_demo
 
     missing = missing_dependencies()
     if missing:

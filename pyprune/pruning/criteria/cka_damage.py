@@ -4,10 +4,10 @@ The damage of removing a set of neurons is measured by CKA between the layer's o
 representation with those neurons replaced by constants (a neuron whose weight row is zero outputs its bias, a
 constant; after centring a constant is zero). Two procedures:
 
-* ``greedy=False`` (``cka_single``, what the seed's code computes): rank neurons by their *single-removal* CKA
-  and remove the best-scoring ones.
-* ``greedy=True`` (``cka_greedy``, the seed README's procedure): remove one neuron at a time, each time the one
-  whose removal leaves the highest CKA *of the whole removed set* against the original representation.
+* ``greedy=False`` (``cka_single``, what the reference code ``SupurCalvinHiggins/cka-prune`` computes): rank
+  neurons by their *single-removal* CKA and remove the best-scoring ones.
+* ``greedy=True`` (``cka_greedy``, the procedure its README describes): remove one neuron at a time, each time
+  the one whose removal leaves the highest CKA *of the whole removed set* against the original representation.
 
 Both are exact and cheap for the linear kernel. Let ``M[a, b] = <H K_a H, H K_b H>_F`` be the inner
 product of the centred Gram contributions of neurons ``a`` and ``b``; then with ``K`` the kept set,
@@ -29,16 +29,16 @@ pairwise distances of the kept set by the candidate's own distances, exponentiat
 terms in one pass (:func:`pyprune.ops.cka_damage.rbf_candidate_scan`). Bandwidth: ``bandwidth="fixed"`` (default)
 takes ``sigma^2 = threshold^2 * median squared distance`` of the *original* representation for every candidate,
 so all candidates are compared with one kernel; ``"per_candidate"`` re-derives the median from each modified
-representation, as Google's ``gram_rbf`` (and so the seed) does. The RBF kernel always uses the per-example
+representation, as Google's ``gram_rbf`` (and so cka-prune) does. The RBF kernel always uses the per-example
 representation.
 
-Where the representation is observed (``point``): the layer's own output (the seed's pre-activation, default),
+Where the representation is observed (``point``): the layer's own output (cka-prune's pre-activation, default),
 ``"post"`` (the activation module that directly follows the layer, e.g. ``fc1 -> relu1``; a BatchNorm in between
 is passed over), or a ``{layer: module name}`` dict. A module observed must map channel ``c`` to channel ``c``
 (BatchNorm, elementwise activations), so that a removed channel is still a constant there.
 
 Statistics are taken in eval mode without gradients, by hooks (:meth:`CKADamage.accumulate_over`), once for all
-layers: as in the seed, layer ``l + 1``'s scores ignore what is removed from layer ``l`` in the same pass; the
+layers: as in cka-prune, layer ``l + 1``'s scores ignore what is removed from layer ``l`` in the same pass; the
 iterative protocol (re-measure, prune 20% of what remains, retrain) is :func:`pyprune.schedules.cascade` or
 :func:`pyprune.schedules.iterative`.
 """
@@ -61,11 +61,11 @@ from pyprune.activations import eval_mode, model_device
 from pyprune.distributed import CKATotals, cka_totals
 from pyprune.ops import gram_hsic_terms
 from pyprune.ops.cka_damage import greedy_removal_order, rbf_candidate_scan
-from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion
-from pyprune.pruning.methods import Method, register_method
+from pyprune.pruning.criteria.base import PRUNABLE_TYPES, ChannelCriterion
+from pyprune.pruning.criteria.scored_layers import channel_dim, resolve_points, resolve_scored_layers
+from pyprune.pruning.layers import output_layer_name
 from pyprune.pruning.plan import PruningPlan
-from pyprune.pruning.planner import output_layer_name, plan_structured
-from pyprune.pruning.taylor import channel_dim, resolve_points, resolve_scored_layers
+from pyprune.pruning.selection import plan_structured
 
 Kernel = Literal["linear", "rbf"]
 Representation = Literal["channels", "flatten"]
@@ -302,7 +302,8 @@ class CKADamage(ChannelCriterion):
         return _flatten_interaction(torch.cat(self._totals().samples[name]))
 
     def active(self, name: str) -> torch.Tensor:
-        """Bool ``(C,)``: channels whose weights are not all zero (a zero row was pruned before; seed rule)."""
+        """Bool ``(C,)``: channels whose weights are not all zero (a zero row was pruned before, as cka-prune
+        decides)."""
         self._check_name(name)
         weight = self._layers[name].weight.detach()
         return weight.flatten(1).ne(0).any(dim=1).cpu()
@@ -319,8 +320,8 @@ class CKADamage(ChannelCriterion):
     def removals_above(self, name: str, stop_cka: float) -> int:
         """How many channels go before the layer's CKA would fall to ``stop_cka`` or below.
 
-        Greedy: the cumulative CKA of the removed set (the seed's ``stop_cka``, made cumulative). Single: the
-        single-removal CKA, as the seed's code compares it."""
+        Greedy: the cumulative CKA of the removed set (cka-prune's ``stop_cka``, made cumulative). Single: the
+        single-removal CKA, as cka-prune compares it."""
         if not (isinstance(stop_cka, numbers.Real) and 0 <= stop_cka <= 1):
             raise ValueError(f"stop_cka: expected a number in [0, 1], got {stop_cka!r}")
         below = (self.trajectory(name) <= stop_cka).nonzero()
@@ -601,103 +602,83 @@ def _names(model: nn.Module, refs: Any) -> set[str]:
     return {ref if isinstance(ref, str) else by_module.get(ref, "") for ref in refs}
 
 
-def _planner(greedy: bool):
-    def planner(
-        model: nn.Module,
-        amount: Any,
-        *,
-        example_input: torch.Tensor | None = None,
-        data: Iterable[Any] | None = None,
-        loss_fn: Any = None,
-        layers: Any = None,
-        point: str | Mapping[str, str] | None = None,
-        kernel: Kernel = "linear",
-        representation: Representation = "channels",
-        threshold: float = 0.5,
-        bandwidth: Bandwidth = "fixed",
-        max_samples: int = 1024,
-        max_batches: int | None = None,
-        stop_cka: float | None = None,
-        scope: Literal["layer", "global"] = "layer",
-        mode: Literal["remove", "mask"] = "remove",
-        progress: bool = True,
-        **options: Any,
-    ) -> PruningPlan:
-        """``amount``: fraction of channels to remove per layer (or of all, ``scope="global"``); with
-        ``stop_cka`` each layer instead loses channels while its CKA stays above ``stop_cka`` (pass
-        ``amount=0``; ``amount`` then caps nothing and is ignored)."""
-        ignored = options.get("ignored_layers")
-        if layers is None and ignored is None:
-            output = output_layer_name(model)
-            layers = [
-                name for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and name != output
-            ]
-        criterion = CKADamage(
-            model,
-            layers,
-            point=point,
-            kernel=kernel,
-            greedy=greedy,
-            representation=representation,
-            threshold=threshold,
-            bandwidth=bandwidth,
-            max_samples=max_samples,
-            scope=scope,
-        )
-        if layers is not None and ignored is None:
-            # plan_structured plans every prunable layer that is not ignored: leave out those not scored.
-            scored = set(criterion.layer_names)
-            unscored = [
-                name
-                for name, m in model.named_modules()
-                if isinstance(m, PRUNABLE_TYPES) and name not in scored
-            ]
-            if unscored:
-                options["ignored_layers"] = ignored = unscored
-        criterion.accumulate_over(data, max_batches, progress=progress)
-        if stop_cka is not None:
-            if scope != "layer":
-                raise ValueError("stop_cka: a per-layer stop threshold needs scope='layer'")
-            skip = {output_layer_name(model)} if ignored is None else _names(model, ignored)
-            # amount counts the channels gone after the plan, already-pruned ones (ranked first) included.
-            amount = {
-                name: (criterion.removals_above(name, stop_cka) + int((~criterion.active(name)).sum()))
-                / criterion._layers[name].weight.shape[0]
-                for name in criterion.layer_names
-                if name not in skip
-            }
-            amount = {name: min(value, 1 - 1e-9) for name, value in amount.items()}
-        return plan_structured(
-            model,
-            amount,
-            example_input,
-            criterion=criterion,
-            scope=scope,
-            mode=mode,
-            method="cka_greedy" if greedy else "cka_single",
-            **options,
-        )
+def plan_cka_damage(
+    model: nn.Module,
+    amount: Any,
+    *,
+    procedure: Literal["single", "greedy"] = "single",
+    example_input: torch.Tensor | None = None,
+    data: Iterable[Any] | None = None,
+    layers: Any = None,
+    point: str | Mapping[str, str] | None = None,
+    kernel: Kernel = "linear",
+    representation: Representation = "channels",
+    threshold: float = 0.5,
+    bandwidth: Bandwidth = "fixed",
+    max_samples: int = 1024,
+    max_batches: int | None = None,
+    stop_cka: float | None = None,
+    scope: Literal["layer", "global"] = "layer",
+    mode: Literal["remove", "mask"] = "remove",
+    progress: bool = True,
+    **options: Any,
+) -> PruningPlan:
+    """The ``"cka_single"`` (``procedure="single"``) and ``"cka_greedy"`` (``procedure="greedy"``) methods: score
+    channels by :class:`CKADamage` over ``data``, then :func:`~pyprune.pruning.selection.plan_structured` them.
+    Other options go to the planner (``greedy=True`` there is Li et al.'s greedy mode, not this procedure).
 
-    return planner
-
-
-register_method(
-    Method(
-        "cka_single",
-        _planner(greedy=False),
-        "units/channels by single-removal CKA damage of the layer's output",
-        structured=True,
-        needs_example_input=True,
-        needs_data=True,
+    ``amount``: fraction of channels to remove per layer (or of all, ``scope="global"``); with ``stop_cka``
+    each layer instead loses channels while its CKA stays above ``stop_cka`` (pass ``amount=0``; ``amount``
+    then caps nothing and is ignored)."""
+    if procedure not in ("single", "greedy"):
+        raise ValueError(f"procedure: expected 'single' or 'greedy', got {procedure!r}")
+    greedy = procedure == "greedy"
+    ignored = options.get("ignored_layers")
+    if layers is None and ignored is None:
+        output = output_layer_name(model)
+        layers = [
+            name for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and name != output
+        ]
+    criterion = CKADamage(
+        model,
+        layers,
+        point=point,
+        kernel=kernel,
+        greedy=greedy,
+        representation=representation,
+        threshold=threshold,
+        bandwidth=bandwidth,
+        max_samples=max_samples,
+        scope=scope,
     )
-)
-register_method(
-    Method(
-        "cka_greedy",
-        _planner(greedy=True),
-        "units/channels by greedy set CKA damage, exact closed form",
-        structured=True,
-        needs_example_input=True,
-        needs_data=True,
+    if layers is not None and ignored is None:
+        # plan_structured plans every prunable layer that is not ignored: leave out those not scored.
+        scored = set(criterion.layer_names)
+        unscored = [
+            name for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and name not in scored
+        ]
+        if unscored:
+            options["ignored_layers"] = ignored = unscored
+    criterion.accumulate_over(data, max_batches, progress=progress)
+    if stop_cka is not None:
+        if scope != "layer":
+            raise ValueError("stop_cka: a per-layer stop threshold needs scope='layer'")
+        skip = {output_layer_name(model)} if ignored is None else _names(model, ignored)
+        # amount counts the channels gone after the plan, already-pruned ones (ranked first) included.
+        amount = {
+            name: (criterion.removals_above(name, stop_cka) + int((~criterion.active(name)).sum()))
+            / criterion._layers[name].weight.shape[0]
+            for name in criterion.layer_names
+            if name not in skip
+        }
+        amount = {name: min(value, 1 - 1e-9) for name, value in amount.items()}
+    return plan_structured(
+        model,
+        amount,
+        example_input,
+        criterion=criterion,
+        scope=scope,
+        mode=mode,
+        method="cka_greedy" if greedy else "cka_single",
+        **options,
     )
-)

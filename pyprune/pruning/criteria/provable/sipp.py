@@ -11,48 +11,53 @@ Three planners share one sensitivity pass (:class:`SensitivityTracker`) and diff
 * :func:`sipp_hybrid_plan` (SiPPHybrid): the same allocation; per group, sampling where its bound is smaller than
   the deterministic top-``x`` bound ``C * (sensitivity left out)``, else the top ``x``.
 
-Budget. ``amount`` is the fraction of the *compressible weights* to remove: ``N`` = every weight of the tracked
-Linear/Conv2d layers (all of them by default, classifier included, as the seed); ``B = N - round(amount * N)``
-stay (round half up, as :func:`~pyprune.pruning.planner.plan_unstructured`). Biases and BatchNorm are never
-touched. The originals define a keep ratio over *all* parameters instead: pp converts it into a weight budget
-inconsistently (inflated by ``kr * (size - compressible_size)``) and tp fixes that and adds an outer
-root search until the realised ratio is within 0.5 %. We count compressible weights only, because SiPP removes
-nothing else — a ratio over all parameters would only shift the target by a model-dependent constant (under 1 %
-of the seed's networks) — and because every other weight-pruning method of pyprune reads ``amount`` the same
-way, so methods are compared at equal sparsity. Weights that are already zero (masked by an earlier plan, or
-exactly zero) count as removed first: when there are more than ``round(amount * N)`` of them, only they go.
+Budget. ``amount`` is the fraction of the *compressible weights* to remove: ``N`` = every weight of the
+tracked Linear/Conv2d layers (all of them by default, classifier included, as in the authors' code); ``B = N -
+round(amount * N)`` stay (round half up, as :func:`~pyprune.pruning.selection.plan_unstructured`). Biases and
+BatchNorm are never touched. The authors' code (``lucaslie/provable_pruning``, "pp", and its successor
+``lucaslie/torchprune``, "tp") defines a keep ratio over *all* parameters instead: pp converts it into a
+weight budget inconsistently (inflated by ``kr * (size - compressible_size)``) and tp fixes that and adds an
+outer root search until the realised ratio is within 0.5 %. We count compressible weights only, because SiPP
+removes nothing else — a ratio over all parameters would only shift the target by a model-dependent constant
+(under 1 % of the networks of Baykal et al. 2019) — and because every other weight-pruning method of pyprune
+reads ``amount`` the same way, so methods are compared at equal sparsity. Weights that are already zero
+(masked by an earlier plan, or exactly zero) count as removed first: when there are more than ``round(amount *
+N)`` of them, only they go.
 
 Realised size. SiPPDet keeps exactly ``min(B, nonzero weights)`` weights. SiPPRand/Hybrid allocate exactly ``B``
 distinct weights, but how many distinct weights the draws hit is random (:func:`adapt_sample_size` targets the
 expectation), so the realised count scatters around ``B``; it is recorded in ``plan.options["kept"]``.
 
-Allocation (SiPPRand/Hybrid). For group ``g`` with total sensitivity ``S_g``, coefficient
-``a_g = alpha(P_l, kappa_l, c, delta) * S_g`` and ``n_g`` weights of positive sensitivity, minimise
-``sum_g e(x_g; a_g) / F_l`` subject to ``0 <= x_g <= n_g`` and ``sum_g x_g <= B``, with ``e`` the bound of
-:func:`~pyprune.pruning.provable.bounds.error_bound`. The seed hands this to cvxpy; it is a separable convex
-problem, solved here exactly by its KKT conditions (:func:`continuous_allocation`): inverting ``e`` gives
-``x(e) = a (2e + 3) / (6 e^2)``, so the stationarity condition ``e'(x) / F = -lambda`` becomes the cubic
-``e^3 / (e + 3) = lambda a F / 3``, whose single positive root has a closed form; ``x_g(lambda)`` is that root's
-``x`` clipped to ``[0, n_g]``, and ``lambda`` is found by bisection on ``sum_g x_g(lambda) = B`` (water-filling).
+Allocation (SiPPRand/Hybrid). For group ``g`` with total sensitivity ``S_g``, coefficient ``a_g = alpha(P_l,
+kappa_l, c, delta) * S_g`` and ``n_g`` weights of positive sensitivity, minimise ``sum_g e(x_g; a_g) / F_l``
+subject to ``0 <= x_g <= n_g`` and ``sum_g x_g <= B``, with ``e`` the bound of
+:func:`~pyprune.pruning.criteria.provable.bounds.error_bound`. The authors' code hands this to cvxpy; it is a
+separable convex problem, solved here exactly by its KKT conditions (:func:`continuous_allocation`): inverting
+``e`` gives ``x(e) = a (2e + 3) / (6 e^2)``, so the stationarity condition ``e'(x) / F = -lambda`` becomes the
+cubic ``e^3 / (e + 3) = lambda a F / 3``, whose single positive root has a closed form; ``x_g(lambda)`` is
+that root's ``x`` clipped to ``[0, n_g]``, and ``lambda`` is found by bisection on ``sum_g x_g(lambda) = B``
+(water-filling).
 
-Rounding. The seed rounds every ``x_g`` up, which overshoots the budget by up to the number of groups (less one).
-:func:`integer_allocation` instead returns the optimum of the same program over integers: the ``B`` largest
-marginal gains ``(e(k - 1) - e(k)) / F`` over all units ``k`` of all groups (greedy marginal allocation is exact for
-separable convex objectives). It starts from the ceiling of the continuous solution for the budget
-``B + groups``, which provably contains that optimum, and takes back the units of smallest marginal gain until
-``sum_g x_g = B``. The first unit of a group has an infinite gain (``e(0) = inf``), so every group with positive
-sensitivity keeps at least one weight; a budget smaller than the number of such groups is an error.
+Rounding. The authors' code rounds every ``x_g`` up, which overshoots the budget by up to the number of groups
+(less one). :func:`integer_allocation` instead returns the optimum of the same program over integers: the
+``B`` largest marginal gains ``(e(k - 1) - e(k)) / F`` over all units ``k`` of all groups (greedy marginal
+allocation is exact for separable convex objectives). It starts from the ceiling of the continuous solution
+for the budget ``B + groups``, which provably contains that optimum, and takes back the units of smallest
+marginal gain until ``sum_g x_g = B``. The first unit of a group has an infinite gain (``e(0) = inf``), so
+every group with positive sensitivity keeps at least one weight; a budget smaller than the number of such
+groups is an error.
 
 Edge cases. Groups whose total sensitivity is ``<= eps_f32`` (dead inputs, zero weights) get nothing. Where a
-group's allocation covers all its sensitive weights they are kept as they are (the seed would still sample,
-capping ``x`` at ``n_g - 1``). Budget left once every sensitive weight is kept goes to the remaining nonzero weights
-in (layer, index) order, so ``amount=0`` removes only zeros. Every layer keeps at least one weight, since
-:func:`~pyprune.pruning.apply.apply_plan` refuses to empty a layer: SiPPDet gives a layer that the global top-``B``
-would leave empty its most sensitive weight, at the expense of the globally least sensitive selected one; a
-layer without any sensitivity (all inputs or all weights zero on ``S``) keeps its first nonzero weight (or its
-first weight when all are zero). Ties are broken by (layer order, flat index), earlier first; sampling uses a
-``torch.Generator`` seeded with ``seed``, so plans are reproducible. Grouped convolutions are not supported
-(left out of the default layers and listed in ``plan.options["untouched"]``, see :func:`sensitivity_layers`).
+group's allocation covers all its sensitive weights they are kept as they are (the authors' code would still
+sample, capping ``x`` at ``n_g - 1``). Budget left once every sensitive weight is kept goes to the remaining
+nonzero weights in (layer, index) order, so ``amount=0`` removes only zeros. Every layer keeps at least one
+weight, since :func:`~pyprune.pruning.apply.apply_plan` refuses to empty a layer: SiPPDet gives a layer that
+the global top-``B`` would leave empty its most sensitive weight, at the expense of the globally least
+sensitive selected one; a layer without any sensitivity (all inputs or all weights zero on ``S``) keeps its
+first nonzero weight (or its first weight when all are zero). Ties are broken by (layer order, flat index),
+earlier first; sampling uses a ``torch.Generator`` seeded with ``seed``, so plans are reproducible. Grouped
+convolutions are not supported (left out of the default layers and listed in ``plan.options["untouched"]``,
+see :func:`sensitivity_layers`).
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from __future__ import annotations
 import heapq
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -70,12 +75,13 @@ from torch import nn
 
 from pyprune.distributed import rank_identical_generator
 from pyprune.ops.sensitivity import EPSILON
-from pyprune.pruning.criteria import PRUNABLE_TYPES
-from pyprune.pruning.methods import Method, Planner, register_method
-from pyprune.pruning.plan import LayerPlan, PruningPlan, model_fingerprint
-from pyprune.pruning.planner import _resolve_refs, check_amount, measure_plan
-from pyprune.pruning.provable.bounds import adapt_sample_size, alpha, sensitivity_set_size
-from pyprune.pruning.provable.tracker import COMPRESSIBLE_TYPES, SensitivityTracker
+from pyprune.pruning.criteria.base import PRUNABLE_TYPES
+from pyprune.pruning.criteria.provable.bounds import adapt_sample_size, alpha, sensitivity_set_size
+from pyprune.pruning.criteria.provable.tracker import COMPRESSIBLE_TYPES, SensitivityTracker
+from pyprune.pruning.fingerprint import model_fingerprint
+from pyprune.pruning.layers import resolve_layer_refs
+from pyprune.pruning.plan import LayerPlan, PruningPlan
+from pyprune.pruning.selection import check_amount, measure_plan
 
 Variant = Literal["rand", "hybrid"]
 
@@ -432,7 +438,8 @@ def _sampled_plan(
             counts = torch.bincount(
                 torch.multinomial(p, draws, replacement=True, generator=generator), minlength=p.numel()
             ).double()
-            # The seed zeroes weights with p <= eps_f32 even when drawn: 1 / (m p) would blow them up.
+            # As in the authors' code, weights with p <= eps_f32 are zeroed even when drawn: 1 / (m p) would
+            # blow them up.
             picked = (counts > 0) & (p > EPSILON)
             members = weight[f] > 0 if allocation.sign[g] > 0 else weight[f] < 0
             if picked.sum() < members.sum():
@@ -602,61 +609,39 @@ def _plan(
     return plan
 
 
-def _registry_planner(plan_function: Planner, *, sampled: bool) -> Planner:
-    """Adapt a planner to the registry's signature. ``loss_fn`` is not used (sensitivities need no labels);
-    ``seed`` is accepted by all three, as by every registered method, and only the sampling variants use it."""
-
-    def planner(
-        model: nn.Module,
-        amount: float,
-        *,
-        example_input: torch.Tensor | None = None,
-        data: Iterable[Any] | None = None,
-        loss_fn: Any = None,
-        seed: int = 0,
-        progress: bool = True,
-        ignored_layers: Sequence[str | nn.Module] | None = None,
-        **options: Any,
-    ) -> PruningPlan:
-        if sampled:
-            options["seed"] = seed
-        if ignored_layers is not None:
-            # The registry's common option: SiPP's own is the list of layers to prune, default all it can track.
-            skip = set(_resolve_refs(model, ignored_layers, "ignored_layers"))
-            chosen = options.get("layers")
-            chosen = sensitivity_layers(model) if chosen is None else _resolve_refs(model, chosen, "layers")
-            options["layers"] = [name for name in chosen if name not in skip]
-            if not options["layers"]:
-                raise ValueError("ignored_layers: no layer is left to prune")
-        return plan_function(model, amount, data, example_input=example_input, progress=progress, **options)
-
-    return planner
+SIPP_VARIANTS: dict[str, Callable[..., PruningPlan]] = {
+    "det": sipp_det_plan,
+    "rand": sipp_rand_plan,
+    "hybrid": sipp_hybrid_plan,
+}
 
 
-register_method(
-    Method(
-        "sipp_det",
-        _registry_planner(sipp_det_plan, sampled=False),
-        "weights by empirical sensitivity (patch mean), global top-k over all layers (SiPPDet, Baykal et al. 2019)",
-        structured=False,
-        needs_data=True,
-    )
-)
-register_method(
-    Method(
-        "sipp_rand",
-        _registry_planner(sipp_rand_plan, sampled=True),
-        "weights sampled per unit and sign by sensitivity, convex budget split, reweighted (SiPPRand)",
-        structured=False,
-        needs_data=True,
-    )
-)
-register_method(
-    Method(
-        "sipp_hybrid",
-        _registry_planner(sipp_hybrid_plan, sampled=True),
-        "per unit and sign: sensitivity top-k or reweighted sampling, whichever bound is smaller (SiPPHybrid)",
-        structured=False,
-        needs_data=True,
-    )
-)
+def plan_sipp(
+    model: nn.Module,
+    amount: float,
+    data: Iterable[Any] | torch.Tensor | SensitivityTracker,
+    *,
+    variant: Literal["det", "rand", "hybrid"] = "det",
+    seed: int = 0,
+    progress: bool = True,
+    ignored_layers: Sequence[str | nn.Module] | None = None,
+    **options: Any,
+) -> PruningPlan:
+    """SiPP by ``variant`` (:func:`sipp_det_plan`, :func:`sipp_rand_plan`, :func:`sipp_hybrid_plan`): the form the
+    ``"sipp_*"`` methods run.
+
+    ``seed`` goes to the sampling variants only. ``ignored_layers`` (the option every structured and unstructured
+    planner takes) is subtracted from SiPP's own ``layers``, the layers to prune, default all it can track.
+    """
+    if variant not in SIPP_VARIANTS:
+        raise ValueError(f"variant: expected one of {tuple(SIPP_VARIANTS)}, got {variant!r}")
+    if variant != "det":
+        options["seed"] = seed
+    if ignored_layers is not None:
+        skip = set(resolve_layer_refs(model, ignored_layers, "ignored_layers"))
+        chosen = options.get("layers")
+        chosen = sensitivity_layers(model) if chosen is None else resolve_layer_refs(model, chosen, "layers")
+        options["layers"] = [name for name in chosen if name not in skip]
+        if not options["layers"]:
+            raise ValueError("ignored_layers: no layer is left to prune")
+    return SIPP_VARIANTS[variant](model, amount, data, progress=progress, **options)

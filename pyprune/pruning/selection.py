@@ -1,4 +1,4 @@
-"""Planners: turn a criterion's scores into a :class:`~pyprune.pruning.plan.PruningPlan` without touching the model.
+"""Selection: turn a criterion's scores into a :class:`~pyprune.pruning.plan.PruningPlan` without touching the model.
 
 * :func:`plan_unstructured`: individual weights, per layer (exactly ``round(amount * numel)`` per layer)
   or globally over all selected layers (iterative magnitude pruning).
@@ -11,17 +11,17 @@ Counts round half up (``floor(amount * n + 0.5)``). Ranking is by ascending scor
 gone *after* the plan, counting weights already masked by an earlier ``torch.nn.utils.prune`` mask: those are
 always kept masked and ranked first.
 
-The model is never modified: structured planning traces and measures a deep copy.
+The model is never modified: structured planning traces and measures a deep copy. Which layers are candidates is
+:mod:`pyprune.pruning.layers`'s business; which channels are tied together, :mod:`pyprune.pruning.groups`'s.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -38,19 +38,31 @@ from pyprune.pruning.attention import (
     projection_names,
     unit_scores,
 )
-from pyprune.pruning.criteria import PRUNABLE_TYPES, ChannelCriterion, FilterNorm, Magnitude, WeightCriterion
+from pyprune.pruning.criteria.base import ChannelCriterion, WeightCriterion
+from pyprune.pruning.criteria.magnitude import FilterNorm, Magnitude
+from pyprune.pruning.fingerprint import model_fingerprint
 from pyprune.pruning.groups import (
     GroupReduction,
     build_dependency_graph,
     consumer_inputs,
+    group_reducer,
     group_scores,
+    out_members,
+    prunable_groups,
     prunes,
 )
-from pyprune.pruning.plan import ApplyMode, LayerPlan, PruningPlan, check_untied, model_fingerprint
+from pyprune.pruning.layers import (
+    LayerRefs,
+    check_materialised,
+    output_layer_name,
+    resolve_layer_refs,
+    select_layers,
+    weight_layers,
+)
+from pyprune.pruning.plan import ApplyMode, LayerPlan, PruningPlan, check_untied
 
 Scope = Literal["layer", "global"]
 Amount = float | Mapping[str, float]
-LayerRefs = Sequence[str | nn.Module] | None
 
 
 def plan_unstructured(
@@ -217,7 +229,9 @@ def plan_structured(
 
     work = copy.deepcopy(model)
     names = {module: name for name, module in work.named_modules()}
-    ignored = _resolve_refs(work, ignored_layers, "ignored_layers") if ignored_layers is not None else None
+    ignored = (
+        resolve_layer_refs(work, ignored_layers, "ignored_layers") if ignored_layers is not None else None
+    )
     default_ignored = ignored is None
     if ignored is None:
         ignored = [output_layer_name(work)]
@@ -262,9 +276,7 @@ def plan_structured(
     unit_names = [spec.name for spec in units]
     amounts = _layer_amounts(amount, roots + unit_names, scope)
     sizes = [int(work.get_submodule(name).weight.shape[0]) for name in roots] + [s.num_units for s in units]
-    reduce = _REDUCERS.get(group_reduction)
-    if reduce is None:
-        raise ValueError(f"group_reduction: expected one of {tuple(_REDUCERS)}, got {group_reduction!r}")
+    reduce = group_reducer(group_reduction)
 
     dropped: dict[str, torch.Tensor] = {}
     scores: list[torch.Tensor] = []
@@ -301,7 +313,7 @@ def plan_structured(
     granularities = ["channels"] * len(roots) + [spec.granularity for spec in units]
     if mode == "remove" and graph is not None:
         # Layers whose output width changes; consumers that only lose inputs are listed as untouched.
-        covered = {*roots, *(m for g in groups for m in _out_members(g, names))}
+        covered = {*roots, *(m for g in groups for m in out_members(g, names))}
         covered |= {n for spec in units for n in [*spec.readers, spec.writer]}
         untouched = _untouched(work, graph, names, covered, untouched, ignored, default_ignored, blocked)
     elif mode == "remove":
@@ -349,83 +361,6 @@ def plan_structured(
     return plan
 
 
-_REDUCERS = {
-    "mean": torch.mean,
-    "sum": torch.sum,
-    "max": torch.amax,
-    "first": lambda s: s[0],
-}
-
-
-def prunable_groups(
-    work: nn.Module, graph: Any, blocked: Sequence[nn.Module]
-) -> tuple[list[Any], dict[str, str]]:
-    """Torch-Pruning's groups of ``work`` that pyprune prunes by channel, and ``{layer: reason}`` for the rest.
-
-    ``blocked`` modules keep their output channels (ignored layers and attention projections: a group that
-    would cut them, such as a transformer's residual stream, is left whole). Also left whole: groups tied to a
-    grouped (not depthwise) convolution, and, in a Hugging Face model, groups as wide as ``config.hidden_size``
-    (one config field sets that width for every layer, so ``from_pretrained`` could not rebuild the model).
-    """
-    names = {module: name for name, module in work.named_modules()}
-    hidden = work.config.hidden_size if is_hf_model(work) else None
-    groups, untouched = [], {}
-    all_groups = (
-        [] if graph is None else graph.get_all_groups(list(blocked), root_module_types=PRUNABLE_TYPES)
-    )
-    for group in all_groups:
-        reason = _grouped_conv(group, names)
-        if reason is None and hidden is not None and group[0].dep.target.module.weight.shape[0] == hidden:
-            reason = (
-                f"{hidden} wide like the model's hidden_size, which one Hugging Face config field sets for "
-                "every layer"
-            )
-        if reason is None:
-            groups.append(group)
-        else:
-            for member in _out_members(group, names):
-                untouched[member] = reason
-    return groups, untouched
-
-
-def _grouped_conv(group: Any, names: Mapping[nn.Module, str]) -> str | None:
-    """Why ``group`` cannot be pruned by channel when it touches a grouped (not depthwise) convolution, else None.
-
-    Torch-Pruning removes arbitrary channels of a grouped conv, which leaves groups of unequal width and a
-    failing forward (regnet_y_400mf: ``INDICES element is out of DATA bounds``).
-    """
-    for item in group:
-        module = item.dep.target.module
-        if (
-            isinstance(module, nn.modules.conv._ConvNd)
-            and module.groups > 1
-            and not (module.groups == module.in_channels == module.out_channels)
-        ):
-            return (
-                f"tied to grouped convolution {names[module]!r} (groups={module.groups}), whose groups would "
-                "lose different numbers of channels"
-            )
-    return None
-
-
-def _out_members(group: Any, names: Mapping[nn.Module, str]) -> list[str]:
-    return [
-        names[item.dep.target.module]
-        for item in group
-        if isinstance(item.dep.target.module, PRUNABLE_TYPES) and prunes(item, "out")
-    ]
-
-
-def weight_layers(model: nn.Module) -> list[str]:
-    """Names of the modules that hold prunable weight matrices: Linear, ConvNd, Hugging Face Conv1D, and
-    ``nn.MultiheadAttention`` (its ``in_proj_weight``)."""
-    return [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, (*PRUNABLE_TYPES, nn.MultiheadAttention)) or is_conv1d(module)
-    ]
-
-
 def _untouched(
     work: nn.Module,
     graph: Any,
@@ -455,7 +390,7 @@ def _untouched(
             group = graph.get_pruning_group(
                 module, graph.get_pruner_of_module(module).prune_out_channels, [0]
             )
-            members = _out_members(group, names)
+            members = out_members(group, names)
             blockers = [
                 names[item.dep.target.module]
                 for item in group
@@ -479,7 +414,9 @@ def _untouched_weights(
     """``{layer: reason}`` for the weight layers an unstructured plan does not mask."""
     chosen = set(selected)
     skipped = (
-        set(_resolve_refs(model, ignored_layers, "ignored_layers")) if ignored_layers is not None else set()
+        set(resolve_layer_refs(model, ignored_layers, "ignored_layers"))
+        if ignored_layers is not None
+        else set()
     )
     output = output_layer_name(model)
     untouched = {}
@@ -516,15 +453,6 @@ def _untouched_mask(
     return untouched
 
 
-def check_materialised(model: nn.Module) -> None:
-    """ValueError when ``model`` holds meta-device tensors (shapes without values): nothing can be scored."""
-    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
-        raise ValueError(
-            "model: its tensors are on the meta device (shapes without values), so nothing can be scored; "
-            "materialise it first (model.to_empty(device='cpu') and load its weights)"
-        )
-
-
 def trace(work: nn.Module, example_input: Any) -> Any:
     """Torch-Pruning's dependency graph of ``work``, a copy of the user's model (a failure puts it in eval mode).
 
@@ -543,81 +471,6 @@ def trace(work: nn.Module, example_input: Any) -> Any:
                 f"{type(forward_error).__name__}: {forward_error}"
             ) from forward_error
         raise error
-
-
-def output_layer_name(model: nn.Module) -> str:
-    """Name of the last Linear/ConvNd module in ``model.named_modules()`` order: the output layer of most models."""
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, PRUNABLE_TYPES):
-            last = name
-    if last is None:
-        raise ValueError(f"model: {type(model).__name__} has no Linear or ConvNd layer to prune")
-    return last
-
-
-def select_layers(
-    model: nn.Module, layers: LayerRefs, ignored_layers: LayerRefs
-) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of the layers to prune: ``layers`` if given, else every Linear/ConvNd except the output
-    layer; minus ``ignored_layers``. Validates names and weights."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    check_materialised(model)
-    if layers is not None:
-        names = _resolve_refs(model, layers, "layers")
-        if not names:
-            raise ValueError("layers: expected at least one layer name, got none")
-    else:
-        output = output_layer_name(model)
-        names = [
-            n
-            for n, m in model.named_modules()
-            if (isinstance(m, PRUNABLE_TYPES) or is_conv1d(m)) and n != output
-        ]
-    if ignored_layers is not None:
-        skip = set(_resolve_refs(model, ignored_layers, "ignored_layers"))
-        names = [n for n in names if n not in skip]
-    if not names:
-        raise ValueError(
-            "layers: no layer left to prune (all are ignored, or the model has only its output layer)"
-        )
-    selected = []
-    for name in names:
-        module = model.get_submodule(name)
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor):
-            raise ValueError(f"layers: {name!r} ({type(module).__name__}) has no weight to prune")
-        if not weight.is_floating_point():
-            raise TypeError(
-                f"layers: {name!r} has a {weight.dtype} weight; only floating-point weights can be pruned"
-            )
-        if weight.numel() == 0:
-            raise ValueError(f"layers: {name!r} has an empty weight")
-        selected.append((name, module))
-    return selected
-
-
-def _resolve_refs(model: nn.Module, refs: Sequence[str | nn.Module], argument: str) -> list[str]:
-    if isinstance(refs, (str, nn.Module)):
-        refs = [refs]
-    modules = dict(model.named_modules())
-    by_identity = {module: name for name, module in modules.items()}
-    names = []
-    for ref in refs:
-        if isinstance(ref, nn.Module):
-            if ref not in by_identity:
-                raise ValueError(f"{argument}: module {type(ref).__name__} is not part of the model")
-            names.append(by_identity[ref])
-        elif isinstance(ref, str):
-            if ref not in modules:
-                close = difflib.get_close_matches(ref, [n for n in modules if n], n=3)
-                hint = f"; did you mean {close}?" if close else ""
-                raise ValueError(f"{argument}: the model has no module named {ref!r}{hint}")
-            names.append(ref)
-        else:
-            raise TypeError(f"{argument}: expected module names or modules, got {type(ref).__name__}")
-    return names
 
 
 def _check_scope(scope: str) -> None:
