@@ -1,6 +1,7 @@
 """PFP (seed 004, SPEC §5.8): unit sensitivities against a brute-force float64 computation, the eps allocation
 (monotone size, k_l at eps*, budget), top-k selection and ties, the any-reader-keeps rule on a residual stream,
-sampling and reweighting (seeds, unbiasedness, JSON), the outer keep-ratio search, and bad input."""
+sampling and reweighting (seeds, unbiasedness, JSON), the outer keep-ratio search, pruning the model's input
+features (prune_inputs), and bad input."""
 
 from __future__ import annotations
 
@@ -613,3 +614,146 @@ def test_untraceable_models_are_refused():
 
     with pytest.raises(ValueError, match="Torch-Pruning could not trace"):
         plan_pfp(Untraceable(), 0.5, torch.rand(1, 4), [torch.rand(8, 4)], progress=False)
+
+
+# ------------------------------------------------------------------------------------------- input features
+
+
+def digits_mlp(hidden: int = 64) -> nn.Sequential:
+    torch.manual_seed(0)
+    return models.mlp([64, hidden, hidden, 10]).double()
+
+
+def digit_pixels(n: int = SAMPLES) -> torch.Tensor:
+    """``(n, 64)`` non-negative 8x8 images flattened as in scikit-learn's digits, brighter to the right so the
+    pixels differ in saliency, with a left column that is always blank (dead pixels, like the digits' border)."""
+    x = torch.rand(n, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x * torch.linspace(0.05, 1.0, 8, dtype=torch.float64) ** 2
+    x[:, :, 0] = 0.0
+    return x.flatten(1)
+
+
+def input_cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(4, 6, 3), relu1=nn.ReLU(), conv2=nn.Conv2d(6, 6, 3, stride=2), relu2=nn.ReLU(),
+            flatten=nn.Flatten(), fc=nn.Linear(6 * 2 * 2, 10),
+        )
+    ).double()  # fmt: skip
+
+
+def channel_images(n: int = SAMPLES) -> torch.Tensor:
+    """``(n, 4, 8, 8)`` non-negative images whose channels are ever fainter (their saliencies differ)."""
+    x = torch.rand(n, 4, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return x * torch.tensor([1.0, 0.5, 0.1, 0.02], dtype=torch.float64)[:, None, None]
+
+
+INPUT_CASES = {
+    "mlp": (digits_mlp, digit_pixels, "fc1", 0.6),
+    "cnn": (input_cnn, channel_images, "conv1", 0.7),
+}
+
+
+def zero_input_columns(weight: torch.Tensor) -> torch.Tensor:
+    """``(C_in,)`` bool: the input columns of a Linear/Conv2d weight that are zero for every output and tap."""
+    return weight.detach().transpose(0, 1).flatten(1).eq(0).all(dim=1)
+
+
+@pytest.mark.parametrize("case", INPUT_CASES)
+def test_pruned_input_features_are_zero_columns_of_the_least_salient_ones(case):
+    build, inputs, first, amount = INPUT_CASES[case]
+    model, x = build(), inputs()
+    expected = brute_force_channel_sensitivity(model, x)[first]  # one saliency per pixel / image channel
+    tracker = SensitivityTracker(model).accumulate_over(batches(x), progress=False)
+    layer = pfp_network(model, x[:1], tracker, prune_inputs=True).layer(first)
+    assert layer.sources == tuple((None, c) for c in range(len(expected)))
+    assert layer.fixed_columns == 0
+    torch.testing.assert_close(layer.sensitivity, expected, rtol=1e-9, atol=1e-12)
+
+    plan = plan_pfp(model, amount, x[:1], tracker, prune_inputs=True)
+    k = plan.options["kept_units"][first]
+    assert 1 <= k < len(expected)
+    kept = torch.zeros(len(expected), dtype=torch.bool)
+    kept[torch.sort(-expected, stable=True).indices[:k]] = True
+    pruned = plan.apply(copy.deepcopy(model))
+    weight = pruned.get_submodule(first).weight
+    assert weight.shape[1] == len(expected)  # the model's input keeps its size
+    assert torch.equal(zero_input_columns(weight), ~kept)
+    if case == "mlp":
+        assert zero_input_columns(weight)[::8].all()  # the blank column's pixels are dead: they go first
+    assert torch.isfinite(pruned(x[:4])).all()
+    assert plan.options["keep_ratio_achieved"] == pytest.approx(
+        count(pruned, x[:1]).params / count(model, x[:1]).params
+    )
+
+
+@pytest.mark.parametrize("mode", ["remove", "mask"])
+def test_pruned_input_features_keep_the_parameter_budget(mode):
+    model, x = digits_mlp(150), digit_pixels()
+    tracker = SensitivityTracker(model).accumulate_over(x, progress=False)
+    plan = plan_pfp(model, 0.5, x[:1], tracker, mode=mode, prune_inputs=True)
+    assert not plan.rescale["fc1"].flatten().all()  # some pixels dropped
+    pruned = plan.apply(copy.deepcopy(model))
+    # Zeroed input columns stay stored: "params" (remove) counts them, "nonzero_params" (mask) does not.
+    metric = "params" if mode == "remove" else "nonzero_params"
+    achieved = getattr(count(pruned, x[:1]), metric) / getattr(count(model, x[:1]), metric)
+    assert achieved == pytest.approx(plan.options["keep_ratio_achieved"])
+    assert abs(achieved - 0.5) <= KEEP_RATIO_TOLERANCE * 0.5
+    assert plan.options["keep_ratio_within_tolerance"]
+
+
+@pytest.mark.parametrize("case", INPUT_CASES)
+def test_input_features_are_kept_by_default(case):
+    build, inputs, first, amount = INPUT_CASES[case]
+    model, x = build(), inputs()
+    tracker = SensitivityTracker(model).accumulate_over(batches(x), progress=False)
+    default = plan_pfp(model, amount, x[:1], tracker)
+    assert plan_pfp(model, amount, x[:1], tracker, prune_inputs=False).to_dict() == default.to_dict()
+    assert "prune_inputs" not in default.options
+    assert first not in default.options["kept_units"]
+    assert not zero_input_columns(default.apply(copy.deepcopy(model)).get_submodule(first).weight).any()
+    assert pfp_network(model, x[:1], tracker).layer(first).units == 0
+    # Through the registry, sampled: the kept input columns are reweighted, the dropped ones zero.
+    plan = pruning.plan(
+        model,
+        "pfp_rand",
+        amount,
+        example_input=x[:1],
+        data=tracker,
+        prune_inputs=True,
+        seed=0,
+        progress=False,
+    )
+    assert plan.options["prune_inputs"] is True
+    assert first in plan.options["kept_units"]
+    factors = plan.rescale[first].flatten()
+    assert factors.eq(0).any()
+    assert (factors.ne(0) & factors.ne(1)).any()
+
+
+def test_only_the_layers_that_read_the_input_get_input_units():
+    # The stem reads the image (through nothing); a, b, c and fc read the stem's residual stream.
+    model = (
+        nn.Sequential(nn.BatchNorm2d(3), residual()).double().eval()
+    )  # a normalised input is still the input
+    x = images(SAMPLES, 6)
+    tracker = SensitivityTracker(model).accumulate_over(batches(x), progress=False)
+    default = pfp_network(model, x[:1], tracker)
+    network = pfp_network(model, x[:1], tracker, prune_inputs=True)
+    assert network.layer("1.stem").sources == ((None, 0), (None, 1), (None, 2))
+    torch.testing.assert_close(network.layer("1.stem").sensitivity, tracker.channel_sensitivity("1.stem"))
+    for before, after in zip(default.layers[1:], network.layers[1:], strict=True):
+        assert after.sources == before.sources
+        assert torch.equal(after.sensitivity, before.sensitivity)
+    assert [layer.sole_reader for layer in network.layers] == [layer.sole_reader for layer in default.layers]
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0.0, None])
+def test_a_bad_prune_inputs_is_named(value):
+    model = models.mlp([6, 5, 3]).double()
+    x = torch.rand(SAMPLES, 6, dtype=torch.float64)
+    with pytest.raises(TypeError, match="prune_inputs: expected True or False"):
+        plan_pfp(model, 0.5, x[:1], [x], progress=False, prune_inputs=value)
+    with pytest.raises(TypeError, match="prune_inputs:"):
+        pruning.plan(model, "pfp", 0.5, example_input=x[:1], data=[x], progress=False, prune_inputs=value)

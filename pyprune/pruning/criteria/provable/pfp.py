@@ -10,7 +10,13 @@ means keeping those output channels of the layers that produce them. Three steps
    dependency group feeds which input columns of which layer. A *unit* of layer ``l`` is one channel of a group
    that ``l`` reads; its saliency is the max of ``s`` over the columns it feeds (one column after a conv, the
    ``H*W`` block of a channel after a flatten, like kernel taps). Inputs no group produces (the image channels
-   of the first layer, the outputs of ignored layers) are never pruned.
+   of the first layer, the outputs of ignored layers) are never pruned by default. With
+   ``prune_inputs=True`` (the convention of the authors' torchprune code, which prunes the input features of
+   every layer, the first one's included, Liebenwein et al. 2020) every input column of a layer that reads the
+   model's input directly (the image channels of the first conv, the pixels of an MLP's first Linear) is a unit
+   too, with saliency ``s_c``, allocated and selected like the others. The model's input cannot shrink, so a
+   dropped input feature becomes a zero column ``W_l[:, c]`` (in ``plan.rescale``); the allocator counts it as
+   removed, and ``count(...).params`` of ``mode="remove"`` still counts it (``nonzero_params`` does not).
 2. **PFPAllocation** (:class:`PFPAllocator`): per layer ``S_l = sum s``, ``p = s / S_l``,
    ``a_l = alpha(P_l, kappa_l, c, delta) * S_l``; one error ``eps`` for all layers gives ``m_l(eps)`` draws,
    ``in_l = min(units, expected distinct units)`` (at least 1) and a weight count ``sum_l in_l * out_l * kappa_l``;
@@ -39,6 +45,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
+import torch_pruning as tp
 from scipy.optimize import brentq
 from torch import nn
 
@@ -108,7 +115,8 @@ class PFPLayer:
     Attributes:
         name: the layer's qualified name.
         sensitivity: ``(units,)`` float64 saliencies in [0, 1], one per prunable input unit.
-        sources: ``(group root, root channel)`` of every unit.
+        sources: ``(group root, root channel)`` of every unit; ``(None, column)`` for a column fed by the model's
+            input (``prune_inputs=True`` only), which no removal can take away.
         columns: input column indices (dim 1 of the weight) fed by every unit.
         in_columns: ``C_in``, dim 1 of the weight.
         out_channels: ``F``, dim 0 of the weight.
@@ -136,7 +144,7 @@ class PFPLayer:
 
     @property
     def fixed_columns(self) -> int:
-        """Input columns no group produces (never pruned)."""
+        """Input columns that belong to no unit (never pruned)."""
         return self.in_columns - sum(int(c.numel()) for c in self.columns)
 
     @property
@@ -325,8 +333,13 @@ def pfp_network(
     max_batches: int | None = None,
     progress: bool = True,
     ignored_layers: Sequence[str | nn.Module] | None = None,
+    prune_inputs: bool = False,
 ) -> PFPNetwork:
     """Trace ``model`` and take the input-channel sensitivities of every Linear/Conv2d over ``data``.
+
+    With ``prune_inputs``, every input column of a tracked layer that reads the model's input directly (through
+    normalisation, reshapes and element-wise ops, but no other weighted layer) is
+    a unit of one column, after the layer's group units, with source ``(None, column)``.
 
     ``data`` may also be a :class:`SensitivityTracker` of ``model`` that has seen the data (reused as is, e.g. to
     plan several amounts from one pass; ``max_batches`` and ``progress`` are then ignored). The model is not
@@ -343,7 +356,9 @@ def pfp_network(
         if ignored_layers is None
         else resolve_layer_refs(work, ignored_layers, "ignored_layers")
     )
-    groups = _dependency_groups(work, example_input, ignored)
+    graph = build_dependency_graph(work, example_input)
+    groups = _dependency_groups(work, graph, ignored)
+    readers = _input_readers(work, graph) if prune_inputs else set()
     if isinstance(data, SensitivityTracker):
         if data.model is not model or data.num_samples == 0:
             raise ValueError("data: expected a SensitivityTracker of this model that has seen data")
@@ -375,6 +390,13 @@ def pfp_network(
                     for channel in roots.unique(sorted=True).tolist():
                         sources.append((group.root, channel))
                         columns.append(cols[roots == channel])
+        if name in readers:
+            covered = torch.zeros(len(s_in), dtype=torch.bool)
+            for cols in columns:
+                covered[cols] = True
+            for column in (~covered).nonzero().flatten().tolist():
+                sources.append((None, column))
+                columns.append(torch.tensor([column]))
         sensitivity = torch.stack([s_in[cols].max() for cols in columns]) if columns else s_in[:0]
         shape = shapes[name]
         layers.append(
@@ -510,6 +532,7 @@ def plan_pfp(
     progress: bool = True,
     mode: ApplyMode = "remove",
     ignored_layers: Sequence[str | nn.Module] | None = None,
+    prune_inputs: bool = False,
 ) -> PruningPlan:
     """Plan PFP filter pruning that removes ``amount`` of all parameters; the model is not modified.
 
@@ -527,13 +550,17 @@ def plan_pfp(
         progress: show a progress bar while taking sensitivities.
         mode: ``"remove"`` (channels physically removed) or ``"mask"`` (rows masked, columns zeroed).
         ignored_layers: layers whose output channels are kept (default the output layer).
+        prune_inputs: also prune the model's input features (torchprune's convention, Liebenwein et al. 2020):
+            the input columns of the layers that read the model's input are units like the others, and the
+            dropped ones become zero columns of those layers (the input keeps its size). Off by default: only
+            channels that a layer of the model produces are pruned.
 
     Returns:
         A :class:`PruningPlan` with ``rescale`` (reweighted and zeroed input columns) and, in ``options``,
         ``variant``, ``c``, ``delta``, ``seed``, ``epsilon``, ``kept_units``/``units`` per layer, the keep ratio
         ``keep_ratio_target``/``keep_ratio_achieved``/``keep_ratio_nominal``, ``keep_ratio_within_tolerance``
         and ``keep_ratio_note`` (why the tolerance was missed, else empty), ``keep_ratio_metric``, ``trials``
-        (plans measured) and ``sensitivity_samples``/``sensitivity_samples_needed``.
+        (plans measured), ``sensitivity_samples``/``sensitivity_samples_needed``, and ``prune_inputs`` when set.
     """
     amount = check_amount(amount)
     if variant not in VARIANTS:
@@ -542,6 +569,8 @@ def plan_pfp(
         raise ValueError(f"mode: expected 'remove' or 'mask', got {mode!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed: expected an int, got {seed!r}")
+    if not isinstance(prune_inputs, bool):
+        raise TypeError(f"prune_inputs: expected True or False, got {prune_inputs!r}")
     if example_input is None:
         raise TypeError(
             "example_input: expected an input batch (a tensor, a tuple or a dict of tensors), got None"
@@ -560,6 +589,7 @@ def plan_pfp(
         max_batches=max_batches,
         progress=progress,
         ignored_layers=ignored_layers,
+        prune_inputs=prune_inputs,
     )
     allocator = PFPAllocator(network.layers, c, delta)
     metric = "params" if mode == "remove" else "nonzero_params"
@@ -637,6 +667,9 @@ def plan_pfp(
             "sensitivity_samples_needed": network.samples_needed,
         }
     )
+    if prune_inputs:
+        # Recorded only when set: default plans stay byte-identical to those saved before the option existed.
+        plan.options["prune_inputs"] = True
     return plan
 
 
@@ -713,9 +746,13 @@ def _build_plan(
     for layer in network.layers:
         if not layer.units:
             continue
-        stays = torch.tensor([bool(decisions[root][0][channel]) for root, channel in layer.sources])
+        # An input feature always stays: the model's input keeps its size.
+        stays = torch.tensor(
+            [root is None or bool(decisions[root][0][channel]) for root, channel in layer.sources]
+        )
         # Removal takes a dropped channel's columns away anyway; a rescale is needed where a kept column is
-        # reweighted, or zeroed because another reader keeps its channel (and for every dropped one when masking).
+        # reweighted, or zeroed because another reader keeps its channel or it is an input feature (and for every
+        # dropped one when masking).
         touched = (factors[layer.name] != 1) & (stays | (mode == "mask"))
         if touched.any():
             columns = torch.ones(layer.in_columns, dtype=torch.float64)
@@ -758,8 +795,7 @@ def _build_plan(
     return plan
 
 
-def _dependency_groups(work: nn.Module, example_input: torch.Tensor, ignored: list[str]) -> list[PFPGroup]:
-    graph = build_dependency_graph(work, example_input)
+def _dependency_groups(work: nn.Module, graph: tp.DependencyGraph, ignored: list[str]) -> list[PFPGroup]:
     names = {module: name for name, module in work.named_modules()}
     groups = []
     # The groups plan_structured prunes by channel: attention projections (heads, which PFP does not score), and
@@ -791,6 +827,51 @@ def _dependency_groups(work: nn.Module, example_input: torch.Tensor, ignored: li
             )
         )
     return groups
+
+
+# Torch-Pruning node types that carry a feature through (normalised, reshaped, concatenated, combined element-wise)
+# without mixing features into new ones: a layer reached from the model's input through these alone reads it.
+_PASS_THROUGH = frozenset(
+    {
+        tp.ops.OPTYPE.BN,
+        tp.ops.OPTYPE.LN,
+        tp.ops.OPTYPE.GN,
+        tp.ops.OPTYPE.IN,
+        tp.ops.OPTYPE.PRELU,
+        tp.ops.OPTYPE.ELEMENTWISE,
+        tp.ops.OPTYPE.RESHAPE,
+        tp.ops.OPTYPE.CONCAT,
+        tp.ops.OPTYPE.SPLIT,
+        tp.ops.OPTYPE.SLICE,
+        tp.ops.OPTYPE.EXPAND,
+        tp.ops.OPTYPE.UNBIND,
+    }
+)
+
+
+def _input_readers(model: nn.Module, graph: tp.DependencyGraph) -> set[str]:
+    """Names of the Linear/ConvNd layers of ``model`` that read its input directly: going back from them in
+    ``graph`` (Torch-Pruning's trace of ``model``) meets only normalisation, reshapes, concatenations, splits and
+    element-wise ops, no Linear, convolution, embedding, attention or bare ``nn.Parameter``. Their input columns
+    are the model's input features (image channels, pixels), which no dependency group produces. The trace
+    follows autograd, so a parameter-free transform of the input (which it does not record) counts as input."""
+    names = {module: name for name, module in model.named_modules()}
+    readers = set()
+    for module, node in graph.module2node.items():
+        if not isinstance(module, PRUNABLE_TYPES):
+            continue
+        stack, seen = list(node.inputs), set()
+        while stack:
+            ancestor = stack.pop()
+            if id(ancestor) in seen:
+                continue
+            seen.add(id(ancestor))
+            if ancestor.type not in _PASS_THROUGH:
+                break
+            stack.extend(ancestor.inputs)
+        else:
+            readers.add(names[module])
+    return readers
 
 
 def _has_statistics(tracker: SensitivityTracker, name: str) -> bool:
