@@ -45,23 +45,33 @@ samples, < 60 s) is a smoke test and writes nothing unless ``--out DIR`` is give
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
-import importlib
 import math
 import statistics
 import time
 import warnings
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
-from _common import (
+from _cka_damage_setup import (
+    INPUT_SEED,
+    INPUT_SHAPE,
+    LAYER_NAME,
+    MAP_SIZE,
+    MODEL_SEED,
+    NUM_CLASSES,
+    PLAN_AMOUNT,
+    RBF_THRESHOLD,
+    PhaseTimer,
+    batch_sizes,
+    make_batch,
+    make_layer,
+)
+from _runner import (
     RESULTS_DIR,
     OtherCpuLoad,
     fmt_seconds,
@@ -77,23 +87,11 @@ from torch import nn
 import pyprune
 from pyprune import models
 from pyprune.backend import cpu_import_error, cpu_kernels, use_kernel
-from pyprune.pruning import planner as planner_module
+from pyprune.pruning.cka_damage import CKADamage
 
-cka_module = importlib.import_module("pyprune.pruning.cka_damage")
-CKADamage = cka_module.CKADamage
-
-MAP_SIZE = 8
-INPUT_SHAPE = (3, 32, 32)
-NUM_CLASSES = 10
-LAYER_SEED = 0
-INPUT_SEED = 1
-MODEL_SEED = 0
-RBF_THRESHOLD = 0.5
 GOAL_SPEEDUP = 1000.0
 GOAL_CHANNELS = 256
 GOAL_PLAN_S = 30.0
-PLAN_AMOUNT = 0.5
-LAYER_NAME = "conv"
 
 _START = time.perf_counter()
 
@@ -124,27 +122,6 @@ def _fmt_cores(value: float | None) -> str:
 
 def _fmt_diff(value: float | None) -> str:
     return "—" if value is None else f"{value:.1e}"
-
-
-# --------------------------------------------------------------------------------------------- inputs
-
-
-def make_layer(channels: int, seed: int = LAYER_SEED) -> nn.Sequential:
-    """``Conv2d(C, C, 3, padding=1)``, He init times a per-filter scale ``exp(U(-1, 1))``, bias ``0.1 N(0, 1)``."""
-    generator = torch.Generator().manual_seed(seed + channels)
-    conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
-    with torch.no_grad():
-        fan_in = channels * 9
-        weight = torch.randn(conv.weight.shape, generator=generator) * math.sqrt(2.0 / fan_in)
-        scale = torch.exp(torch.rand(channels, generator=generator) * 2 - 1)
-        conv.weight.copy_(weight * scale[:, None, None, None])
-        conv.bias.copy_(0.1 * torch.randn(channels, generator=generator))
-    return nn.Sequential(OrderedDict([(LAYER_NAME, conv)])).eval()
-
-
-def make_batch(batch: int, channels: int, seed: int = INPUT_SEED) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed + channels)
-    return torch.relu(torch.randn(batch, channels, MAP_SIZE, MAP_SIZE, generator=generator))
 
 
 def num_evaluations(channels: int, removals: int) -> int:
@@ -262,47 +239,6 @@ def naive_greedy(
         "complete": complete,
         "median_sq_distance": median,
     }
-
-
-# ------------------------------------------------------------------------------------- pyprune timers
-
-
-class PhaseTimer:
-    """Wall time spent inside chosen functions, by wrapping them (``mock.patch.object``) for a block."""
-
-    TARGETS: tuple[tuple[Any, str, str], ...] = (
-        (CKADamage, "accumulate_over", "statistics"),
-        (CKADamage, "interaction", "M"),
-        (cka_module, "greedy_removal_order", "greedy"),
-        (cka_module, "gram_hsic_terms", "hsic"),  # inside M (flatten, sample space); not added to the rest
-        (cka_module, "_single_order", "single"),
-        (cka_module, "_rbf_order", "rbf"),
-        (planner_module, "build_dependency_graph", "trace"),
-        (planner_module, "_measure", "table"),
-    )
-
-    NESTED = frozenset({"hsic"})
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def _wrap(self, fn: Callable[..., Any], phase: str) -> Callable[..., Any]:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
-
-        return wrapper
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[PhaseTimer]:
-        self.seconds = {}
-        with contextlib.ExitStack() as stack:
-            for owner, attr, phase in self.TARGETS:
-                stack.enter_context(mock.patch.object(owner, attr, self._wrap(getattr(owner, attr), phase)))
-            yield self
 
 
 def _median_phases(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -503,7 +439,7 @@ def plan_case(args: argparse.Namespace) -> dict[str, Any]:
             torch.randn(size, *INPUT_SHAPE, generator=generator),
             torch.randint(0, NUM_CLASSES, (size,), generator=generator),
         )
-        for size in _batch_sizes(args.samples, args.plan_batch)
+        for size in batch_sizes(args.samples, args.plan_batch)
     ]
     example_input = data[0][0][:2]
     timer = PhaseTimer()
@@ -583,10 +519,6 @@ def plan_case(args: argparse.Namespace) -> dict[str, Any]:
         f"{result['channels_before']} channels in {len(plan.layers)} groups removed"
     )
     return result
-
-
-def _batch_sizes(samples: int, batch: int) -> list[int]:
-    return [min(batch, samples - start) for start in range(0, samples, batch)]
 
 
 # ---------------------------------------------------------------------------------------------- part 3

@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 import torch
-from _common import (
+from _runner import (
     MIB,
     OtherCpuLoad,
     PeakMemory,

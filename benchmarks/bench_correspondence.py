@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import OtherCpuLoad, format_machine, machine_info, markdown_table, write_results
+from _runner import OtherCpuLoad, format_machine, machine_info, markdown_table, write_results
 from torch import nn
 
 import pyprune

@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import (  # noqa: E402
+from benchmarks._runner import (  # noqa: E402
     RESULTS_DIR,
     OtherCpuLoad,
     fmt_ratio,

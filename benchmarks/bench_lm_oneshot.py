@@ -20,7 +20,7 @@ from typing import Any
 
 import _lm
 import torch
-from _common import (
+from _runner import (
     RESULTS_DIR,
     OtherCpuLoad,
     PeakMemory,

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import (
+from _runner import (
     OtherCpuLoad,
     declare_torchvision_ops,
     fmt_ratio,

@@ -34,7 +34,7 @@ import argparse
 from typing import Any
 
 import torch
-from _common import (
+from _runner import (
     OtherCpuLoad,
     PeakMemory,
     fmt_float,

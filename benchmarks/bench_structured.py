@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from _common import (
+from _runner import (
     RESULTS_DIR,
     OtherCpuLoad,
     fmt_ratio,

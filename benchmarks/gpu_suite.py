@@ -59,10 +59,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-import bench_cka_damage as damage_bench
-import bench_cka_matrix as matrix_bench
-import bench_sensitivity as sens_bench
-from _common import (
+import _cka_damage_setup as damage_setup
+import _cka_heatmap as heatmap
+import _sensitivity_layers as sensitivity_layers
+from _runner import (
     RESULTS_DIR,
     PeakMemory,
     fmt_float,
@@ -83,6 +83,7 @@ from pyprune import models
 from pyprune.backend import use_backend, use_kernel
 from pyprune.ops.cka_damage import greedy_removal_order
 from pyprune.ops.sensitivity import denominators, sensitivity_update
+from pyprune.pruning.cka_damage import CKADamage
 from pyprune.similarity.cka import cka_matrix
 
 GOAL_HEATMAP_GEMM_RATIO = 0.6
@@ -243,22 +244,22 @@ def finish(
 
 def heatmap_section(args: argparse.Namespace, size: dict[str, Any], budget: Budget) -> dict[str, Any]:
     device = args.device
-    model_x = matrix_bench.build_model("vgg", matrix_bench.MODEL_SEEDS["vgg"], device)
-    model_y = matrix_bench.build_model("allconv", matrix_bench.MODEL_SEEDS["allconv"], device)
-    names_x, names_y = matrix_bench.layer_names(model_x), matrix_bench.layer_names(model_y)
+    model_x = heatmap.build_model("vgg", heatmap.MODEL_SEEDS["vgg"], device)
+    model_y = heatmap.build_model("allconv", heatmap.MODEL_SEEDS["allconv"], device)
+    names_x, names_y = heatmap.layer_names(model_x), heatmap.layer_names(model_y)
     records: list[dict[str, Any]] = []
     for n in size["heatmap_n"]:
         batch = min(size["heatmap_batch"], n)
-        inputs = matrix_bench.make_inputs(n)
-        xs = matrix_bench.capture(model_x, names_x, inputs, batch, device)
-        ys = matrix_bench.capture(model_y, names_y, inputs, batch, device)
+        inputs = heatmap.make_inputs(n)
+        xs = heatmap.capture(model_x, names_x, inputs, batch, device)
+        ys = heatmap.capture(model_y, names_y, inputs, batch, device)
         for kernel in ("linear", "rbf"):
             if not budget.allows(f"heatmap n={n} {kernel}", reserve_s=0.45 * args.budget_s):
                 continue
-            reference = matrix_bench.plain_cka_matrix(xs, ys, kernel, 0.5, dtype=torch.float64).cpu()
+            reference = heatmap.plain_cka_matrix(xs, ys, kernel, 0.5, dtype=torch.float64).cpu()
             unbiased_ref = None
             if kernel == "linear":
-                unbiased_ref = matrix_bench.unbiased_cka_reference(
+                unbiased_ref = heatmap.unbiased_cka_reference(
                     [x.double() for x in xs], [y.double() for y in ys]
                 )
             impls = heatmap_impls(
@@ -296,8 +297,8 @@ def heatmap_impls(
     """(name, call, float64 reference of its estimator) of every heatmap implementation for ``kernel``."""
     impls: list[tuple[str, Callable[[], Any], torch.Tensor | None]] = [
         ("pyprune", lambda: cka_matrix(xs, ys, kernel=kernel, threshold=0.5), reference),
-        ("gemm-floor", lambda: matrix_bench.gemm_floor(xs, ys), None),
-        ("plain-torch", lambda: matrix_bench.plain_cka_matrix(xs, ys, kernel, 0.5), reference),
+        ("gemm-floor", lambda: heatmap.gemm_floor(xs, ys), None),
+        ("plain-torch", lambda: heatmap.plain_cka_matrix(xs, ys, kernel, 0.5), reference),
         ("torch-reference", lambda: _reference_backend(xs, ys, kernel), reference),
     ]
     if kernel == "linear":
@@ -325,8 +326,8 @@ def _torch_cka(model_x, model_y, n: int, batch: int, device: str) -> torch.Tenso
     import torch_cka
     from torch.utils.data import DataLoader, TensorDataset
 
-    loader = DataLoader(TensorDataset(matrix_bench.make_inputs(n)), batch_size=batch, shuffle=False)
-    names_x, names_y = matrix_bench.layer_names(model_x), matrix_bench.layer_names(model_y)
+    loader = DataLoader(TensorDataset(heatmap.make_inputs(n)), batch_size=batch, shuffle=False)
+    names_x, names_y = heatmap.layer_names(model_x), heatmap.layer_names(model_y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         peer = torch_cka.CKA(model_x, model_y, "vgg", "allconv", names_x, names_y, device=device)
@@ -403,15 +404,15 @@ def heatmap_table(payload: dict[str, Any]) -> list[str]:
 
 def sensitivity_section(args: argparse.Namespace, size: dict[str, Any], budget: Budget) -> dict[str, Any]:
     device, s = args.device, size["sensitivity_size"]
-    layers = [*sens_bench.resnet_layers(s), sens_bench.linear_layer(size["linear_width"], s)]
+    layers = [*sensitivity_layers.resnet_layers(s), sensitivity_layers.linear_layer(size["linear_width"], s)]
     records: list[dict[str, Any]] = []
     for layer in layers:
         if not budget.allows(f"sensitivity {layer['name']}", reserve_s=0.3 * args.budget_s):
             break
         weight = layer["weight"].to(device).contiguous()
-        inputs = sens_bench.doubled(layer["inputs"][:s]).to(device).contiguous()
+        inputs = sensitivity_layers.doubled(layer["inputs"][:s]).to(device).contiguous()
         geometry = layer["geometry"]
-        shape = sens_bench.describe({**layer, "weight": layer["weight"]}, s)
+        shape = sensitivity_layers.describe({**layer, "weight": layer["weight"]}, s)
         fields = {"layer": layer["name"], "count": layer["count"], **shape}
         try:
             rec = {**fields, **measure_sensitivity(weight, inputs, geometry, shape, device, size["repeats"])}
@@ -479,7 +480,7 @@ def _kernel_only(weight: torch.Tensor, inputs: torch.Tensor, geometry: Any) -> C
             sensitivity_update_cuda_unchecked(weight, inputs, geometry, z, s_mean, s_max, z.shape[-1])
 
         return run
-    return sens_bench._kernel_only(weight, inputs, geometry, lambda: (torch.zeros_like(weight),) * 2)
+    return sensitivity_layers.kernel_only(weight, inputs, geometry, lambda: (torch.zeros_like(weight),) * 2)
 
 
 def sensitivity_table(payload: dict[str, Any]) -> list[str]:
@@ -541,10 +542,10 @@ def sensitivity_table(payload: dict[str, Any]) -> list[str]:
 # ------------------------------------------------------------------------------------ 3. CKA damage
 
 
-class SyncedPhaseTimer(damage_bench.PhaseTimer):
+class SyncedPhaseTimer(damage_setup.PhaseTimer):
     """The CPU benchmark's phase timer, synchronising the GPU around each timed call, on the phases that exist."""
 
-    TARGETS = tuple(t for t in damage_bench.PhaseTimer.TARGETS if hasattr(t[0], t[1]))
+    TARGETS = tuple(t for t in damage_setup.PhaseTimer.TARGETS if hasattr(t[0], t[1]))
 
     def _wrap(self, fn: Callable[..., Any], phase: str) -> Callable[..., Any]:
         inner = super()._wrap(fn, phase)
@@ -568,17 +569,17 @@ def damage_section(args: argparse.Namespace, size: dict[str, Any], budget: Budge
         if not budget.allows(f"cka damage C={channels}", reserve_s=0.15 * args.budget_s):
             break
         try:
-            layer = damage_bench.make_layer(channels).to(device)
-            x = damage_bench.make_batch(size["damage_batch"], channels).to(device)
+            layer = damage_setup.make_layer(channels).to(device)
+            x = damage_setup.make_batch(size["damage_batch"], channels).to(device)
             timer, runs = SyncedPhaseTimer(), []
             for _ in range(1 + size["repeats"]):
                 with timer.active():
                     start = time.perf_counter()
-                    criterion = damage_bench.CKADamage(
+                    criterion = CKADamage(
                         layer, representation="flatten", greedy=True, max_samples=x.shape[0]
                     )
                     criterion.accumulate_over(x, progress=False)
-                    order = criterion.removal_order(damage_bench.LAYER_NAME)
+                    order = criterion.removal_order(damage_setup.LAYER_NAME)
                     total = time.perf_counter() - start
                 runs.append({"total": total, **timer.seconds})
             phases = {k: statistics.median(r.get(k, 0.0) for r in runs[1:]) for k in runs[-1]}
@@ -609,15 +610,15 @@ def damage_section(args: argparse.Namespace, size: dict[str, Any], budget: Budge
 
 def _plan_case(device: str, size: dict[str, Any]) -> dict[str, Any]:
     try:
-        torch.manual_seed(damage_bench.MODEL_SEED)
+        torch.manual_seed(damage_setup.MODEL_SEED)
         model = models.create(size["plan_model"]).eval().to(device)
-        generator = torch.Generator().manual_seed(damage_bench.INPUT_SEED)
+        generator = torch.Generator().manual_seed(damage_setup.INPUT_SEED)
         data = [
             (
-                torch.randn(b, *damage_bench.INPUT_SHAPE, generator=generator).to(device),
-                torch.randint(0, damage_bench.NUM_CLASSES, (b,), generator=generator).to(device),
+                torch.randn(b, *damage_setup.INPUT_SHAPE, generator=generator).to(device),
+                torch.randint(0, damage_setup.NUM_CLASSES, (b,), generator=generator).to(device),
             )
-            for b in damage_bench._batch_sizes(size["plan_samples"], size["plan_batch"])
+            for b in damage_setup.batch_sizes(size["plan_samples"], size["plan_batch"])
         ]
         timer, runs = SyncedPhaseTimer(), []
         for _ in range(1 + size["plan_repeats"]):
@@ -627,7 +628,7 @@ def _plan_case(device: str, size: dict[str, Any]) -> dict[str, Any]:
                 plan = pyprune.plan(
                     model,
                     "cka_greedy",
-                    damage_bench.PLAN_AMOUNT,
+                    damage_setup.PLAN_AMOUNT,
                     example_input=data[0][0][:2],
                     data=data,
                     progress=False,
@@ -694,7 +695,7 @@ def damage_table(payload: dict[str, Any]) -> list[str]:
     if plan and "error" not in plan:
         verdict = "MET" if plan["total"] <= GOAL_PLAN_S else "NOT MET"
         lines += [
-            f"## `pyprune.plan({plan['model']}, 'cka_greedy', {damage_bench.PLAN_AMOUNT})` from {plan['samples']} samples",
+            f"## `pyprune.plan({plan['model']}, 'cka_greedy', {damage_setup.PLAN_AMOUNT})` from {plan['samples']} samples",
             "",
             f"- warm: {fmt_seconds(plan['total'])} s (cold {fmt_seconds(plan['cold_s'])} s); goal under "
             f"{GOAL_PLAN_S:.0f} s -> {verdict}",

@@ -26,7 +26,7 @@ and ``"finetune"`` with the same number of epochs per round (t = T; Renda, Frank
 The rate (0.46 of the remaining weights per round, 5 rounds) puts the rounds at about 46, 71, 84, 92 and 95%
 sparsity.
 
-Run ``python benchmarks/bench_quality.py`` (4 minutes on 2 idle cores, one torch thread; 10 on busy ones) for the results in
+Run ``python benchmarks/bench_quality_oneshot_imp.py`` (4 minutes on 2 idle cores, one torch thread; 10 on busy ones) for the results in
 ``benchmarks/results/quality_mnist.{md,json,png}``, or ``--quick`` (< 60 s, tiny budget) to smoke-test it;
 ``--quick`` writes nothing unless ``--out DIR`` is given. Timings are printed for orientation only: this
 benchmark measures accuracy, not speed.
@@ -47,7 +47,8 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from _common import RESULTS_DIR, format_machine, machine_info, markdown_table, package_version, write_results
+from _quality import fmt_acc, say
+from _runner import RESULTS_DIR, format_machine, machine_info, markdown_table, package_version, write_results
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 from torch.utils.data import DataLoader, TensorDataset
@@ -160,10 +161,6 @@ class Context:
     budget: Budget
     seed: int
     masks: dict[tuple[str, str, float], dict[str, torch.Tensor]] = field(default_factory=dict)
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
 
 
 def batches(ctx: Context, seed: int) -> DataLoader:
@@ -484,10 +481,6 @@ def mask_agreement(ctx: Context) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------- report
-
-
-def fmt_acc(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}"
 
 
 def fmt_pct(value: float | None) -> str:
