@@ -10,10 +10,13 @@
 * :func:`run_isolated`: run a function in a fresh ``spawn`` subprocess, so each measurement starts from a
   clean allocator and its peak memory is its own.
 * :func:`markdown_table`, :func:`write_results`: reports as JSON plus Markdown under ``benchmarks/results/``.
+* :func:`benchmark_parser`, :func:`parse`, :func:`publish`: the command line every script shares (``--quick``,
+  ``--out``) and the end of every run (print the report, write it where ``--out``/``--quick`` say).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import gc
@@ -26,7 +29,7 @@ import resource
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -351,6 +354,11 @@ def fmt_ratio(ratio: float | None) -> str:
     return "—" if ratio is None or not math.isfinite(ratio) else f"{ratio:.2f}×"
 
 
+def fmt_cores(cores: float | None) -> str:
+    """Cores kept busy by other processes (:class:`OtherCpuLoad`), one decimal."""
+    return "—" if cores is None else f"{cores:.1f}"
+
+
 def fmt_float(value: float | None) -> str:
     if value is None:
         return "—"
@@ -403,6 +411,76 @@ def write_results(
         tmp.write_text(content)
         tmp.replace(path)
         paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def benchmark_parser(
+    description: str, quick_help: str, quick_flag: str = "--quick"
+) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark takes: ``--quick`` (``quick_help`` says what it
+    shrinks; ``gpu_suite.py`` names it ``--dry-run`` because it also moves the run to the CPU) and ``--out``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(quick_flag, action="store_true", help=f"{quick_help}; writes nothing without --out")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"results folder (default {RESULTS_DIR} for a full run; --quick writes nothing without it)",
+    )
+    return parser
+
+
+def parse(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+    defaults: Mapping[str, tuple[Any, Any]] | None = None,
+) -> argparse.Namespace:
+    """Parse ``argv``; an option left at None takes ``defaults[dest] = (full run, --quick)``."""
+    args = parser.parse_args(argv)
+    for key, (full, quick) in (defaults or {}).items():
+        if getattr(args, key) is None:
+            setattr(args, key, quick if args.quick else full)
+    return args
+
+
+def save(args: argparse.Namespace, stem: str, payload: dict[str, Any], markdown: str) -> list[Path]:
+    """:func:`publish`'s writing alone (for a long run that saves what it has after every step): the paths
+    written, none for a quick run without ``--out``."""
+    out = args.out if args.out is not None else (None if args.quick else RESULTS_DIR)
+    if out is None:
+        return []
+    return write_results(stem + ("_quick" if args.quick else ""), payload, markdown, out)
+
+
+def publish(
+    args: argparse.Namespace,
+    stem: str,
+    payload: dict[str, Any],
+    markdown: str,
+    *,
+    plot: Callable[[Path], Any] | None = None,
+    started: float | None = None,
+) -> list[Path]:
+    """Print ``markdown``, then write ``<stem>.{json,md}`` (``<stem>_quick`` for a quick run) and, with ``plot``,
+    ``plot(<stem>.png)``, into ``--out`` or, for a full run, ``benchmarks/results/``. A quick run without
+    ``--out`` writes nothing, so smoke tests never overwrite committed results. ``started`` (a
+    ``time.perf_counter()`` value) adds the run's total time. Returns the paths written."""
+    print()
+    print(markdown)
+    print()
+    paths = save(args, stem, payload, markdown)
+    if not paths:
+        print("--quick without --out: nothing written")
+    else:
+        if plot is not None:
+            paths.append(paths[0].with_suffix(".png"))
+            plot(paths[-1])
+        print("wrote " + ", ".join(str(p) for p in paths))
+    if started is not None:
+        print(f"total {time.perf_counter() - started:.0f} s")
     return paths
 
 

@@ -52,7 +52,6 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -72,15 +71,16 @@ from _cka_damage_setup import (
     make_layer,
 )
 from _runner import (
-    RESULTS_DIR,
     OtherCpuLoad,
+    benchmark_parser,
     fmt_seconds,
     format_machine,
     machine_info,
     markdown_table,
     package_version,
+    parse,
+    publish,
     wait_for_idle,
-    write_results,
 )
 from torch import nn
 
@@ -863,9 +863,8 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="C in {16, 32}, batch 64, ResNet-20 from 256 samples (< 60 s)"
+    parser = benchmark_parser(
+        __doc__.split("\n\n")[0], "C in {16, 32}, batch 64, ResNet-20 from 256 samples (< 60 s)"
     )
     parser.add_argument(
         "--channels", type=int, nargs="+", default=None, help="layer widths (default 64 128 256)"
@@ -911,32 +910,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="before each measurement wait up to this many seconds for the CPU to be idle (default 5, quick 0)",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"results folder (default {RESULTS_DIR} for a full run; --quick writes nothing without it)",
-    )
-    args = parser.parse_args(argv)
-    q = args.quick
-    defaults = {
-        "channels": [16, 32] if q else [64, 128, 256],
-        "batch": 64 if q else 256,
-        "repeats": 2 if q else 3,
-        "naive_budget": math.inf if q else 240.0,
-        "probe_seconds": 0.5 if q else 8.0,
-        "model": "resnet20" if q else "resnet56",
-        "samples": 256 if q else 1024,
-        "plan_batch": 64 if q else 256,
-        "plan_repeats": 1 if q else 2,
-        "rbf_channels": 16 if q else 32,
-        "wait_idle": 0.0 if q else 5.0,
+    full_or_quick = {
+        "channels": ([64, 128, 256], [16, 32]),
+        "batch": (256, 64),
+        "repeats": (3, 2),
+        "naive_budget": (240.0, math.inf),
+        "probe_seconds": (8.0, 0.5),
+        "model": ("resnet56", "resnet20"),
+        "samples": (1024, 256),
+        "plan_batch": (256, 64),
+        "plan_repeats": (2, 1),
+        "rbf_channels": (32, 16),
+        "wait_idle": (5.0, 0.0),
     }
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if not q and args.out is None:
-        args.out = RESULTS_DIR
+    args = parse(parser, argv, full_or_quick)
     for key in ("batch", "repeats", "samples", "plan_batch", "plan_repeats", "threads"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1")
@@ -988,16 +975,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload["notes"] = build_notes(payload)
     payload["wall_s"] = time.perf_counter() - started
     markdown = results_markdown(payload)
-    print()
-    print(markdown)
-    print()
-    if args.out is not None:
-        stem = "cka_damage_cpu" + ("_quick" if args.quick else "")
-        paths = write_results(stem, payload, markdown, args.out)
-        print("wrote " + ", ".join(str(p) for p in paths))
-    else:
-        print("--quick without --out: nothing written")
-    print(f"total {payload['wall_s']:.0f} s")
+    publish(args, "cka_damage_cpu", payload, markdown, started=started)
     return 0
 
 

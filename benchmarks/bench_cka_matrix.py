@@ -59,9 +59,9 @@ from _cka_heatmap import (
     unbiased_cka_reference,
 )
 from _runner import (
-    RESULTS_DIR,
     OtherCpuLoad,
     PeakMemory,
+    benchmark_parser,
     fmt_float,
     fmt_mib,
     fmt_ratio,
@@ -69,10 +69,11 @@ from _runner import (
     format_machine,
     machine_info,
     markdown_table,
+    parse,
+    publish,
     run_isolated,
     time_call,
     wait_for_idle,
-    write_results,
 )
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -740,8 +741,7 @@ def pytorch_cka_notes(by_key: dict[tuple, dict[str, Any]]) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (< 60 s), to smoke-test the script")
+    parser = benchmark_parser(__doc__.split("\n\n")[0], "tiny sizes (< 60 s), to smoke-test the script")
     parser.add_argument("--n", type=int, nargs="+", default=None, help="sample counts (default: 1024 4096)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up (default 3)")
     parser.add_argument("--kernels", nargs="+", choices=("linear", "rbf"), default=["linear", "rbf"])
@@ -770,16 +770,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="before each measurement wait up to this many seconds for other processes to leave the CPU "
         "idle (default 10, 0 with --quick)",
     )
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
-    args = parser.parse_args(argv)
-    if args.n is None:
-        args.n = [256] if args.quick else [1024, 4096]
-    if args.in_process is None:
-        args.in_process = args.quick
-    if args.wait_idle is None:
-        args.wait_idle = 0.0 if args.quick else 10.0
-    if args.correctness_n is None:
-        args.correctness_n = 256 if args.quick else 1024
+    args = parse(
+        parser,
+        argv,
+        {
+            "n": ([1024, 4096], [256]),
+            "in_process": (False, True),
+            "wait_idle": (10.0, 0.0),
+            "correctness_n": (1024, 256),
+        },
+    )
     if args.devices is None:
         args.devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for n in args.n:
@@ -820,12 +820,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload["notes"] = build_notes(payload)
         payload["wall_s"] = time.perf_counter() - started
         markdown = results_markdown(payload)
-        stem = f"cka_matrix_{device.replace(':', '')}" + ("_quick" if args.quick else "")
-        paths = write_results(stem, payload, markdown, args.out_dir)
-        print()
-        print(markdown)
-        print()
-        print("wrote " + ", ".join(str(p) for p in paths))
+        publish(args, f"cka_matrix_{device.replace(':', '')}", payload, markdown)
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -12,6 +12,7 @@ healing (fine-tuning) after removal, so the numbers are the raw damage each choi
 
 from __future__ import annotations
 
+import argparse
 import copy
 import random
 import statistics
@@ -22,13 +23,12 @@ from typing import Any
 import _lm
 import torch
 from _runner import (
-    RESULTS_DIR,
     OtherCpuLoad,
     format_machine,
     machine_info,
     markdown_table,
+    publish,
     time_call,
-    write_results,
 )
 
 import pyprune
@@ -65,8 +65,12 @@ def latencies(models: list[Any], seq_len: int, repeats: int) -> list[float]:
     return best
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return _lm.parse_arguments(__doc__.split("\n\n")[0], argv, 64)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _lm.parse_arguments(__doc__.split("\n\n")[0], argv, 64)
+    args = parse_args(argv)
     seeds, count = args.seeds_used, args.eval_windows
     model, record, train, held_out = _lm.trained_model(quick=args.quick)
     seq_len = record["train"]["seq_len"]
@@ -190,7 +194,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Reproduce: `python benchmarks/bench_depth.py` (the model is shared with bench_lm_oneshot.py).",
         ]
     )
-    print(markdown)
     payload = {
         "config": vars(args) | {"out": str(args.out)},
         "machine": info,
@@ -203,14 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "conclusions": lines,
         "other_cores": load.cores,
     }
-    if args.quick and args.out is None:
-        print("--quick without --out: nothing written")
-        return 0
-    out = args.out or RESULTS_DIR
-    stem = "depth_cpu" + ("_quick" if args.quick else "")
-    for path in write_results(stem, payload, markdown, out):
-        print(f"wrote {path}")
-    plot(rows, scores, dense, Path(out) / f"{stem}.png")
+    publish(args, "depth_cpu", payload, markdown, plot=lambda path: plot(rows, scores, dense, path))
     return 0
 
 
@@ -236,7 +232,6 @@ def plot(rows: list[dict[str, Any]], scores: dict[str, list[float]], dense: floa
     right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ N:M selection kernel against plain torch (``abs * norm`` then ``topk`` / ``sort`
 
 from __future__ import annotations
 
+import argparse
 import copy
 import statistics
 import time
@@ -21,15 +22,14 @@ from typing import Any
 import _lm
 import torch
 from _runner import (
-    RESULTS_DIR,
     OtherCpuLoad,
     PeakMemory,
     fmt_mib,
     format_machine,
     machine_info,
     markdown_table,
+    publish,
     time_call,
-    write_results,
 )
 
 import pyprune
@@ -185,8 +185,12 @@ def conclusions(summary: list[dict[str, Any]], dense: float, parameters: int) ->
     return lines
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return _lm.parse_arguments(__doc__.split("\n\n")[0], argv, 128)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _lm.parse_arguments(__doc__.split("\n\n")[0], argv, 128)
+    args = parse_args(argv)
     seeds, count = args.seeds_used, args.eval_windows
 
     model, record, train, held_out = _lm.trained_model(quick=args.quick)
@@ -292,7 +296,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Reproduce: `python benchmarks/bench_lm_oneshot.py` (first run trains and caches the model).",
         ]
     )
-    print(markdown)
     payload = {
         "config": vars(args) | {"out": str(args.out)},
         "machine": info,
@@ -304,12 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "conclusions": lines,
         "other_cores": load.cores,
     }
-    if args.quick and args.out is None:
-        print("--quick without --out: nothing written")
-        return 0
-    stem = "lm_oneshot_cpu" + ("_quick" if args.quick else "")
-    for path in write_results(stem, payload, markdown, args.out or RESULTS_DIR):
-        print(f"wrote {path}")
+    publish(args, "lm_oneshot_cpu", payload, markdown)
     return 0
 
 

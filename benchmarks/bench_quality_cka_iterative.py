@@ -40,7 +40,15 @@ from typing import Any
 import numpy as np
 import torch
 from _quality import caught_warnings, fmt_acc, fmt_diff, fmt_ms, loader, mean_se, mean_std, say, subset
-from _runner import RESULTS_DIR, format_machine, machine_info, markdown_table, package_version, write_results
+from _runner import (
+    benchmark_parser,
+    format_machine,
+    machine_info,
+    markdown_table,
+    package_version,
+    parse,
+    publish,
+)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -796,19 +804,10 @@ def run_cka_suite(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny budget (< 60 s); writes nothing without --out"
-    )
+    parser = benchmark_parser(__doc__.split("\n\n")[0], "tiny budget (< 60 s)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the suite's seeds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: small batches)")
-    parser.add_argument(
-        "--out", type=Path, default=None, help=f"output folder (default {RESULTS_DIR}; none with --quick)"
-    )
-    args = parser.parse_args(argv)
-    if args.out is None and not args.quick:
-        args.out = RESULTS_DIR
-    return args
+    return parse(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -817,16 +816,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     payload = run_cka_suite(args)
     markdown = cka_markdown(payload)
-    print()
-    print(markdown)
-    print()
-    if args.out is not None:
-        stem = STEM + ("_quick" if args.quick else "")
-        paths = write_results(stem, payload, markdown, args.out)
-        png = Path(args.out) / f"{stem}.png"
-        cka_plot(payload, png)
-        say("wrote " + ", ".join(str(p) for p in [*paths, png]))
-    say(f"total {time.perf_counter() - started:.0f} s")
+    publish(args, STEM, payload, markdown, plot=lambda path: cka_plot(payload, path), started=started)
     return 0
 
 

@@ -48,7 +48,15 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from _quality import fmt_acc, say
-from _runner import RESULTS_DIR, format_machine, machine_info, markdown_table, package_version, write_results
+from _runner import (
+    benchmark_parser,
+    format_machine,
+    machine_info,
+    markdown_table,
+    package_version,
+    parse,
+    publish,
+)
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 from torch.utils.data import DataLoader, TensorDataset
@@ -993,10 +1001,7 @@ SEED003_STYLES = {
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny budget (< 60 s); writes nothing without --out"
-    )
+    parser = benchmark_parser(__doc__.split("\n\n")[0], "tiny budget (< 60 s)")
     parser.add_argument(
         "--seed", type=int, default=0, help="split, initialisation and batch order (default 0)"
     )
@@ -1006,13 +1011,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--methods", nargs="+", choices=[s.key for s in SPECS], default=[s.key for s in SPECS]
     )
     parser.add_argument("--skip-imp", action="store_true", help="leave out part B")
-    parser.add_argument(
-        "--out", type=Path, default=None, help=f"output folder (default {RESULTS_DIR}; none with --quick)"
-    )
-    args = parser.parse_args(argv)
-    if args.out is None and not args.quick:
-        args.out = RESULTS_DIR
-    return args
+    return parse(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1108,16 +1107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload["seed003_comparison"] = seed003_comparison(payload)
     payload["notes"] = build_notes(payload)
     markdown = results_markdown(payload)
-    print()
-    print(markdown)
-    print()
-    if args.out is not None:
-        stem = STEM + ("_quick" if args.quick else "")
-        paths = write_results(stem, payload, markdown, args.out)
-        png = Path(args.out) / f"{stem}.png"
-        plot(payload, png)
-        say("wrote " + ", ".join(str(p) for p in [*paths, png]))
-    say(f"total {time.perf_counter() - started:.0f} s")
+    publish(args, STEM, payload, markdown, plot=lambda path: plot(payload, path), started=started)
     return 0
 
 

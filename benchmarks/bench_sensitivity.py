@@ -47,17 +47,18 @@ from typing import Any
 
 import torch
 from _runner import (
-    RESULTS_DIR,
     OtherCpuLoad,
     PeakMemory,
+    benchmark_parser,
     fmt_mib,
     fmt_seconds,
     format_machine,
     machine_info,
     markdown_table,
+    parse,
+    publish,
     run_isolated,
     wait_for_idle,
-    write_results,
 )
 from _sensitivity_layers import describe, doubled, kernel_only, linear_layer, resnet_layers
 
@@ -385,9 +386,8 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="1024-wide Linear, |S| in {16, 32}, in process (< 1 min)"
+    parser = benchmark_parser(
+        __doc__.split("\n\n")[0], "1024-wide Linear, |S| in {16, 32}, in process (< 1 min)"
     )
     parser.add_argument(
         "--size", type=int, default=None, help="|S| for the per-layer table (default 256; quick 32)"
@@ -416,25 +416,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="wait up to this many seconds for an idle CPU (default 5; quick 0)",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"results folder (default {RESULTS_DIR} for a full run; --quick writes nothing without it)",
+    args = parse(
+        parser,
+        argv,
+        {
+            "size": (256, 32),
+            "linear_width": (4096, 1024),
+            "in_process": (False, True),
+            "wait_idle": (5.0, 0.0),
+        },
     )
-    args = parser.parse_args(argv)
-    q = args.quick
-    for key, value in {
-        "size": 32 if q else 256,
-        "linear_width": 1024 if q else 4096,
-        "in_process": q,
-        "wait_idle": 0.0 if q else 5.0,
-    }.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    args.memory_sizes = [16, 32] if q else list(MEMORY_SIZES)
-    if not q and args.out is None:
-        args.out = RESULTS_DIR
+    args.memory_sizes = [16, 32] if args.quick else list(MEMORY_SIZES)
     if args.size < 1 or args.repeats < 1 or args.threads < 1:
         parser.error("--size, --repeats and --threads must be >= 1")
     return args
@@ -506,16 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload["notes"] = build_notes(payload)
     payload["wall_s"] = time.perf_counter() - _START
     markdown = results_markdown(payload)
-    print()
-    print(markdown)
-    print()
-    if args.out is not None:
-        stem = "sensitivity_cpu" + ("_quick" if args.quick else "")
-        paths = write_results(stem, payload, markdown, args.out)
-        print("wrote " + ", ".join(str(p) for p in paths))
-    else:
-        print("--quick without --out: nothing written")
-    print(f"total {payload['wall_s']:.0f} s")
+    publish(args, "sensitivity_cpu", payload, markdown, started=_START)
     return 0
 
 

@@ -29,22 +29,22 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from _runner import (
-    RESULTS_DIR,
     OtherCpuLoad,
+    benchmark_parser,
     fmt_ratio,
     fmt_seconds,
     format_machine,
     machine_info,
     markdown_table,
     package_version,
+    parse,
+    publish,
     wait_for_idle,
-    write_results,
 )
 from torch import nn
 
@@ -566,9 +566,8 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="ResNet-20, amount 0.5, batches 1 and 8, few repeats (< 60 s)"
+    parser = benchmark_parser(
+        __doc__.split("\n\n")[0], "ResNet-20, amount 0.5, batches 1 and 8, few repeats (< 60 s)"
     )
     parser.add_argument(
         "--resnet", default=None, help="ResNet factory name (default resnet56; resnet20 quick)"
@@ -593,31 +592,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="before each measurement wait up to this many seconds for the CPU to be idle (default 5, quick 0)",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"results folder (default {RESULTS_DIR} for a full run; --quick writes nothing without it)",
-    )
-    args = parser.parse_args(argv)
-    q = args.quick
-    defaults = {
-        "resnet": "resnet20" if q else "resnet56",
-        "amounts": [0.5] if q else [0.3, 0.5, 0.7],
-        "unstructured_amounts": [0.5] if q else [0.5, 0.9],
-        "batches": [1, 8] if q else [1, 64],
-        "rounds": 2 if q else 3,
-        "warmup": 1 if q else 3,
-        "repeats": 3 if q else 10,
-        "plan_repeats": 2 if q else 5,
-        "taylor_batch": 8 if q else 64,
-        "wait_idle": 0.0 if q else 5.0,
+    full_or_quick = {
+        "resnet": ("resnet56", "resnet20"),
+        "amounts": ([0.3, 0.5, 0.7], [0.5]),
+        "unstructured_amounts": ([0.5, 0.9], [0.5]),
+        "batches": ([1, 64], [1, 8]),
+        "rounds": (3, 2),
+        "warmup": (3, 1),
+        "repeats": (10, 3),
+        "plan_repeats": (5, 2),
+        "taylor_batch": (64, 8),
+        "wait_idle": (5.0, 0.0),
     }
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if not q and args.out is None:
-        args.out = RESULTS_DIR
+    args = parse(parser, argv, full_or_quick)
     for key in ("threads", "rounds", "repeats", "plan_repeats", "taylor_batch"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1")
@@ -659,16 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload["notes"] = build_notes(payload)
     payload["wall_s"] = time.perf_counter() - started
     markdown = results_markdown(payload)
-    print()
-    print(markdown)
-    print()
-    if args.out is not None:
-        stem = "structured_cpu" + ("_quick" if args.quick else "")
-        paths = write_results(stem, payload, markdown, args.out)
-        print("wrote " + ", ".join(str(p) for p in paths))
-    else:
-        print("--quick without --out: nothing written")
-    print(f"total {payload['wall_s']:.0f} s")
+    publish(args, "structured_cpu", payload, markdown, started=started)
     return 0
 
 

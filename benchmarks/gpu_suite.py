@@ -34,7 +34,7 @@ registry, its ``python3`` is 3.12 with torch 2.11+cu130, CuPy 14 (cupy-cuda13x),
 3. Here: copy the returned files into ``benchmarks/results/`` and commit them.
 
 Rehearsal on CPU: ``python benchmarks/gpu_suite.py --dry-run`` runs every section with tiny sizes on the CPU
-(imports, shapes, the report code; about a minute) and writes nothing unless ``--out-dir`` is given.
+(imports, shapes, the report code; about a minute) and writes nothing unless ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ import _sensitivity_layers as sensitivity_layers
 from _runner import (
     RESULTS_DIR,
     PeakMemory,
+    benchmark_parser,
     fmt_float,
     fmt_mib,
     fmt_ratio,
@@ -73,6 +74,7 @@ from _runner import (
     machine_info,
     markdown_table,
     package_version,
+    parse,
     time_call,
     write_results,
 )
@@ -228,10 +230,10 @@ def finish(
 ) -> None:
     payload["wall_s"] = time.perf_counter() - _START
     markdown = "\n".join([*header(title, payload), *table])
-    if args.out_dir is None:
+    if args.out is None:
         log(f"{name}: dry run, nothing written\n{markdown}")
         return
-    paths = write_results(f"{name}_cuda", payload, markdown, args.out_dir)
+    paths = write_results(f"{name}_cuda", payload, markdown, args.out)
     if args.copy_to is not None:
         args.copy_to.mkdir(parents=True, exist_ok=True)
         for path in paths:
@@ -811,20 +813,18 @@ SECTIONS: dict[str, tuple[str, Callable[..., dict[str, Any]], Callable[[dict[str
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--dry-run", action="store_true", help="tiny sizes on the CPU: check imports and shapes"
+    parser = benchmark_parser(
+        __doc__.split("\n\n")[0], "tiny sizes on the CPU: check imports and shapes", quick_flag="--dry-run"
     )
     parser.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget of the whole suite")
     parser.add_argument("--sections", nargs="+", choices=tuple(SECTIONS), default=list(SECTIONS))
-    parser.add_argument("--out-dir", type=Path, default=None, help=f"results folder (default {RESULTS_DIR})")
     parser.add_argument("--copy-to", type=Path, default=None, help="also copy each results file here ($OUT)")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     args.device = "cpu" if args.dry_run else "cuda"
     if not args.dry_run:
         if not torch.cuda.is_available():
             parser.error("no CUDA device: run with --dry-run to rehearse on a CPU")
-        args.out_dir = args.out_dir or RESULTS_DIR
+        args.out = args.out or RESULTS_DIR
     return args
 
 
