@@ -66,7 +66,7 @@ class PhaseTimer:
         (cka_module, "_single_order", "single"),
         (cka_module, "_rbf_order", "rbf"),
         (planner_module, "build_dependency_graph", "trace"),
-        (planner_module, "_measure", "table"),
+        (planner_module, "measure_plan", "table"),
     )
 
     NESTED = frozenset({"hsic"})

@@ -1,7 +1,9 @@
 """Helpers shared by pyprune's benchmarks.
 
 * :func:`machine_info`: CPU/GPU model, cores, memory, library versions, thread count and date.
-* :func:`time_call`: warm-up runs, then the median of repeated timed runs (CUDA-synchronised).
+* :func:`time_call`: warm-up runs, then the median of repeated timed runs (CUDA-synchronised), optionally
+  with the peak memory of the first timed run.
+* :func:`log`: a progress line stamped with the seconds since the benchmark started.
 * :class:`PeakMemory`: peak *extra* memory of a block: resident-set high-water mark on CPU (Linux
   ``/proc/self/clear_refs`` resets it, so the block is measured alone), ``torch.cuda.max_memory_allocated``
   on CUDA.
@@ -39,6 +41,13 @@ import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MIB = 1024.0**2
+STARTED = time.perf_counter()
+"""When the benchmark's process imported this module: the origin of :func:`log`'s time stamps."""
+
+
+def log(message: str) -> None:
+    """Print ``message`` with the seconds since :data:`STARTED`, flushed (runs are long, output is piped)."""
+    print(f"[{time.perf_counter() - STARTED:6.1f} s] {message}", flush=True)
 
 
 # --------------------------------------------------------------------------------------------- metadata
@@ -166,12 +175,15 @@ def time_call(
     warmup: int = 1,
     device: str = "cpu",
     budget_s: float | None = None,
+    memory: bool = False,
 ) -> dict[str, Any]:
     """Run ``fn`` ``warmup`` times untimed-for-the-median, then ``repeats`` times timed.
 
     With ``budget_s``, a slow ``fn`` gets fewer repeats (at least one): as many as fit in the budget at the
     speed of the last warm-up run. Returns ``median_s``, ``min_s``, ``times_s``, ``warmup_s``, ``repeats``
-    and ``result`` (the value of the last call).
+    and ``result`` (the value of the last call); with ``memory``, also ``peak_extra_bytes`` and
+    ``memory_method`` of :class:`PeakMemory` around the first timed run (after the warm-up, so one-off
+    allocations such as caches are not counted).
     """
     warm: list[float] = []
     result = None
@@ -182,8 +194,14 @@ def time_call(
     if budget_s is not None and warm:
         runs = max(1, min(repeats, int(budget_s // max(warm[-1], 1e-9))))
     times: list[float] = []
-    for _ in range(runs):
-        elapsed, result = _timed(fn, device)
+    peak: dict[str, Any] = {}
+    for i in range(runs):
+        if memory and i == 0:
+            with PeakMemory(device) as tracked:
+                elapsed, result = _timed(fn, device)
+            peak = {"peak_extra_bytes": tracked.peak_extra_bytes, "memory_method": tracked.method}
+        else:
+            elapsed, result = _timed(fn, device)
         times.append(elapsed)
     return {
         "median_s": statistics.median(times),
@@ -192,6 +210,7 @@ def time_call(
         "warmup_s": warm,
         "repeats": runs,
         "result": result,
+        **peak,
     }
 
 
@@ -431,6 +450,18 @@ def benchmark_parser(
         help=f"results folder (default {RESULTS_DIR} for a full run; --quick writes nothing without it)",
     )
     return parser
+
+
+def add_wait_idle(parser: argparse.ArgumentParser, full_s: float) -> None:
+    """``--wait-idle S``: before each measurement wait up to S seconds for other processes to leave the CPU
+    idle (:func:`wait_for_idle`); ``full_s`` for a full run, 0 with ``--quick``. Pass
+    ``{"wait_idle": (full_s, 0.0)}`` to :func:`parse`."""
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=None,
+        help=f"before each measurement wait up to this many seconds for an idle CPU (default {full_s:g}, quick 0)",
+    )
 
 
 def parse(

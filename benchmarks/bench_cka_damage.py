@@ -72,9 +72,11 @@ from _cka_damage_setup import (
 )
 from _runner import (
     OtherCpuLoad,
+    add_wait_idle,
     benchmark_parser,
     fmt_seconds,
     format_machine,
+    log,
     machine_info,
     markdown_table,
     package_version,
@@ -92,13 +94,6 @@ from pyprune.pruning.cka_damage import CKADamage
 GOAL_SPEEDUP = 1000.0
 GOAL_CHANNELS = 256
 GOAL_PLAN_S = 30.0
-
-_START = time.perf_counter()
-
-
-def log(message: str) -> None:
-    """A progress line with the seconds since the script started."""
-    print(f"[{time.perf_counter() - _START:5.0f} s] {message}", flush=True)
 
 
 def fmt_ratio_big(ratio: float | None) -> str:
@@ -904,12 +899,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-plan", action="store_true", help="skip part 2")
     parser.add_argument("--skip-rbf", action="store_true", help="skip part 3")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=None,
-        help="before each measurement wait up to this many seconds for the CPU to be idle (default 5, quick 0)",
-    )
+    add_wait_idle(parser, 5.0)
     full_or_quick = {
         "channels": ([64, 128, 256], [16, 32]),
         "batch": (256, 64),

@@ -61,6 +61,7 @@ from _cka_heatmap import (
 from _runner import (
     OtherCpuLoad,
     PeakMemory,
+    add_wait_idle,
     benchmark_parser,
     fmt_float,
     fmt_mib,
@@ -763,13 +764,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="measure in this process instead of a fresh subprocess each (default: only with --quick)",
     )
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=None,
-        help="before each measurement wait up to this many seconds for other processes to leave the CPU "
-        "idle (default 10, 0 with --quick)",
-    )
+    add_wait_idle(parser, 10.0)
     args = parse(
         parser,
         argv,

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -47,17 +46,20 @@ from typing import Any
 
 import torch
 from _runner import (
+    STARTED,
     OtherCpuLoad,
-    PeakMemory,
+    add_wait_idle,
     benchmark_parser,
     fmt_mib,
     fmt_seconds,
     format_machine,
+    log,
     machine_info,
     markdown_table,
     parse,
     publish,
     run_isolated,
+    time_call,
     wait_for_idle,
 )
 from _sensitivity_layers import describe, doubled, kernel_only, linear_layer, resnet_layers
@@ -78,35 +80,9 @@ LABELS = {
     "broadcast": "broadcast torch (reference, all filters)",
     "gemm": "GEMM (|S| P x J) @ (J x F)",
 }
-_START = time.perf_counter()
-
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - _START:5.0f} s] {message}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------- measurement
-
-
-def _timed_runs(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, Any]:
-    """Warm-up runs, then `repeats` timed runs, the first of them inside PeakMemory."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    with PeakMemory() as memory:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    for _ in range(repeats - 1):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {
-        "median_s": statistics.median(times),
-        "times_s": times,
-        "peak_extra_bytes": memory.peak_extra_bytes,
-        "memory_method": memory.method,
-    }
 
 
 def _gemm(rows: int, inner: int, cols: int) -> Callable:
@@ -126,49 +102,63 @@ def measure_layer(
     b, F, J, P = shape["examples"], shape["filters"], shape["columns"], shape["patches"]
     records: list[dict[str, Any]] = []
 
-    def record(variant: str, result: dict[str, Any] | None, **extra: Any) -> None:
+    def record(variant: str, timing: dict[str, Any] | None, **extra: Any) -> None:
+        # time_call's `result` is the last call's output: tensors, not a measurement.
+        measured = {k: v for k, v in (timing or {}).items() if k != "result"}
         records.append(
-            {"layer": layer["name"], "size": size, "variant": variant, **shape, **(result or {}), **extra}
+            {"layer": layer["name"], "size": size, "variant": variant, **shape, **measured, **extra}
         )
 
     def fresh() -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros_like(weight), torch.zeros_like(weight)
 
     state = fresh()
-    out = _timed_runs(lambda: sensitivity_update(weight, inputs, geometry, *fresh()), 1, repeats)
+    out = time_call(
+        lambda: sensitivity_update(weight, inputs, geometry, *fresh()), warmup=1, repeats=repeats, memory=True
+    )
     sensitivity_update(weight, inputs, geometry, *state)
     record("pyprune", out)
 
     # Accumulation precision: the same float32 values in float64 (z, sums and maxima), against the float32 path.
     weight64, inputs64 = weight.double(), inputs.double()
     state64 = (torch.zeros_like(weight64), torch.zeros_like(weight64))
-    out = _timed_runs(
+    out = time_call(
         lambda: sensitivity_update(
             weight64, inputs64, geometry, torch.zeros_like(weight64), torch.zeros_like(weight64)
         ),
-        1,
-        repeats,
+        warmup=1,
+        repeats=repeats,
+        memory=True,
     )
     sensitivity_update(weight64, inputs64, geometry, *state64)
     nonzero = state64[0] > 0
     relative = ((state[0].double() - state64[0]).abs() / state64[0].where(nonzero, 1.0))[nonzero]
     record("float64", out, max_rel_diff_mean_vs_float32=float(relative.max()) if relative.numel() else 0.0)
 
-    record("kernel", _timed_runs(kernel_only(weight, inputs, geometry, fresh), 1, repeats))
-    record("gemm", _timed_runs(_gemm(b * P, J, F), 1, repeats))
+    record(
+        "kernel",
+        time_call(kernel_only(weight, inputs, geometry, fresh), warmup=1, repeats=repeats, memory=True),
+    )
+    record("gemm", time_call(_gemm(b * P, J, F), warmup=1, repeats=repeats, memory=True))
 
     chunk = max(1, CHUNK_ENTRIES // (b * J * P))
     reference = fresh()
-    out = _timed_runs(
-        lambda: sensitivity_update_reference(weight, inputs, geometry, *reference, filter_chunk=chunk), 0, 1
+    out = time_call(
+        lambda: sensitivity_update_reference(weight, inputs, geometry, *reference, filter_chunk=chunk),
+        warmup=0,
+        repeats=1,
+        memory=True,
     )
     diff = max(float((x - y).abs().max()) for x, y in zip(state, reference, strict=True))
     record("chunked", out, filter_chunk=chunk, max_abs_diff_vs_pyprune=diff)
 
     estimate = (BROADCAST_BLOCKS * b * F * J * P + b * J * P) * weight.element_size()
     if estimate <= broadcast_limit * 2**30:
-        out = _timed_runs(
-            lambda: sensitivity_update_reference(weight, inputs, geometry, *fresh(), filter_chunk=F), 0, 1
+        out = time_call(
+            lambda: sensitivity_update_reference(weight, inputs, geometry, *fresh(), filter_chunk=F),
+            warmup=0,
+            repeats=1,
+            memory=True,
         )
         record("broadcast", out, estimated_bytes=estimate)
     else:
@@ -410,12 +400,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="measure here instead of in a fresh subprocess per (layer, |S|) (default: only with --quick)",
     )
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=None,
-        help="wait up to this many seconds for an idle CPU (default 5; quick 0)",
-    )
+    add_wait_idle(parser, 5.0)
     args = parse(
         parser,
         argv,
@@ -496,9 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     payload["goals"] = goal_lines(payload)
     payload["notes"] = build_notes(payload)
-    payload["wall_s"] = time.perf_counter() - _START
+    payload["wall_s"] = time.perf_counter() - STARTED
     markdown = results_markdown(payload)
-    publish(args, "sensitivity_cpu", payload, markdown, started=_START)
+    publish(args, "sensitivity_cpu", payload, markdown, started=STARTED)
     return 0
 
 

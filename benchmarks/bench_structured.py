@@ -35,6 +35,7 @@ import torch
 import torch_pruning as tp
 from _runner import (
     OtherCpuLoad,
+    add_wait_idle,
     benchmark_parser,
     fmt_ratio,
     fmt_seconds,
@@ -586,12 +587,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per round (default 10)")
     parser.add_argument("--plan-repeats", type=int, default=None, help="timed plan+apply runs (default 5)")
     parser.add_argument("--taylor-batch", type=int, default=None, help="Taylor batch size (default 64)")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=None,
-        help="before each measurement wait up to this many seconds for the CPU to be idle (default 5, quick 0)",
-    )
+    add_wait_idle(parser, 5.0)
     full_or_quick = {
         "resnet": ("resnet56", "resnet20"),
         "amounts": ([0.3, 0.5, 0.7], [0.5]),

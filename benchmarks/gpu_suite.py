@@ -64,13 +64,14 @@ import _cka_heatmap as heatmap
 import _sensitivity_layers as sensitivity_layers
 from _runner import (
     RESULTS_DIR,
-    PeakMemory,
+    STARTED,
     benchmark_parser,
     fmt_float,
     fmt_mib,
     fmt_ratio,
     fmt_seconds,
     format_machine,
+    log,
     machine_info,
     markdown_table,
     package_version,
@@ -91,11 +92,6 @@ from pyprune.similarity.cka import cka_matrix
 GOAL_HEATMAP_GEMM_RATIO = 0.6
 GOAL_PLAN_S = 1.0
 GOAL_SENSITIVITY_GEMM_RATIO = 2.0
-_START = time.perf_counter()
-
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - _START:6.1f} s] {message}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- sizes
@@ -150,7 +146,7 @@ class Budget:
         self.seconds = seconds
 
     def left(self) -> float:
-        return self.seconds - (time.perf_counter() - _START)
+        return self.seconds - (time.perf_counter() - STARTED)
 
     def allows(self, what: str, reserve_s: float = 0.0) -> bool:
         if self.left() > reserve_s:
@@ -205,14 +201,6 @@ def header(title: str, payload: dict[str, Any]) -> list[str]:
     return lines
 
 
-def timed(fn: Callable[[], Any], device: str, repeats: int) -> dict[str, Any]:
-    """Median of ``repeats`` synchronised runs after one warm-up, with the peak extra device memory."""
-    with PeakMemory(device) as memory:
-        timing = time_call(fn, repeats=repeats, warmup=1, device=device)
-    timing["peak_extra_bytes"] = memory.peak_extra_bytes
-    return timing
-
-
 def error_record(exc: BaseException, **fields: Any) -> dict[str, Any]:
     log(f"ERROR {fields}: {type(exc).__name__}: {exc}")
     return {**fields, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
@@ -228,7 +216,7 @@ def max_abs_diff(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None
 def finish(
     name: str, title: str, payload: dict[str, Any], table: list[str], args: argparse.Namespace
 ) -> None:
-    payload["wall_s"] = time.perf_counter() - _START
+    payload["wall_s"] = time.perf_counter() - STARTED
     markdown = "\n".join([*header(title, payload), *table])
     if args.out is None:
         log(f"{name}: dry run, nothing written\n{markdown}")
@@ -272,7 +260,7 @@ def heatmap_section(args: argparse.Namespace, size: dict[str, Any], budget: Budg
                 if not budget.allows(f"heatmap {fields}", reserve_s=0.4 * args.budget_s):
                     continue
                 try:
-                    timing = timed(fn, device, size["repeats"])
+                    timing = time_call(fn, repeats=size["repeats"], device=device, memory=True)
                 except Exception as exc:  # a peer missing or out of memory: record it and go on
                     records.append(error_record(exc, **fields))
                     continue
@@ -445,13 +433,21 @@ def measure_sensitivity(
     a = torch.randn(shape["examples"] * shape["patches"], shape["columns"], device=device)
     m = torch.randn(shape["columns"], shape["filters"], device=device)
     rec: dict[str, Any] = {
-        "update": timed(
-            lambda: sensitivity_update(weight, inputs, geometry, *zeros(weight)), device, repeats
+        "update": time_call(
+            lambda: sensitivity_update(weight, inputs, geometry, *zeros(weight)),
+            repeats=repeats,
+            device=device,
+            memory=True,
         ),
-        "kernel": timed(_kernel_only(weight, inputs, geometry), device, repeats),
-        "gemm": timed(lambda: torch.mm(a, m), device, repeats),
-        "update_float64": timed(
-            lambda: sensitivity_update(weight64, inputs64, geometry, *zeros(weight64)), device, repeats
+        "kernel": time_call(
+            _kernel_only(weight, inputs, geometry), repeats=repeats, device=device, memory=True
+        ),
+        "gemm": time_call(lambda: torch.mm(a, m), repeats=repeats, device=device, memory=True),
+        "update_float64": time_call(
+            lambda: sensitivity_update(weight64, inputs64, geometry, *zeros(weight64)),
+            repeats=repeats,
+            device=device,
+            memory=True,
         ),
     }
     for timing in rec.values():
@@ -599,7 +595,12 @@ def damage_section(args: argparse.Namespace, size: dict[str, Any], budget: Budge
             features = torch.randn(p, 64, generator=generator, dtype=torch.float64).to(device)
             interaction = (features @ features.T).abs_().contiguous()
             timing = _drop_result(
-                timed(lambda m=interaction: greedy_removal_order(m), device, size["repeats"])
+                time_call(
+                    lambda m=interaction: greedy_removal_order(m),
+                    repeats=size["repeats"],
+                    device=device,
+                    memory=True,
+                )
             )
             out["greedy"].append({"p": p, **timing})
             log(f"greedy p={p}: {timing['median_s']:.4f} s")
@@ -853,7 +854,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args,
         )
         failed += [f"{name}: {e}" for e in errors_in(payload)]
-    log(f"done in {time.perf_counter() - _START:.0f} s" + (f"; errors: {failed}" if failed else ""))
+    log(f"done in {time.perf_counter() - STARTED:.0f} s" + (f"; errors: {failed}" if failed else ""))
     # On the device a peer's failure is a finding (recorded in the tables); in a rehearsal it is a bug.
     return 1 if failed and args.dry_run else 0
 
