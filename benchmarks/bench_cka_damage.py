@@ -825,8 +825,8 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
         "code instead substitutes the bias into a copy of the activations (SPEC §1.4), which skips the conv "
         "forward but still needs a full Gram per candidate.",
         f"naive computes the Gram, centring and CKA in {config['naive_gram_dtype']} (the seed: float32 NumPy); "
-        "float32 would be up to ~2× faster on the Gram part but can reorder near-tied candidates. The conv "
-        "forward is float32 either way.",
+        "`--naive-gram-dtype float32` trades precision for speed on the Gram part and can reorder near-tied "
+        "candidates. The conv forward is float32 either way.",
         "pyprune's flattened representation needs every sample at once; it builds M either in feature space "
         "(C·H·W covariance) or in sample space (per-channel Gram matrices through the fused HSIC kernel), "
         "whichever is cheaper (sample space where the breakdown shows HSIC-kernel time). The channels representation (default of `pyprune.plan`) "

@@ -677,9 +677,9 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
                 f"{payload['forward'][str(n)]['batch_size']}): pyprune `MinibatchCKA` {fmt_seconds(rec['median_s'])} s "
                 f"vs torch-cka's CKA part {fmt_seconds(part['median_s'])} s = "
                 f"{part['median_s'] / rec['median_s']:.1f}x faster. Minibatch cost grows linearly in n while "
-                "full-batch CKA grows as n², which is why the full-batch pyprune row's ratio to torch-cka shrinks "
-                "as n grows."
+                "full-batch CKA grows as n²."
             )
+    notes += full_batch_vs_minibatch(by_key)
     notes += pytorch_cka_notes(by_key)
     others = [r["other_cpu_cores"] for r in payload["records"] if r.get("other_cpu_cores") is not None]
     if others:
@@ -711,6 +711,30 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
             notes.append(
                 f"n = {rec['n']}, {rec['kernel']}, {rec['impl']} warned: {'; '.join(rec['warnings'])}"
             )
+    return notes
+
+
+def full_batch_vs_minibatch(by_key: dict[tuple, dict[str, Any]]) -> list[str]:
+    """How pyprune's full-batch ratio to torch-cka's (minibatch) CKA part moves with n, per kernel."""
+    notes = []
+    for kernel in sorted({k for _, k, _ in by_key}):
+        ratios = {
+            n: by_key[(n, kernel, "torch-cka-part")]["median_s"] / by_key[(n, kernel, "pyprune")]["median_s"]
+            for n, k, impl in by_key
+            if k == kernel
+            and impl == "pyprune"
+            and (n, kernel, "torch-cka-part") in by_key
+            and by_key[(n, kernel, "torch-cka-part")].get("n_used") == n
+        }
+        if len(ratios) < 2:
+            continue
+        ns = sorted(ratios)
+        trend = "shrinks" if ratios[ns[-1]] < ratios[ns[0]] else "does not shrink"
+        notes.append(
+            f"{kernel}: full-batch pyprune vs torch-cka's CKA part is "
+            + ", ".join(f"{ratios[n]:.1f}x at n = {n}" for n in ns)
+            + f": the lead {trend} as n grows."
+        )
     return notes
 
 

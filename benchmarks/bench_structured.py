@@ -521,13 +521,34 @@ def results_markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _masked_speedups(speed: list[dict[str, Any]]) -> str:
+    """The measured latency ratios of the masked (unstructured) rows, as a clause."""
+    ratios = [r["speedup"] for r in speed if not r["structured"]]
+    if not ratios:
+        return ""
+    return f" Measured here: dense / masked latency {min(ratios):.2f}x to {max(ratios):.2f}x."
+
+
+def _table_share(records: list[dict[str, Any]]) -> str:
+    """How much of ``l1_filter``'s plan + apply time the parameter/FLOP table takes, from the two rows."""
+    full = next((r for r in records if r["label"] == "l1_filter"), None)
+    bare = next((r for r in records if r["label"] == "l1_filter, no param/FLOP table"), None)
+    if full is None or bare is None:
+        return ""
+    share = 1 - bare["total_s"] / full["total_s"]
+    return (
+        f": with the table `l1_filter` takes {fmt_seconds(full['total_s'])} s, without it "
+        f"{fmt_seconds(bare['total_s'])} s, so the table is {share:.0%} of its planning time"
+    )
+
+
 def build_notes(payload: dict[str, Any]) -> list[str]:
     notes = [
         "Unstructured `magnitude` rows: masks zero weights but the dense convolution kernels still multiply "
-        "them, so FLOPs and latency do not drop (~1.0x); with the `torch.nn.utils.prune` hooks still attached, "
-        "each forward also recomputes `weight = weight_orig * weight_mask`, which can make it slightly slower. "
-        "'folded' = after `pyprune.make_permanent` (plain dense weights with zeros). A speed-up from such "
-        "sparsity needs sparse kernels, which this benchmark does not use.",
+        "them; with the `torch.nn.utils.prune` hooks still attached, each forward also recomputes "
+        "`weight = weight_orig * weight_mask`. 'folded' = after `pyprune.make_permanent` (plain dense weights "
+        "with zeros). A speed-up from such sparsity needs sparse kernels, which this benchmark does not use."
+        + _masked_speedups(payload["speed"]),
         "Ratio semantics: Torch-Pruning's `pruning_ratio=r` keeps `int(n * (1 - r))` channels of an n-channel "
         "group (removes ceil-like), pyprune removes `floor(r * n + 0.5)` (round half up). At 50% of the even "
         "widths here both remove exactly half; at 0.3/0.7 they can differ by one channel per group.",
@@ -535,15 +556,21 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
         "whose *output* channels it prunes (root and residual partners; Li et al.). Torch-Pruning's "
         "`MagnitudeImportance(p=1)` also adds BatchNorm |gamma| and the consumers' *input* weights, and "
         "normalises per group, so the two remove the same number of channels per group but not always the "
-        "same channels. Driving MetaPruner with `pyprune.TorchPruningImportance(FilterNorm(1))` reproduces "
-        "pyprune's choice exactly (last check above).",
+        "same channels. Driving MetaPruner with `pyprune.TorchPruningImportance(FilterNorm(1))` "
+        + (
+            "reproduces pyprune's choice exactly in this run."
+            if payload["planning"]["comparison"]["identical_to_tp_with_pyprune_importance"]
+            else "does NOT reproduce pyprune's choice in this run."
+        ),
         "`taylor` is a data-driven criterion: its time includes forward + backward over the two synthetic "
         f"batches of {payload['config']['taylor_batch']} and, as registered, it ranks channels globally "
         "(`scope='global'`), not per group like the other rows.",
-        "pyprune's planning time is dominated by bookkeeping, not scoring: `plan_structured` applies the plan to "
-        "a copy and counts parameters and FLOPs of both models (two `FlopCounterMode` forwards) so the plan "
-        "can print a per-layer table; the 'no param/FLOP table' row skips that (`measure=False`). "
-        "pyprune also traces the model twice (plan, then apply), Torch-Pruning once.",
+        "`plan_structured` applies the plan to a copy and counts parameters and FLOPs of both models (two "
+        "`FlopCounterMode` forwards) so the plan can print a per-layer table; the 'no param/FLOP table' row "
+        "skips that (`measure=False`)"
+        + _table_share(payload["planning"]["records"])
+        + ". pyprune also traces "
+        "the model twice (plan, then apply), Torch-Pruning once.",
         "Models are untrained (seeded He init); latency does not depend on weight values, only shapes.",
     ]
     others = [
