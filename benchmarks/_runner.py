@@ -373,9 +373,9 @@ def fmt_ratio(ratio: float | None) -> str:
     return "—" if ratio is None or not math.isfinite(ratio) else f"{ratio:.2f}×"
 
 
-def fmt_cores(cores: float | None) -> str:
-    """Cores kept busy by other processes (:class:`OtherCpuLoad`), one decimal."""
-    return "—" if cores is None else f"{cores:.1f}"
+def fmt_cores(cores: float | None, digits: int = 1) -> str:
+    """Cores kept busy by other processes (:class:`OtherCpuLoad`), "—" where unknown."""
+    return "—" if cores is None else f"{cores:.{digits}f}"
 
 
 def fmt_float(value: float | None) -> str:

@@ -74,6 +74,7 @@ from _runner import (
     OtherCpuLoad,
     add_wait_idle,
     benchmark_parser,
+    fmt_cores,
     fmt_seconds,
     format_machine,
     log,
@@ -109,10 +110,6 @@ def fmt_count(n: int | None) -> str:
         if n >= scale:
             return f"{n / scale:.3g}{unit}"
     return str(n)
-
-
-def _fmt_cores(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
 
 
 def _fmt_diff(value: float | None) -> str:
@@ -690,7 +687,7 @@ def results_markdown(payload: dict[str, Any]) -> str:
                 evals,
                 "1 (baseline)" if naive else fmt_ratio_big(r["speedup_vs_naive"]),
                 order,
-                _fmt_cores(r.get("other_cpu_cores")),
+                fmt_cores(r.get("other_cpu_cores"), 2),
             ]
         )
     lines += [markdown_table(headers, rows), ""]
@@ -766,7 +763,7 @@ def results_markdown(payload: dict[str, Any]) -> str:
                 "cold (first call)" if r["cold"] else "repeat",
                 fmt_seconds(r["total_s"]),
                 *[fmt_seconds(r["phases_s"].get(n)) for n in names],
-                _fmt_cores(r["other_cpu_cores"]),
+                fmt_cores(r["other_cpu_cores"], 2),
             ]
             for r in plan["runs"]
         ]

@@ -63,6 +63,7 @@ from _runner import (
     PeakMemory,
     add_wait_idle,
     benchmark_parser,
+    fmt_cores,
     fmt_float,
     fmt_mib,
     fmt_ratio,
@@ -366,7 +367,7 @@ def benchmark_device(args: argparse.Namespace, device: str, workdir: Path) -> di
                 print(
                     f"[{device}] n={n} {kernel} {impl}: {median:.3f} s (x{result['timing']['repeats']}), "
                     f"peak +{result['peak_extra_bytes'] / 2**20:.0f} MiB, worker wall {result['wall_s']:.1f} s, "
-                    f"other processes {_fmt_cores(result['other_cpu_cores'])} cores",
+                    f"other processes {fmt_cores(result['other_cpu_cores'], 2)} cores",
                     flush=True,
                 )
             records.extend(
@@ -569,10 +570,6 @@ def correctness_markdown(case: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _fmt_cores(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
-
-
 def _fmt_cka(value: torch.Tensor) -> str:
     v = float(value)
     return "NaN" if math.isnan(v) else f"{v:.6f}"
@@ -638,7 +635,7 @@ def results_markdown(payload: dict[str, Any]) -> str:
                 else fmt_ratio(rec.get("pyprune_speedup")),
                 fmt_mib(rec.get("peak_extra_bytes")),
                 fmt_float(rec.get("max_abs_diff_vs_f64")),
-                _fmt_cores(rec.get("other_cpu_cores")),
+                fmt_cores(rec.get("other_cpu_cores"), 2),
             ]
         )
     lines += [markdown_table(headers, rows), ""]
@@ -754,7 +751,7 @@ def pytorch_cka_notes(by_key: dict[tuple, dict[str, Any]]) -> list[str]:
             f"`cka_matrix(unbiased=True)` (same estimator, float64 accumulation) {fmt_seconds(ours['median_s'])} s "
             f"= {ratio:.2f}× (goal ≥ {GOAL_PYTORCH_CKA_SPEEDUP:.0f}×: "
             f"{'MET' if ratio >= GOAL_PYTORCH_CKA_SPEEDUP else 'NOT MET'}; others' CPU "
-            f"{_fmt_cores(max(loads) if loads else None)}). max |Δ| from float64: pyprune "
+            f"{fmt_cores(max(loads) if loads else None, 2)}). max |Δ| from float64: pyprune "
             f"{fmt_float(ours.get('max_abs_diff_vs_f64'))}, pytorch-cka {fmt_float(peer.get('max_abs_diff_vs_f64'))}. "
             f"Both are bound by forming the Gram matrices: the GEMM floor is {fmt_seconds(gemm['median_s'])} s, "
             f"pytorch-cka takes {peer['median_s'] / gemm['median_s']:.2f}× of it and pyprune "

@@ -31,6 +31,7 @@ from _runner import (
     OtherCpuLoad,
     PeakMemory,
     benchmark_parser,
+    fmt_cores,
     fmt_mib,
     fmt_ratio,
     fmt_seconds,
@@ -153,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     fmt_seconds(r["seconds"]),
                     fmt_ratio(record["time_vs_pyprune"]),
                     f"{error:.1e}",
-                    "—" if r["other_cores"] is None else f"{r['other_cores']:.1f}",
+                    fmt_cores(r["other_cores"]),
                 ]
             )
     headers = [

@@ -38,6 +38,7 @@ import torch
 from _runner import (
     OtherCpuLoad,
     benchmark_parser,
+    fmt_cores,
     format_machine,
     machine_info,
     markdown_table,
@@ -257,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"training digits (test accuracy {', '.join(f'{100 * a:.1f}%' for a in test_accuracy)}); 9 layers (8 "
             f"BN-ReLU conv outputs and the pooled features), n = {samples} held-out digits; "
             f"{len(accuracies['CKA (linear)'])} network orderings. Training {train_s:.0f} s, measures "
-            f"{measure_s:.0f} s, other load {load.cores if load.cores is None else round(load.cores, 1)} cores.",
+            f"{measure_s:.0f} s, other load {fmt_cores(load.cores)} cores.",
             "Paper: 10 Tiny-10 CNNs on CIFAR-10 (Kornblith, Norouzi, Lee & Hinton 2019, ICML, arXiv:1905.00414, "
             "section 6.1, Table 2). Chance is 1/9 = 11.1%.",
             table,

@@ -24,6 +24,7 @@ import _lm
 import torch
 from _runner import (
     OtherCpuLoad,
+    fmt_cores,
     format_machine,
     machine_info,
     markdown_table,
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{record['train']['steps']} steps on the Python standard library's sources; {drop} blocks (25%) removed, "
             f"no healing; perplexity per byte on {count} held-out windows; {seeds} calibration seed(s) of "
             f"{args.calibration} windows. Other processes kept "
-            f"{load.cores if load.cores is None else round(load.cores, 1)} cores busy on average.",
+            f"{fmt_cores(load.cores)} cores busy on average.",
             table,
             "## Single-block scores (seed 0; low = removed first)",
             score_table,

@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._runner import (  # noqa: E402
     OtherCpuLoad,
     benchmark_parser,
+    fmt_cores,
     fmt_ratio,
     fmt_seconds,
     format_machine,
@@ -263,7 +264,7 @@ def results_markdown(payload: dict[str, Any]) -> str:
                 "yes (bytes)" if r["equal_to_reference"] else "no",
                 f"{r['channels_differing']} of {r['channels_removed']}",
                 "yes" if r["ranks_identical"] else "NO",
-                "—" if r["other_cores"] is None else f"{r['other_cores']:.1f}",
+                fmt_cores(r["other_cores"]),
             ]
             for r in payload["rows"]
         ],

@@ -24,6 +24,7 @@ import torch
 from _runner import (
     OtherCpuLoad,
     PeakMemory,
+    fmt_cores,
     fmt_mib,
     format_machine,
     machine_info,
@@ -274,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "-" if r["torch_stable_sort_s"] is None else f"{r['torch_stable_sort_s'] * 1e3:.1f} ms",
                 f"{r['speedup_vs_topk']:.2f}x",
                 r["identical_to_stable_torch"],
-                "-" if r["other_cores"] is None else f"{r['other_cores']:.1f}",
+                fmt_cores(r["other_cores"]),
             ]
             for r in kernels
         ],
@@ -286,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{record['train']['steps']} steps ({record['train_seconds']:.0f} s) on the Python standard library's "
             f"sources; perplexity per byte on {count} held-out windows of {seq_len} bytes (files never trained on). "
             f"{args.calibration} calibration windows per seed, {seeds} seed(s). Other processes kept "
-            f"{load.cores if load.cores is None else round(load.cores, 1)} cores busy on average.",
+            f"{fmt_cores(load.cores)} cores busy on average.",
             table,
             "## Conclusions (computed from the table)",
             "\n".join(f"- {line}" for line in lines),

@@ -32,6 +32,7 @@ from _runner import (
     OtherCpuLoad,
     benchmark_parser,
     declare_torchvision_ops,
+    fmt_cores,
     fmt_ratio,
     fmt_seconds,
     format_machine,
@@ -252,7 +253,7 @@ def report(rows: list[dict[str, Any]], magnitude: list[dict[str, Any]], info: di
                 fmt_seconds(row.get("total_s") or row.get("plan_s")),
                 _fmt_pair(row.get("params")), _fmt_pair(row.get("flops")),
                 fmt_ratio(row.get("speedup_b1")), fmt_ratio(row.get("speedup_b8")),
-                "-" if row.get("other_cores") is None else f"{row['other_cores']:.1f}",
+                fmt_cores(row.get("other_cores")),
                 (row.get("reason") or row.get("hf_config") or "")[:90],
             ]
         )  # fmt: skip

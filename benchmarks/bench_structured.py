@@ -37,6 +37,7 @@ from _runner import (
     OtherCpuLoad,
     add_wait_idle,
     benchmark_parser,
+    fmt_cores,
     fmt_ratio,
     fmt_seconds,
     format_machine,
@@ -411,9 +412,8 @@ def goal_lines(payload: dict[str, Any]) -> list[str]:
 
 
 def _fmt_cores(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.2f}" + (" !" if value > BUSY_CORES else "")
+    """Like :func:`fmt_cores`, flagged " !" where other processes were busy enough to distort the timing."""
+    return fmt_cores(value, 2) + (" !" if value is not None and value > BUSY_CORES else "")
 
 
 def results_markdown(payload: dict[str, Any]) -> str:
