@@ -6,7 +6,7 @@ What is measured, all in one process (``--threads`` intra-op threads):
    on a batch of ``--batch`` inputs ``relu(randn(batch, C, 8, 8))``, for C in ``--channels``; half of the
    channels are removed.
 
-   * **naive** = the seed procedure (SPEC §1.1/§1.4, README greedy semantics) made literal for a conv layer:
+   * **naive** = the seed procedure (the seed's README greedy semantics and its `engine_prune.py`) made literal for a conv layer:
      for every remaining candidate channel, zero its filter (the bias stays, as in the seed), recompute the
      layer output with ``F.conv2d`` on the whole batch (float32, as the model runs), flatten per example to
      ``(batch, C*64)``, form the full ``batch x batch`` linear Gram matrix, centre it (Google's biased
@@ -819,7 +819,7 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
     notes = [
         "naive keeps the original output's Gram matrix from the start (computed once, as the seed does per "
         "pruning pass) and recomputes the full layer output per candidate, as the README describes; the seed's "
-        "code instead substitutes the bias into a copy of the activations (SPEC §1.4), which skips the conv "
+        "code instead substitutes the bias into a copy of the activations (its `engine_prune.py`), which skips the conv "
         "forward but still needs a full Gram per candidate.",
         f"naive computes the Gram, centring and CKA in {config['naive_gram_dtype']} (the seed: float32 NumPy); "
         "`--naive-gram-dtype float32` trades precision for speed on the Gram part and can reorder near-tied "
@@ -829,7 +829,7 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
         "whichever is cheaper (sample space where the breakdown shows HSIC-kernel time). The channels representation (default of `pyprune.plan`) "
         "reads a conv map as (N·H·W, C) rows, so its memory does not grow with the number of samples; its "
         "removal order is that of a different representation and is not expected to equal naive's.",
-        "The greedy loop is O(C) per step on M (SPEC §1.5); which implementation ran it is recorded as the "
+        "The greedy loop is O(C) per step on M (each candidate's damage is a closed form in M); which implementation ran it is recorded as the "
         "kernel path above (`pyprune.ops.cka_damage`).",
         "All data and weights are synthetic and seeded; timings do not depend on the values, orders do.",
     ]

@@ -5,7 +5,7 @@ Data: the MNIST subset of ``bench_quality_oneshot_imp.py``, split by the run's s
 dense model (initialisation, split and batch order follow the seed); all methods share its training recipe and
 retraining budget.
 
-Protocol (seed 000's iterative protocol, SPEC §1.7-1.8, scaled down): MLP 784-512-512-10 with dropout 0.5
+Protocol (seed 000's iterative drivers and reported curves, scaled down): MLP 784-512-512-10 with dropout 0.5
 after each hidden ReLU, dense training with Adam (lr 1e-3), then ``pyprune.schedules.cascade`` with keep ratios
 ``0.8^t`` (t = 1 ... 15) of the hidden units of both hidden layers (``mode="remove"``: the net shrinks
 512 -> 410 -> 328 ... -> 18 units per layer, the seed's widths but for one), each pass rescoring the current model on one
@@ -93,10 +93,10 @@ SEED000_L1 = (
     0.9140,
     0.8823,
 )
-"""Seed 000's test accuracy after passes 1-15 (SPEC §1.8): MLP 784-512-512-10, dropout 0.5, full MNIST, 9-10 seeds."""
+"""Seed 000's test accuracy after passes 1-15 (its notebook's table): MLP 784-512-512-10, dropout 0.5, full MNIST, 9-10 seeds."""
 
 SEED000_UNITS = (410, 328, 262, 210, 168, 134, 107, 86, 69, 55, 44, 35, 28, 22, 18)
-"""Seed 000's units per layer after passes 1-15 (rate 0.2 of the current count, rounded half to even; SPEC §1.7)."""
+"""Seed 000's units per layer after passes 1-15 (rate 0.2 of the current count, rounded half to even, as its drivers do)."""
 
 EARLY_PASSES = (1, 2, 3, 4, 5)
 LATE_PASSES = (13, 14, 15)
@@ -585,8 +585,8 @@ def cka_notes(payload: dict[str, Any]) -> list[str]:
         f"{b['scoring_batch']} training digits per pass, then {b['retrain_epochs']} epochs of Adam (lr "
         f"{b['lr']:g}, fresh optimiser, batch {b['batch_size']}) for every method. The seed retrains up to 50 "
         "epochs with early stopping (patience 3) per pass on 55,000 digits and scores on a validation batch.",
-        "Seed 000's table (SPEC §1.8) is paired here with rate 0.2 (its checked-in configs; the notebook's x "
-        "axis says 1 − 0.9^t, an ambiguity SPEC §1.8 records — rate 0.2 fits its final ≈ 0.89 better), so its "
+        "Seed 000's table is paired here with rate 0.2 (its checked-in configs; the notebook's x "
+        "axis says 1 − 0.9^t, an ambiguity in the seed's own material — rate 0.2 fits its final ≈ 0.89 better), so its "
         "pass t is set against our pass t at the same 0.8^t of the units.",
         "Differences from seed 000: pruned units are removed (their bias contribution is dropped) instead of "
         "masked with the bias left training, which the retraining absorbs; `l1_filter` rounds the per-pass count "
@@ -676,7 +676,7 @@ def cka_markdown(payload: dict[str, Any]) -> str:
         "## Test accuracy after each pass",
         "",
         "Mean ± std over seeds (%); `units` = units left per hidden layer; the last two columns are seed 000's "
-        "reported means (full MNIST, 9-10 seeds; SPEC §1.8):",
+        "reported means (full MNIST, 9-10 seeds):",
         "",
         markdown_table(
             ["pass", "units", "removed", *labels, "seed 000 CKA", "seed 000 L1"],

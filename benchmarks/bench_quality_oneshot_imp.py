@@ -22,7 +22,7 @@ Part A, one-shot pruning (no fine-tuning, then a short fine-tune of equal length
 
 Part B, iterative magnitude pruning with ``pyprune.schedules.imp`` (global magnitude over all layers but the
 output layer) from the same dense MLP, comparing ``rewind="lr"`` (LRR), ``"weights"`` (to the initialisation)
-and ``"finetune"`` with the same number of epochs per round (t = T; Renda, Frankle & Carbin 2020; SPEC §2.2).
+and ``"finetune"`` with the same number of epochs per round (t = T; Renda, Frankle & Carbin, ICLR 2020).
 The rate (0.46 of the remaining weights per round, 5 rounds) puts the rounds at about 46, 71, 84, 92 and 95%
 sparsity.
 
@@ -80,7 +80,7 @@ MODELS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
 SEED003_K = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
 SEED003_WEIGHT = (0.98, 0.98, 0.98, 0.98, 0.98, 0.98, 0.91, 0.5, 0.1, 0.10)
 SEED003_UNIT = (0.98, 0.98, 0.98, 0.975, 0.96, 0.70, 0.26, 0.10, 0.10, 0.10)
-"""Seed 003's MNIST curves (SPEC §4.4, read off its figure, ±0.01; full MNIST, no fine-tuning)."""
+"""Seed 003's MNIST curves (read off its README figure, ±0.01; full MNIST, no fine-tuning)."""
 
 HOLD_TOLERANCE = 0.01
 """A pruned model "keeps dense accuracy" while it is at most this far below the dense model (1 point)."""
@@ -802,7 +802,7 @@ def _more_notes(payload: dict[str, Any], notes: list[str]) -> list[str]:
     imp = payload["imp"]
     if imp["runs"]:
         notes.append(
-            f"IMP modes (SPEC §2.2): LRR retrains from the pruned weights replaying the whole dense schedule "
+            f"IMP modes (Renda, Frankle & Carbin 2020): LRR retrains from the pruned weights replaying the whole dense schedule "
             f"(t = T = {b['epochs']} epochs); weight rewinding resets the surviving weights to epoch "
             f"{b['weight_rewind_epoch']} of the dense run"
             + (" (the initialisation: the lottery-ticket setting)" if b["weight_rewind_epoch"] == 0 else "")
@@ -897,7 +897,7 @@ def results_markdown(payload: dict[str, Any]) -> str:
         "",
         *[f"- {line}" for line in payload["seed003_comparison"]],
         "",
-        "Seed 003's curves (full MNIST, no fine-tuning; SPEC §4.4, read off its figure ±0.01):",
+        "Seed 003's curves (full MNIST, no fine-tuning; read off its figure ±0.01):",
         "",
         markdown_table(
             ["k", *[f"{k:g}" for k in SEED003_K]],

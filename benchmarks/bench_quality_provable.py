@@ -4,8 +4,8 @@ Data: the MNIST subset of ``bench_quality_oneshot_imp.py``, split by the run's s
 dense model (initialisation, split and batch order follow the seed); all methods share its training recipe and
 retraining budget.
 
-Protocol (seed 004, SPEC §5.5-5.10, §5.14): sensitivities on S, a held-out part (375 digits) of the
-training digits, ``|S| = max(256, sensitivity_set_size(...))`` (SPEC §5.4); the remaining 3,375 train.
+Protocol (seed 004; SiPP: Baykal et al. 2019, arXiv:1910.05422; PFP: Liebenwein et al., ICLR 2020): sensitivities on S, a held-out part (375 digits) of the
+training digits, ``|S| = max(256, sensitivity_set_size(...))`` (the seed code's rule); the remaining 3,375 train.
 
 * LeNet-300-100, weights: ``sipp_det``, ``sipp_hybrid``, ``sipp_rand`` and global magnitude over all three
   layers (``magnitude_global`` with the classifier included, the papers' WT baseline), at weight sparsities
@@ -274,7 +274,7 @@ def sensitivity_backend() -> tuple[Any, str]:
 
 
 def neurons_per_sample(model: nn.Module, example: torch.Tensor) -> list[int]:
-    """``eta_l = C_out * H_out * W_out`` of every Linear/Conv2d (SPEC §5.4)."""
+    """``eta_l = C_out * H_out * W_out`` of every Linear/Conv2d (the seed code's η in the size of S)."""
     sizes: list[int] = []
     hooks = [
         m.register_forward_hook(lambda mod, i, o: sizes.append(int(o[0].numel())))
@@ -710,7 +710,7 @@ def provable_comparison(payload: dict[str, Any]) -> list[str]:
             lines.append(
                 f"Cascade, `{key}` − WT (global magnitude), paired over seeds (points): "
                 + ", ".join(cells)
-                + ". SPEC §5.14: SiPPDet/Hybrid *match or exceed* WT under the cascade protocol — "
+                + ". Baykal et al. report that SiPPDet/Hybrid *match or exceed* WT under the cascade protocol — "
                 + (
                     "holds here (never worse by more than 2 SE)."
                     if not worse
@@ -757,7 +757,7 @@ def provable_comparison(payload: dict[str, Any]) -> list[str]:
                     f"PFP's amount): " + ", ".join(cells) + f". {verdict}."
                 )
         lines.append(
-            "SPEC §5.14: the PFP paper claims PFP beats Li et al.'s filter L1 (FT), SoftNet, ThiNet and others at "
+            "The PFP paper (Liebenwein et al. 2020) claims PFP beats Li et al.'s filter L1 (FT), SoftNet, ThiNet and others at "
             "similar parameter reduction on CIFAR/ImageNet after full cascaded retraining; Taylor is not among "
             "its baselines. The lines above are that comparison on LeNet-5/MNIST with one short retraining."
         )
@@ -803,7 +803,7 @@ def provable_notes(payload: dict[str, Any]) -> list[str]:
     if seeds and "lenet300" in seeds[0]:
         notes.append(
             f"Dense LeNet-300-100: {fmt_ms([s['lenet300']['dense_accuracy'] for s in seeds])}%; |S| = "
-            f"{seeds[0]['lenet300']['S']} (SPEC §5.4 formula with c = {b['c']:g}, δ = {b['delta']:g}: "
+            f"{seeds[0]['lenet300']['S']} (the seed code's formula with c = {b['c']:g}, δ = {b['delta']:g}: "
             f"{seeds[0]['lenet300']['S_formula']}; at least {b['min_sensitivity_samples']})."
         )
     if seeds and "lenet5" in seeds[0]:

@@ -1,4 +1,4 @@
-"""Benchmark: empirical sensitivities (SiPP/PFP, SPEC §5.3) with pyprune's fused kernel against plain torch.
+"""Benchmark: empirical sensitivities (SiPP/PFP: Baykal et al. 2019, Liebenwein et al. 2020) with pyprune's fused kernel against plain torch.
 
 Layers, all float32 with He-initialised weights:
 
