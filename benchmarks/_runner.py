@@ -395,6 +395,11 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
+def bullet_section(title: str, items: Sequence[str]) -> list[str]:
+    """Markdown lines of a ``## title`` section with one bullet per item, blank-line separated."""
+    return [f"## {title}", "", *[f"- {item}" for item in items], ""]
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()

@@ -40,6 +40,7 @@ import torch
 from _quality import caught_warnings, fmt_acc, fmt_diff, fmt_ms, loader, mean_se, mean_std, say, subset
 from _runner import (
     benchmark_parser,
+    bullet_section,
     format_machine,
     machine_info,
     markdown_table,
@@ -700,14 +701,8 @@ def cka_markdown(payload: dict[str, Any]) -> str:
         "",
         markdown_table(["", *labels], overlap_rows),
         "",
-        "## Comparison with seed 000",
-        "",
-        *[f"- {line}" for line in payload["seed000_comparison"]],
-        "",
-        "## Notes",
-        "",
-        *[f"- {n}" for n in payload["notes"]],
-        "",
+        *bullet_section("Comparison with seed 000", payload["seed000_comparison"]),
+        *bullet_section("Notes", payload["notes"]),
         f"![accuracy vs pass]({STEM}.png)" if not config["quick"] else "",
     ]
     return "\n".join(lines)

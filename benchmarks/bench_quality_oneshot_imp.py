@@ -50,6 +50,7 @@ import torch_pruning as tp
 from _quality import fmt_acc, say
 from _runner import (
     benchmark_parser,
+    bullet_section,
     format_machine,
     machine_info,
     markdown_table,
@@ -893,10 +894,7 @@ def results_markdown(payload: dict[str, Any]) -> str:
         "",
         imp_table(payload),
         "",
-        "## Comparison with seed 003's reference",
-        "",
-        *[f"- {line}" for line in payload["seed003_comparison"]],
-        "",
+        *bullet_section("Comparison with seed 003's reference", payload["seed003_comparison"]),
         "Seed 003's curves (full MNIST, no fine-tuning; read off its figure ±0.01):",
         "",
         markdown_table(
@@ -904,10 +902,7 @@ def results_markdown(payload: dict[str, Any]) -> str:
             [["weight pruning", *SEED003_WEIGHT], ["unit pruning", *SEED003_UNIT]],
         ),
         "",
-        "## Notes",
-        "",
-        *[f"- {n}" for n in payload["notes"]],
-        "",
+        *bullet_section("Notes", payload["notes"]),
         f"![accuracy vs sparsity]({STEM}.png)" if not config["quick"] else "",
     ]
     return "\n".join(lines)

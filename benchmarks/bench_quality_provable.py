@@ -41,6 +41,7 @@ import torch
 from _quality import caught_warnings, fmt_acc, fmt_diff, fmt_ms, loader, mean_se, say, subset
 from _runner import (
     benchmark_parser,
+    bullet_section,
     format_machine,
     machine_info,
     markdown_table,
@@ -1064,14 +1065,8 @@ def provable_markdown(payload: dict[str, Any]) -> str:
             "",
         ]
     lines += [
-        "## Comparison with seed 004's claims",
-        "",
-        *[f"- {line}" for line in payload["seed004_comparison"]],
-        "",
-        "## Notes",
-        "",
-        *[f"- {n}" for n in payload["notes"]],
-        "",
+        *bullet_section("Comparison with seed 004's claims", payload["seed004_comparison"]),
+        *bullet_section("Notes", payload["notes"]),
         f"![accuracy vs sparsity]({STEM}.png)" if not config["quick"] else "",
     ]
     return "\n".join(lines)
