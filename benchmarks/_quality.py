@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import traceback
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -60,3 +61,10 @@ def fmt_diff(mean: float, se: float) -> str:
 
 def caught_warnings(caught: Iterable[warnings.WarningMessage]) -> list[str]:
     return sorted({f"{w.category.__name__}: {str(w.message)[:240]}" for w in caught})
+
+
+def record_error(row: dict[str, Any], error: BaseException) -> None:
+    """Keep a failed run in the results: its error and a short traceback go into its row, so the report shows
+    the failure where the figure would be instead of the whole benchmark stopping."""
+    row["error"] = f"{type(error).__name__}: {error}"[:300]
+    row["traceback"] = traceback.format_exc(limit=4)

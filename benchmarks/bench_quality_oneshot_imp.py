@@ -38,7 +38,6 @@ import argparse
 import copy
 import itertools
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,7 +46,7 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from _quality import fmt_acc, say
+from _quality import fmt_acc, record_error, say
 from _runner import (
     benchmark_parser,
     bullet_section,
@@ -403,8 +402,7 @@ def one_shot(dense: nn.Module, model_name: str, spec: Spec, amount: float, ctx: 
         fine_tune(model, ctx)
         run["accuracy_fine_tuned"] = evaluate(model, ctx.test_loader)["accuracy"]
     except Exception as error:  # a method that fails at one sparsity is reported, the run goes on
-        run["error"] = f"{type(error).__name__}: {error}"[:300]
-        run["traceback"] = traceback.format_exc(limit=4)
+        record_error(run, error)
     run["seconds"] = round(time.perf_counter() - start, 2)
     return run
 

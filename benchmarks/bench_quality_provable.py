@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _quality import caught_warnings, fmt_acc, fmt_diff, fmt_ms, loader, mean_se, say, subset
+from _quality import caught_warnings, fmt_acc, fmt_diff, fmt_ms, loader, mean_se, record_error, say, subset
 from _runner import (
     benchmark_parser,
     bullet_section,
@@ -405,8 +405,7 @@ def run_weights(dense: nn.Module, ctx: ProvContext, S: list, rows: list[dict[str
                 row["accuracy_retrained"] = ctx.accuracy(model)
                 row["sparsity_after_retrain"] = weight_sparsity(model)
             except Exception as error:
-                row["error"] = f"{type(error).__name__}: {error}"[:300]
-                row["traceback"] = traceback.format_exc(limit=4)
+                record_error(row, error)
             row["seconds"] = round(time.perf_counter() - start, 2)
             rows.append(row)
             if "error" in row:
@@ -601,8 +600,7 @@ def run_filters(dense: nn.Module, ctx: ProvContext, S: list, rows: list[dict[str
                 row["retrain_loss"] = ctx.retrain(model)
                 row["accuracy_retrained"] = ctx.accuracy(model)
             except Exception as error:
-                row["error"] = f"{type(error).__name__}: {error}"[:300]
-                row["traceback"] = traceback.format_exc(limit=4)
+                record_error(row, error)
             row["seconds"] = round(time.perf_counter() - start, 2)
             rows.append(row)
             if "error" in row:
