@@ -21,6 +21,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _runner import benchmark_parser, parse
+
 import tests.conftest  # noqa: F401 - declares torchvision's op schemas so that transformers imports
 from pyprune.data import stdlib_corpus, token_windows
 
@@ -153,8 +155,7 @@ def calibration_batches(
 
 def parse_arguments(description: str, argv: Any, calibration: int) -> argparse.Namespace:
     """The options both LM benchmarks take; adds ``seeds_used`` (1 with ``--quick``) and ``eval_windows``."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true", help="60-step model, one seed, 64 eval windows")
+    parser = benchmark_parser(description, "60-step model, one seed, 64 eval windows")
     parser.add_argument(
         "--seeds", type=int, default=3, help="calibration sets (and random draws) (default 3)"
     )
@@ -164,10 +165,7 @@ def parse_arguments(description: str, argv: Any, calibration: int) -> argparse.N
         default=calibration,
         help=f"calibration windows per seed (default {calibration})",
     )
-    parser.add_argument(
-        "--out", type=Path, default=None, help="results folder (quick writes nothing without it)"
-    )
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     args.seeds_used = 1 if args.quick else args.seeds
     args.eval_windows = 64 if args.quick else 512
     return args

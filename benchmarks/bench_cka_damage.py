@@ -6,7 +6,7 @@ What is measured, all in one process (``--threads`` intra-op threads):
    on a batch of ``--batch`` inputs ``relu(randn(batch, C, 8, 8))``, for C in ``--channels``; half of the
    channels are removed.
 
-   * **naive** = the seed procedure (SPEC §1.1/§1.4, README greedy semantics) made literal for a conv layer:
+   * **naive** = the seed procedure (the seed's README greedy semantics and its `engine_prune.py`) made literal for a conv layer:
      for every remaining candidate channel, zero its filter (the bias stays, as in the seed), recompute the
      layer output with ``F.conv2d`` on the whole batch (float32, as the model runs), flatten per example to
      ``(batch, C*64)``, form the full ``batch x batch`` linear Gram matrix, centre it (Google's biased
@@ -45,62 +45,56 @@ samples, < 60 s) is a smoke test and writes nothing unless ``--out DIR`` is give
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
-import importlib
 import math
 import statistics
 import time
 import warnings
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
-from _common import (
-    RESULTS_DIR,
+from _cka_damage_setup import (
+    INPUT_SEED,
+    INPUT_SHAPE,
+    LAYER_NAME,
+    MAP_SIZE,
+    MODEL_SEED,
+    NUM_CLASSES,
+    PLAN_AMOUNT,
+    RBF_THRESHOLD,
+    PhaseTimer,
+    batch_sizes,
+    make_batch,
+    make_layer,
+)
+from _runner import (
     OtherCpuLoad,
+    add_wait_idle,
+    benchmark_parser,
+    fmt_cores,
     fmt_seconds,
     format_machine,
+    log,
     machine_info,
     markdown_table,
     package_version,
+    parse,
+    publish,
     wait_for_idle,
-    write_results,
 )
 from torch import nn
 
 import pyprune
 from pyprune import models
 from pyprune.backend import cpu_import_error, cpu_kernels, use_kernel
-from pyprune.pruning import selection as planner_module
+from pyprune.pruning.criteria.cka_damage import CKADamage
 
-cka_module = importlib.import_module("pyprune.pruning.criteria.cka_damage")
-CKADamage = cka_module.CKADamage
-
-MAP_SIZE = 8
-INPUT_SHAPE = (3, 32, 32)
-NUM_CLASSES = 10
-LAYER_SEED = 0
-INPUT_SEED = 1
-MODEL_SEED = 0
-RBF_THRESHOLD = 0.5
 GOAL_SPEEDUP = 1000.0
 GOAL_CHANNELS = 256
 GOAL_PLAN_S = 30.0
-PLAN_AMOUNT = 0.5
-LAYER_NAME = "conv"
-
-_START = time.perf_counter()
-
-
-def log(message: str) -> None:
-    """A progress line with the seconds since the script started."""
-    print(f"[{time.perf_counter() - _START:5.0f} s] {message}", flush=True)
 
 
 def fmt_ratio_big(ratio: float | None) -> str:
@@ -118,33 +112,8 @@ def fmt_count(n: int | None) -> str:
     return str(n)
 
 
-def _fmt_cores(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
-
-
 def _fmt_diff(value: float | None) -> str:
     return "—" if value is None else f"{value:.1e}"
-
-
-# --------------------------------------------------------------------------------------------- inputs
-
-
-def make_layer(channels: int, seed: int = LAYER_SEED) -> nn.Sequential:
-    """``Conv2d(C, C, 3, padding=1)``, He init times a per-filter scale ``exp(U(-1, 1))``, bias ``0.1 N(0, 1)``."""
-    generator = torch.Generator().manual_seed(seed + channels)
-    conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
-    with torch.no_grad():
-        fan_in = channels * 9
-        weight = torch.randn(conv.weight.shape, generator=generator) * math.sqrt(2.0 / fan_in)
-        scale = torch.exp(torch.rand(channels, generator=generator) * 2 - 1)
-        conv.weight.copy_(weight * scale[:, None, None, None])
-        conv.bias.copy_(0.1 * torch.randn(channels, generator=generator))
-    return nn.Sequential(OrderedDict([(LAYER_NAME, conv)])).eval()
-
-
-def make_batch(batch: int, channels: int, seed: int = INPUT_SEED) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed + channels)
-    return torch.relu(torch.randn(batch, channels, MAP_SIZE, MAP_SIZE, generator=generator))
 
 
 def num_evaluations(channels: int, removals: int) -> int:
@@ -262,47 +231,6 @@ def naive_greedy(
         "complete": complete,
         "median_sq_distance": median,
     }
-
-
-# ------------------------------------------------------------------------------------- pyprune timers
-
-
-class PhaseTimer:
-    """Wall time spent inside chosen functions, by wrapping them (``mock.patch.object``) for a block."""
-
-    TARGETS: tuple[tuple[Any, str, str], ...] = (
-        (CKADamage, "accumulate_over", "statistics"),
-        (CKADamage, "interaction", "M"),
-        (cka_module, "greedy_removal_order", "greedy"),
-        (cka_module, "gram_hsic_terms", "hsic"),  # inside M (flatten, sample space); not added to the rest
-        (cka_module, "_single_order", "single"),
-        (cka_module, "_rbf_order", "rbf"),
-        (planner_module, "build_dependency_graph", "trace"),
-        (planner_module, "_measure", "table"),
-    )
-
-    NESTED = frozenset({"hsic"})
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def _wrap(self, fn: Callable[..., Any], phase: str) -> Callable[..., Any]:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
-
-        return wrapper
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[PhaseTimer]:
-        self.seconds = {}
-        with contextlib.ExitStack() as stack:
-            for owner, attr, phase in self.TARGETS:
-                stack.enter_context(mock.patch.object(owner, attr, self._wrap(getattr(owner, attr), phase)))
-            yield self
 
 
 def _median_phases(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -503,7 +431,7 @@ def plan_case(args: argparse.Namespace) -> dict[str, Any]:
             torch.randn(size, *INPUT_SHAPE, generator=generator),
             torch.randint(0, NUM_CLASSES, (size,), generator=generator),
         )
-        for size in _batch_sizes(args.samples, args.plan_batch)
+        for size in batch_sizes(args.samples, args.plan_batch)
     ]
     example_input = data[0][0][:2]
     timer = PhaseTimer()
@@ -583,10 +511,6 @@ def plan_case(args: argparse.Namespace) -> dict[str, Any]:
         f"{result['channels_before']} channels in {len(plan.layers)} groups removed"
     )
     return result
-
-
-def _batch_sizes(samples: int, batch: int) -> list[int]:
-    return [min(batch, samples - start) for start in range(0, samples, batch)]
 
 
 # ---------------------------------------------------------------------------------------------- part 3
@@ -763,7 +687,7 @@ def results_markdown(payload: dict[str, Any]) -> str:
                 evals,
                 "1 (baseline)" if naive else fmt_ratio_big(r["speedup_vs_naive"]),
                 order,
-                _fmt_cores(r.get("other_cpu_cores")),
+                fmt_cores(r.get("other_cpu_cores"), 2),
             ]
         )
     lines += [markdown_table(headers, rows), ""]
@@ -839,7 +763,7 @@ def results_markdown(payload: dict[str, Any]) -> str:
                 "cold (first call)" if r["cold"] else "repeat",
                 fmt_seconds(r["total_s"]),
                 *[fmt_seconds(r["phases_s"].get(n)) for n in names],
-                _fmt_cores(r["other_cpu_cores"]),
+                fmt_cores(r["other_cpu_cores"], 2),
             ]
             for r in plan["runs"]
         ]
@@ -895,17 +819,17 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
     notes = [
         "naive keeps the original output's Gram matrix from the start (computed once, as the seed does per "
         "pruning pass) and recomputes the full layer output per candidate, as the README describes; the seed's "
-        "code instead substitutes the bias into a copy of the activations (SPEC §1.4), which skips the conv "
+        "code instead substitutes the bias into a copy of the activations (its `engine_prune.py`), which skips the conv "
         "forward but still needs a full Gram per candidate.",
         f"naive computes the Gram, centring and CKA in {config['naive_gram_dtype']} (the seed: float32 NumPy); "
-        "float32 would be up to ~2× faster on the Gram part but can reorder near-tied candidates. The conv "
-        "forward is float32 either way.",
+        "`--naive-gram-dtype float32` trades precision for speed on the Gram part and can reorder near-tied "
+        "candidates. The conv forward is float32 either way.",
         "pyprune's flattened representation needs every sample at once; it builds M either in feature space "
         "(C·H·W covariance) or in sample space (per-channel Gram matrices through the fused HSIC kernel), "
         "whichever is cheaper (sample space where the breakdown shows HSIC-kernel time). The channels representation (default of `pyprune.plan`) "
         "reads a conv map as (N·H·W, C) rows, so its memory does not grow with the number of samples; its "
         "removal order is that of a different representation and is not expected to equal naive's.",
-        "The greedy loop is O(C) per step on M (SPEC §1.5); which implementation ran it is recorded as the "
+        "The greedy loop is O(C) per step on M (each candidate's damage is a closed form in M); which implementation ran it is recorded as the "
         "kernel path above (`pyprune.ops.cka_damage`).",
         "All data and weights are synthetic and seeded; timings do not depend on the values, orders do.",
     ]
@@ -931,9 +855,8 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="C in {16, 32}, batch 64, ResNet-20 from 256 samples (< 60 s)"
+    parser = benchmark_parser(
+        __doc__.split("\n\n")[0], "C in {16, 32}, batch 64, ResNet-20 from 256 samples (< 60 s)"
     )
     parser.add_argument(
         "--channels", type=int, nargs="+", default=None, help="layer widths (default 64 128 256)"
@@ -973,38 +896,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-plan", action="store_true", help="skip part 2")
     parser.add_argument("--skip-rbf", action="store_true", help="skip part 3")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=None,
-        help="before each measurement wait up to this many seconds for the CPU to be idle (default 5, quick 0)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"results folder (default {RESULTS_DIR} for a full run; --quick writes nothing without it)",
-    )
-    args = parser.parse_args(argv)
-    q = args.quick
-    defaults = {
-        "channels": [16, 32] if q else [64, 128, 256],
-        "batch": 64 if q else 256,
-        "repeats": 2 if q else 3,
-        "naive_budget": math.inf if q else 240.0,
-        "probe_seconds": 0.5 if q else 8.0,
-        "model": "resnet20" if q else "resnet56",
-        "samples": 256 if q else 1024,
-        "plan_batch": 64 if q else 256,
-        "plan_repeats": 1 if q else 2,
-        "rbf_channels": 16 if q else 32,
-        "wait_idle": 0.0 if q else 5.0,
+    add_wait_idle(parser, 5.0)
+    full_or_quick = {
+        "channels": ([64, 128, 256], [16, 32]),
+        "batch": (256, 64),
+        "repeats": (3, 2),
+        "naive_budget": (240.0, math.inf),
+        "probe_seconds": (8.0, 0.5),
+        "model": ("resnet56", "resnet20"),
+        "samples": (1024, 256),
+        "plan_batch": (256, 64),
+        "plan_repeats": (2, 1),
+        "rbf_channels": (32, 16),
+        "wait_idle": (5.0, 0.0),
     }
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if not q and args.out is None:
-        args.out = RESULTS_DIR
+    args = parse(parser, argv, full_or_quick)
     for key in ("batch", "repeats", "samples", "plan_batch", "plan_repeats", "threads"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1")
@@ -1056,16 +962,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload["notes"] = build_notes(payload)
     payload["wall_s"] = time.perf_counter() - started
     markdown = results_markdown(payload)
-    print()
-    print(markdown)
-    print()
-    if args.out is not None:
-        stem = "cka_damage_cpu" + ("_quick" if args.quick else "")
-        paths = write_results(stem, payload, markdown, args.out)
-        print("wrote " + ", ".join(str(p) for p in paths))
-    else:
-        print("--quick without --out: nothing written")
-    print(f"total {payload['wall_s']:.0f} s")
+    publish(args, "cka_damage_cpu", payload, markdown, started=started)
     return 0
 
 

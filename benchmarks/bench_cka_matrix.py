@@ -41,17 +41,29 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import (
-    RESULTS_DIR,
+from _cka_heatmap import (
+    INPUT_SHAPE,
+    MODEL_SEEDS,
+    build_model,
+    capture,
+    gemm_floor,
+    layer_names,
+    make_inputs,
+    plain_cka_matrix,
+    unbiased_cka_reference,
+)
+from _runner import (
     OtherCpuLoad,
     PeakMemory,
+    add_wait_idle,
+    benchmark_parser,
+    fmt_cores,
     fmt_float,
     fmt_mib,
     fmt_ratio,
@@ -59,17 +71,14 @@ from _common import (
     format_machine,
     machine_info,
     markdown_table,
+    parse,
+    publish,
     run_isolated,
     time_call,
     wait_for_idle,
-    write_results,
 )
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-INPUT_SHAPE = (3, 32, 32)
-INPUT_SEED = 0
-MODEL_SEEDS = {"vgg": 1, "allconv": 2}
 IMPLEMENTATIONS = (
     "pyprune",
     "pyprune-reference",
@@ -94,189 +103,6 @@ LABELS = {
     "gemm-floor": "GEMM floor: `torch.mm(x, x.T)` per layer",
 }
 SLOW_PEER_BUDGET_S = 120.0  # torch-cka gets fewer repeats when they would take longer than this
-
-
-# ------------------------------------------------------------------------------------------------ models
-
-
-def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1)
-
-
-def vgg_net() -> nn.Sequential:
-    """VGG-like, max pooling: flattened features 4096, 4096, 4096, 2048, 2048, 1024, 1024, 512, 64, 10."""
-    layers: list[tuple[str, nn.Module]] = []
-    plan = [(3, 4, True), (4, 16, False), (16, 16, True), (16, 32, False), (32, 32, True)]
-    plan += [(32, 64, False), (64, 64, True), (64, 128, False)]
-    for i, (c_in, c_out, pool) in enumerate(plan, start=1):
-        layers += [(f"conv{i}", _conv(c_in, c_out)), (f"relu{i}", nn.ReLU())]
-        if pool:
-            layers.append((f"pool{i}", nn.MaxPool2d(2)))
-    layers += [("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten())]
-    layers += [("fc1", nn.Linear(128, 64)), ("relu_fc1", nn.ReLU()), ("fc2", nn.Linear(64, 10))]
-    return nn.Sequential(OrderedDict(layers))
-
-
-def allconv_net() -> nn.Sequential:
-    """All-convolutional, strided downsampling: features 2048, 4096, 1024, 2048, 512, 1024, 256, 512, 128, 10."""
-    layers: list[tuple[str, nn.Module]] = []
-    plan = [
-        (3, 8, 2),
-        (8, 16, 1),
-        (16, 16, 2),
-        (16, 32, 1),
-        (32, 32, 2),
-        (32, 64, 1),
-        (64, 64, 2),
-        (64, 128, 1),
-    ]
-    for i, (c_in, c_out, stride) in enumerate(plan, start=1):
-        layers += [(f"conv{i}", _conv(c_in, c_out, stride)), (f"relu{i}", nn.ReLU())]
-    layers += [("flatten", nn.Flatten())]
-    layers += [("fc1", nn.Linear(512, 128)), ("relu_fc1", nn.ReLU()), ("fc2", nn.Linear(128, 10))]
-    return nn.Sequential(OrderedDict(layers))
-
-
-def deep_mlp(depth: int = 20, width: int = 256) -> nn.Sequential:
-    """Untrained deep ReLU MLP with PyTorch's default init and no normalisation (deep features collapse)."""
-    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
-    d_in = math.prod(INPUT_SHAPE)
-    for i in range(1, depth + 1):
-        layers += [(f"fc{i}", nn.Linear(d_in, width)), (f"relu{i}", nn.ReLU())]
-        d_in = width
-    return nn.Sequential(OrderedDict(layers))
-
-
-def build_model(name: str, seed: int, device: str = "cpu") -> nn.Module:
-    """The benchmark nets use He init with zero biases, so their deep features are not degenerate."""
-    torch.manual_seed(seed)
-    if name == "vgg":
-        model = vgg_net()
-    elif name == "allconv":
-        model = allconv_net()
-    elif name.startswith("mlp"):
-        return deep_mlp(depth=int(name[3:])).to(device).eval()  # default init on purpose
-    else:
-        raise ValueError(f"unknown model {name!r}")
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            nn.init.zeros_(module.bias)
-    return model.to(device).eval()
-
-
-def layer_names(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
-def make_inputs(n: int, seed: int = INPUT_SEED) -> torch.Tensor:
-    return torch.randn(n, *INPUT_SHAPE, generator=torch.Generator().manual_seed(seed))
-
-
-def capture(model: nn.Module, names: Sequence[str], inputs: torch.Tensor, batch_size: int, device: str):
-    """Flattened ``(n, p)`` float32 outputs of the named modules, gathered with forward hooks."""
-    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    modules = dict(model.named_modules())
-    handles = [
-        modules[name].register_forward_hook(
-            lambda _m, _i, out, name=name: chunks[name].append(out.flatten(1))
-        )
-        for name in names
-    ]
-    try:
-        with torch.no_grad():
-            for start in range(0, inputs.shape[0], batch_size):
-                model(inputs[start : start + batch_size].to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [torch.cat(chunks[name]) for name in names]
-
-
-# ------------------------------------------------------------------------------ CKA implementations
-
-
-def _median(values: torch.Tensor) -> torch.Tensor:
-    """Median of all entries, NumPy convention (mean of the two middle values for an even count)."""
-    flat = values.reshape(-1)
-    k = flat.numel()
-    upper = flat.kthvalue(k // 2 + 1).values
-    return upper if k % 2 else 0.5 * (flat.kthvalue(k // 2).values + upper)
-
-
-def plain_grams(
-    layers: Sequence[torch.Tensor], kernel: str, threshold: float, dtype: torch.dtype, unbiased: bool = False
-) -> torch.Tensor:
-    """Stacked Gram matrices ``(L, n, n)``: centred (biased CKA) or with a zero diagonal (unbiased HSIC)."""
-    grams = []
-    for x in layers:
-        x = x.to(dtype)
-        xc = x - x.mean(dim=0, keepdim=True)
-        k = xc @ xc.T
-        if kernel == "rbf":
-            sq_norms = k.diagonal()
-            sq_dist = sq_norms[:, None] + sq_norms[None, :] - 2 * k
-            k = torch.exp(sq_dist / (-2 * threshold**2 * _median(sq_dist)))
-            if not unbiased:
-                k = k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
-        if unbiased:
-            k.fill_diagonal_(0)
-        grams.append(k)
-    return torch.stack(grams)
-
-
-def plain_cka_matrix(
-    xs: Sequence[torch.Tensor],
-    ys: Sequence[torch.Tensor],
-    kernel: str = "linear",
-    threshold: float = 0.5,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Biased CKA matrix the vectorised way: ``<K_i, L_j>`` for all pairs by one matmul of flattened Grams."""
-    kx = plain_grams(xs, kernel, threshold, dtype).flatten(1)
-    ky = plain_grams(ys, kernel, threshold, dtype).flatten(1)
-    cross = kx @ ky.T
-    norms_x, norms_y = torch.linalg.vector_norm(kx, dim=1), torch.linalg.vector_norm(ky, dim=1)
-    return (cross / (norms_x[:, None] * norms_y[None, :])).double()
-
-
-def unbiased_hsic_terms(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], dtype=torch.float64):
-    """``n(n-3) HSIC_1`` (Song et al. 2012, linear kernel) of all pairs and of each layer with itself.
-
-    HSIC_1 is invariant to centring the features, which is done first so float64 keeps every digit even
-    for the near-constant features of the correctness case.
-    """
-    n = xs[0].shape[0]
-    kx = plain_grams(xs, "linear", 0.0, dtype, unbiased=True)
-    ky = plain_grams(ys, "linear", 0.0, dtype, unbiased=True)
-    rows_x, rows_y = kx.sum(dim=2), ky.sum(dim=2)
-    sums_x, sums_y = rows_x.sum(dim=1), rows_y.sum(dim=1)
-    a, b = 2.0 / (n - 2), 1.0 / ((n - 1) * (n - 2))
-    cross = kx.flatten(1) @ ky.flatten(1).T + b * torch.outer(sums_x, sums_y) - a * rows_x @ rows_y.T
-    self_x = kx.flatten(1).square().sum(1) + b * sums_x.square() - a * rows_x.square().sum(1)
-    self_y = ky.flatten(1).square().sum(1) + b * sums_y.square() - a * rows_y.square().sum(1)
-    return cross, self_x, self_y
-
-
-def unbiased_cka_reference(xs, ys, batch_size: int | None = None) -> torch.Tensor:
-    """Float64 (minibatch) unbiased CKA: mean HSIC_1 over batches, then normalised (torch-cka's estimator);
-    NaN where a self-HSIC is negative, as in torch-cka."""
-    n = xs[0].shape[0]
-    batch_size = batch_size or n
-    totals = None
-    for start in range(0, n, batch_size):
-        bx = [x[start : start + batch_size] for x in xs]
-        by = [y[start : start + batch_size] for y in ys]
-        nb = bx[0].shape[0]
-        terms = [t / (nb * (nb - 3)) for t in unbiased_hsic_terms(bx, by)]
-        totals = terms if totals is None else [a + t for a, t in zip(totals, terms, strict=True)]
-    cross, self_x, self_y = totals
-    return (cross / (torch.sqrt(self_x)[:, None] * torch.sqrt(self_y)[None, :])).cpu()
-
-
-def gemm_floor(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> None:
-    for x in (*xs, *ys):
-        torch.mm(x, x.T)
 
 
 # ------------------------------------------------------------------------------------- measurement workers
@@ -541,7 +367,7 @@ def benchmark_device(args: argparse.Namespace, device: str, workdir: Path) -> di
                 print(
                     f"[{device}] n={n} {kernel} {impl}: {median:.3f} s (x{result['timing']['repeats']}), "
                     f"peak +{result['peak_extra_bytes'] / 2**20:.0f} MiB, worker wall {result['wall_s']:.1f} s, "
-                    f"other processes {_fmt_cores(result['other_cpu_cores'])} cores",
+                    f"other processes {fmt_cores(result['other_cpu_cores'], 2)} cores",
                     flush=True,
                 )
             records.extend(
@@ -744,10 +570,6 @@ def correctness_markdown(case: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _fmt_cores(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
-
-
 def _fmt_cka(value: torch.Tensor) -> str:
     v = float(value)
     return "NaN" if math.isnan(v) else f"{v:.6f}"
@@ -813,7 +635,7 @@ def results_markdown(payload: dict[str, Any]) -> str:
                 else fmt_ratio(rec.get("pyprune_speedup")),
                 fmt_mib(rec.get("peak_extra_bytes")),
                 fmt_float(rec.get("max_abs_diff_vs_f64")),
-                _fmt_cores(rec.get("other_cpu_cores")),
+                fmt_cores(rec.get("other_cpu_cores"), 2),
             ]
         )
     lines += [markdown_table(headers, rows), ""]
@@ -852,9 +674,9 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
                 f"{payload['forward'][str(n)]['batch_size']}): pyprune `MinibatchCKA` {fmt_seconds(rec['median_s'])} s "
                 f"vs torch-cka's CKA part {fmt_seconds(part['median_s'])} s = "
                 f"{part['median_s'] / rec['median_s']:.1f}x faster. Minibatch cost grows linearly in n while "
-                "full-batch CKA grows as n², which is why the full-batch pyprune row's ratio to torch-cka shrinks "
-                "as n grows."
+                "full-batch CKA grows as n²."
             )
+    notes += full_batch_vs_minibatch(by_key)
     notes += pytorch_cka_notes(by_key)
     others = [r["other_cpu_cores"] for r in payload["records"] if r.get("other_cpu_cores") is not None]
     if others:
@@ -889,6 +711,30 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
     return notes
 
 
+def full_batch_vs_minibatch(by_key: dict[tuple, dict[str, Any]]) -> list[str]:
+    """How pyprune's full-batch ratio to torch-cka's (minibatch) CKA part moves with n, per kernel."""
+    notes = []
+    for kernel in sorted({k for _, k, _ in by_key}):
+        ratios = {
+            n: by_key[(n, kernel, "torch-cka-part")]["median_s"] / by_key[(n, kernel, "pyprune")]["median_s"]
+            for n, k, impl in by_key
+            if k == kernel
+            and impl == "pyprune"
+            and (n, kernel, "torch-cka-part") in by_key
+            and by_key[(n, kernel, "torch-cka-part")].get("n_used") == n
+        }
+        if len(ratios) < 2:
+            continue
+        ns = sorted(ratios)
+        trend = "shrinks" if ratios[ns[-1]] < ratios[ns[0]] else "does not shrink"
+        notes.append(
+            f"{kernel}: full-batch pyprune vs torch-cka's CKA part is "
+            + ", ".join(f"{ratios[n]:.1f}x at n = {n}" for n in ns)
+            + f": the lead {trend} as n grows."
+        )
+    return notes
+
+
 def pytorch_cka_notes(by_key: dict[tuple, dict[str, Any]]) -> list[str]:
     """The head to head with pytorch-cka, per n: ratio, goal, and what bounds both (the Gram matrices)."""
     notes = []
@@ -905,7 +751,7 @@ def pytorch_cka_notes(by_key: dict[tuple, dict[str, Any]]) -> list[str]:
             f"`cka_matrix(unbiased=True)` (same estimator, float64 accumulation) {fmt_seconds(ours['median_s'])} s "
             f"= {ratio:.2f}× (goal ≥ {GOAL_PYTORCH_CKA_SPEEDUP:.0f}×: "
             f"{'MET' if ratio >= GOAL_PYTORCH_CKA_SPEEDUP else 'NOT MET'}; others' CPU "
-            f"{_fmt_cores(max(loads) if loads else None)}). max |Δ| from float64: pyprune "
+            f"{fmt_cores(max(loads) if loads else None, 2)}). max |Δ| from float64: pyprune "
             f"{fmt_float(ours.get('max_abs_diff_vs_f64'))}, pytorch-cka {fmt_float(peer.get('max_abs_diff_vs_f64'))}. "
             f"Both are bound by forming the Gram matrices: the GEMM floor is {fmt_seconds(gemm['median_s'])} s, "
             f"pytorch-cka takes {peer['median_s'] / gemm['median_s']:.2f}× of it and pyprune "
@@ -917,8 +763,7 @@ def pytorch_cka_notes(by_key: dict[tuple, dict[str, Any]]) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (< 60 s), to smoke-test the script")
+    parser = benchmark_parser(__doc__.split("\n\n")[0], "tiny sizes (< 60 s), to smoke-test the script")
     parser.add_argument("--n", type=int, nargs="+", default=None, help="sample counts (default: 1024 4096)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up (default 3)")
     parser.add_argument("--kernels", nargs="+", choices=("linear", "rbf"), default=["linear", "rbf"])
@@ -940,23 +785,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="measure in this process instead of a fresh subprocess each (default: only with --quick)",
     )
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=None,
-        help="before each measurement wait up to this many seconds for other processes to leave the CPU "
-        "idle (default 10, 0 with --quick)",
+    add_wait_idle(parser, 10.0)
+    args = parse(
+        parser,
+        argv,
+        {
+            "n": ([1024, 4096], [256]),
+            "in_process": (False, True),
+            "wait_idle": (10.0, 0.0),
+            "correctness_n": (1024, 256),
+        },
     )
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
-    args = parser.parse_args(argv)
-    if args.n is None:
-        args.n = [256] if args.quick else [1024, 4096]
-    if args.in_process is None:
-        args.in_process = args.quick
-    if args.wait_idle is None:
-        args.wait_idle = 0.0 if args.quick else 10.0
-    if args.correctness_n is None:
-        args.correctness_n = 256 if args.quick else 1024
     if args.devices is None:
         args.devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for n in args.n:
@@ -997,12 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload["notes"] = build_notes(payload)
         payload["wall_s"] = time.perf_counter() - started
         markdown = results_markdown(payload)
-        stem = f"cka_matrix_{device.replace(':', '')}" + ("_quick" if args.quick else "")
-        paths = write_results(stem, payload, markdown, args.out_dir)
-        print()
-        print(markdown)
-        print()
-        print("wrote " + ", ".join(str(p) for p in paths))
+        publish(args, f"cka_matrix_{device.replace(':', '')}", payload, markdown)
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -15,28 +15,32 @@ resident size before it; accuracy is the largest |difference| from a float64 fea
 
 Run ``python benchmarks/bench_cka_memory.py`` (the issue's case, 3 layers of 20,000 x 2,048; several minutes
 on 2 cores) or ``--quick`` (3 layers of 4,000 x 512). Results: ``benchmarks/results/cka_memory.{json,md}``
-(``_quick`` suffix for ``--quick``).
+(``_quick`` suffix for ``--quick --out DIR``; a quick run writes nothing without ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from _common import (
+from _runner import (
     MIB,
     OtherCpuLoad,
     PeakMemory,
+    benchmark_parser,
+    fmt_cores,
     fmt_mib,
     fmt_ratio,
     fmt_seconds,
     format_machine,
     machine_info,
     markdown_table,
+    parse,
+    publish,
     run_isolated,
-    write_results,
 )
 
 _GRAM_LIMIT = 8192
@@ -109,15 +113,14 @@ def _measure(implementation: str, call: str, n: int, p: int, count: int, seed: i
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="3 layers of 4,000 x 512 instead of 20,000 x 2,048"
-    )
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = benchmark_parser(__doc__.split("\n\n")[0], "3 layers of 4,000 x 512 instead of 20,000 x 2,048")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parse(parser, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     n, p, count = (4000, 512, 3) if args.quick else (20_000, 2048, 3)
     minimum = 4 * (p * p + n * p)  # one float32 covariance plus one centred float32 layer
     rows, records = [], []
@@ -151,7 +154,7 @@ def main() -> None:
                     fmt_seconds(r["seconds"]),
                     fmt_ratio(record["time_vs_pyprune"]),
                     f"{error:.1e}",
-                    "—" if r["other_cores"] is None else f"{r['other_cores']:.1f}",
+                    fmt_cores(r["other_cores"]),
                 ]
             )
     headers = [
@@ -184,10 +187,10 @@ def main() -> None:
             "Reproduce: `python benchmarks/bench_cka_memory.py" + (" --quick`" if args.quick else "`"),
         ]
     )
-    print(markdown)
     payload = {"machine": info, "n": n, "p": p, "layers": count, "minimum_bytes": minimum, "rows": records}
-    write_results("cka_memory_quick" if args.quick else "cka_memory", payload, markdown)
+    publish(args, "cka_memory", payload, markdown)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

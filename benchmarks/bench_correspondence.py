@@ -31,11 +31,20 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from _common import OtherCpuLoad, format_machine, machine_info, markdown_table, write_results
+from _runner import (
+    OtherCpuLoad,
+    benchmark_parser,
+    fmt_cores,
+    format_machine,
+    machine_info,
+    markdown_table,
+    parse,
+    publish,
+)
 from torch import nn
 
 import pyprune
@@ -195,19 +204,20 @@ def correspondence_accuracy(s: torch.Tensor) -> float:
     return float((s.argmax(dim=1) == torch.arange(len(s))).double().mean())
 
 
-def main() -> None:
-    # One thread: on a shared machine two spinning OpenMP workers per process slow everyone down, and nothing
-    # here is timed against a peer.
-    torch.set_num_threads(1)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="2 networks, 1 epoch, 200 samples; writes nothing"
-    )
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = benchmark_parser(__doc__.split("\n")[0], "2 networks, 1 epoch, 200 samples")
     parser.add_argument("--networks", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--pcs", type=int, default=100)
-    args = parser.parse_args()
+    return parse(parser, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # One thread: on a shared machine two spinning OpenMP workers per process slow everyone down, and nothing
+    # here is timed against a peer.
+    torch.set_num_threads(1)
+    args = parse_args(argv)
     networks, epochs, samples = (2, 1, 200) if args.quick else (args.networks, args.epochs, args.samples)
     pcs = min(args.pcs, samples // 5)
     machine = machine_info()
@@ -248,7 +258,7 @@ def main() -> None:
             f"training digits (test accuracy {', '.join(f'{100 * a:.1f}%' for a in test_accuracy)}); 9 layers (8 "
             f"BN-ReLU conv outputs and the pooled features), n = {samples} held-out digits; "
             f"{len(accuracies['CKA (linear)'])} network orderings. Training {train_s:.0f} s, measures "
-            f"{measure_s:.0f} s, other load {load.cores if load.cores is None else round(load.cores, 1)} cores.",
+            f"{measure_s:.0f} s, other load {fmt_cores(load.cores)} cores.",
             "Paper: 10 Tiny-10 CNNs on CIFAR-10 (Kornblith, Norouzi, Lee & Hinton 2019, ICML, arXiv:1905.00414, "
             "section 6.1, Table 2). Chance is 1/9 = 11.1%.",
             table,
@@ -256,26 +266,22 @@ def main() -> None:
             "Reproduce: `python benchmarks/bench_correspondence.py`",
         ]
     )
-    print(markdown)
-    if not args.quick:
-        payload = {
-            "machine": machine,
-            "networks": networks,
-            "epochs": epochs,
-            "samples": samples,
-            "pcs": pcs,
-            "test_accuracy": test_accuracy,
-            "results": results,
-            "per_ordering": accuracies,
-            "conclusions": conclusions,
-            "train_s": train_s,
-            "measure_s": measure_s,
-            "other_cpu_load_cores": load.cores,
-        }
-        paths = write_results("correspondence_mnist", payload, markdown)
-        paths.append(_plot(example, results, paths[0].with_suffix(".png")))
-        for path in paths:
-            print(f"wrote {path}")
+    payload = {
+        "machine": machine,
+        "networks": networks,
+        "epochs": epochs,
+        "samples": samples,
+        "pcs": pcs,
+        "test_accuracy": test_accuracy,
+        "results": results,
+        "per_ordering": accuracies,
+        "conclusions": conclusions,
+        "train_s": train_s,
+        "measure_s": measure_s,
+        "other_cpu_load_cores": load.cores,
+    }
+    publish(args, "correspondence_mnist", payload, markdown, plot=lambda path: _plot(example, results, path))
+    return 0
 
 
 def _conclusions(results: list[dict[str, Any]]) -> list[str]:
@@ -331,4 +337,4 @@ def _plot(example: dict[str, torch.Tensor], results: list[dict[str, Any]], path:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -12,6 +12,7 @@ healing (fine-tuning) after removal, so the numbers are the raw damage each choi
 
 from __future__ import annotations
 
+import argparse
 import copy
 import random
 import statistics
@@ -21,14 +22,14 @@ from typing import Any
 
 import _lm
 import torch
-from _common import (
-    RESULTS_DIR,
+from _runner import (
     OtherCpuLoad,
+    fmt_cores,
     format_machine,
     machine_info,
     markdown_table,
+    publish,
     time_call,
-    write_results,
 )
 
 import pyprune
@@ -65,8 +66,12 @@ def latencies(models: list[Any], seq_len: int, repeats: int) -> list[float]:
     return best
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return _lm.parse_arguments(__doc__.split("\n\n")[0], argv, 64)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _lm.parse_arguments(__doc__.split("\n\n")[0], argv, 64)
+    args = parse_args(argv)
     seeds, count = args.seeds_used, args.eval_windows
     model, record, train, held_out = _lm.trained_model(quick=args.quick)
     seq_len = record["train"]["seq_len"]
@@ -180,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{record['train']['steps']} steps on the Python standard library's sources; {drop} blocks (25%) removed, "
             f"no healing; perplexity per byte on {count} held-out windows; {seeds} calibration seed(s) of "
             f"{args.calibration} windows. Other processes kept "
-            f"{load.cores if load.cores is None else round(load.cores, 1)} cores busy on average.",
+            f"{fmt_cores(load.cores)} cores busy on average.",
             table,
             "## Single-block scores (seed 0; low = removed first)",
             score_table,
@@ -190,7 +195,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Reproduce: `python benchmarks/bench_depth.py` (the model is shared with bench_lm_oneshot.py).",
         ]
     )
-    print(markdown)
     payload = {
         "config": vars(args) | {"out": str(args.out)},
         "machine": info,
@@ -203,14 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "conclusions": lines,
         "other_cores": load.cores,
     }
-    if args.quick and args.out is None:
-        print("--quick without --out: nothing written")
-        return 0
-    out = args.out or RESULTS_DIR
-    stem = "depth_cpu" + ("_quick" if args.quick else "")
-    for path in write_results(stem, payload, markdown, out):
-        print(f"wrote {path}")
-    plot(rows, scores, dense, Path(out) / f"{stem}.png")
+    publish(args, "depth_cpu", payload, markdown, plot=lambda path: plot(rows, scores, dense, path))
     return 0
 
 
@@ -236,7 +233,6 @@ def plot(rows: list[dict[str, Any]], scores: dict[str, list[float]], dense: floa
     right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

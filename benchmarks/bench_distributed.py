@@ -40,15 +40,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import (  # noqa: E402
-    RESULTS_DIR,
+from benchmarks._runner import (  # noqa: E402
     OtherCpuLoad,
+    benchmark_parser,
+    fmt_cores,
     fmt_ratio,
     fmt_seconds,
     format_machine,
     machine_info,
     markdown_table,
-    write_results,
+    parse,
+    publish,
 )
 
 METHODS = ("taylor", "pfp", "cka_greedy")
@@ -262,7 +264,7 @@ def results_markdown(payload: dict[str, Any]) -> str:
                 "yes (bytes)" if r["equal_to_reference"] else "no",
                 f"{r['channels_differing']} of {r['channels_removed']}",
                 "yes" if r["ranks_identical"] else "NO",
-                "—" if r["other_cores"] is None else f"{r['other_cores']:.1f}",
+                fmt_cores(r["other_cores"]),
             ]
             for r in payload["rows"]
         ],
@@ -296,16 +298,14 @@ def results_markdown(payload: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="64 samples in batches of 16")
+    parser = benchmark_parser(__doc__.split("\n\n")[0], "64 samples in batches of 16")
     parser.add_argument("--samples", type=int, default=256, help="total inputs (default 256)")
     parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--repeats", type=int, default=3, help="timed plans per method (median; default 3)")
     parser.add_argument("--two-threads", action="store_true", help="also time 1 process x 2 threads")
-    parser.add_argument("--out", type=Path, default=None, help=f"results folder (default {RESULTS_DIR})")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if args.quick:
         args.samples, args.batch, args.repeats = 64, 16, 1
     if args.samples % (2 * args.batch):
@@ -338,14 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     payload["summary"] = summary(rows)
     markdown = results_markdown(payload)
-    print()
-    print(markdown)
-    out = args.out if args.out is not None else (None if args.quick else RESULTS_DIR)
-    if out is not None:
-        paths = write_results("distributed_cpu" + ("_quick" if args.quick else ""), payload, markdown, out)
-        print("wrote " + ", ".join(str(p) for p in paths))
-    else:
-        print("--quick without --out: nothing written")
+    publish(args, "distributed_cpu", payload, markdown)
     return 0
 
 

@@ -12,6 +12,7 @@ N:M selection kernel against plain torch (``abs * norm`` then ``topk`` / ``sort`
 
 from __future__ import annotations
 
+import argparse
 import copy
 import statistics
 import time
@@ -20,16 +21,16 @@ from typing import Any
 
 import _lm
 import torch
-from _common import (
-    RESULTS_DIR,
+from _runner import (
     OtherCpuLoad,
     PeakMemory,
+    fmt_cores,
     fmt_mib,
     format_machine,
     machine_info,
     markdown_table,
+    publish,
     time_call,
-    write_results,
 )
 
 import pyprune
@@ -185,8 +186,12 @@ def conclusions(summary: list[dict[str, Any]], dense: float, parameters: int) ->
     return lines
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return _lm.parse_arguments(__doc__.split("\n\n")[0], argv, 128)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _lm.parse_arguments(__doc__.split("\n\n")[0], argv, 128)
+    args = parse_args(argv)
     seeds, count = args.seeds_used, args.eval_windows
 
     model, record, train, held_out = _lm.trained_model(quick=args.quick)
@@ -270,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "-" if r["torch_stable_sort_s"] is None else f"{r['torch_stable_sort_s'] * 1e3:.1f} ms",
                 f"{r['speedup_vs_topk']:.2f}x",
                 r["identical_to_stable_torch"],
-                "-" if r["other_cores"] is None else f"{r['other_cores']:.1f}",
+                fmt_cores(r["other_cores"]),
             ]
             for r in kernels
         ],
@@ -282,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{record['train']['steps']} steps ({record['train_seconds']:.0f} s) on the Python standard library's "
             f"sources; perplexity per byte on {count} held-out windows of {seq_len} bytes (files never trained on). "
             f"{args.calibration} calibration windows per seed, {seeds} seed(s). Other processes kept "
-            f"{load.cores if load.cores is None else round(load.cores, 1)} cores busy on average.",
+            f"{fmt_cores(load.cores)} cores busy on average.",
             table,
             "## Conclusions (computed from the table)",
             "\n".join(f"- {line}" for line in lines),
@@ -292,7 +297,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Reproduce: `python benchmarks/bench_lm_oneshot.py` (first run trains and caches the model).",
         ]
     )
-    print(markdown)
     payload = {
         "config": vars(args) | {"out": str(args.out)},
         "machine": info,
@@ -304,12 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "conclusions": lines,
         "other_cores": load.cores,
     }
-    if args.quick and args.out is None:
-        print("--quick without --out: nothing written")
-        return 0
-    stem = "lm_oneshot_cpu" + ("_quick" if args.quick else "")
-    for path in write_results(stem, payload, markdown, args.out or RESULTS_DIR):
-        print(f"wrote {path}")
+    publish(args, "lm_oneshot_cpu", payload, markdown)
     return 0
 
 

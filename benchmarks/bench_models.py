@@ -25,19 +25,21 @@ import statistics
 import time
 import traceback
 import warnings
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from _common import (
+from _runner import (
     OtherCpuLoad,
+    benchmark_parser,
     declare_torchvision_ops,
+    fmt_cores,
     fmt_ratio,
     fmt_seconds,
     format_machine,
     machine_info,
     markdown_table,
-    write_results,
+    parse,
+    save,
 )
 
 declare_torchvision_ops()
@@ -251,7 +253,7 @@ def report(rows: list[dict[str, Any]], magnitude: list[dict[str, Any]], info: di
                 fmt_seconds(row.get("total_s") or row.get("plan_s")),
                 _fmt_pair(row.get("params")), _fmt_pair(row.get("flops")),
                 fmt_ratio(row.get("speedup_b1")), fmt_ratio(row.get("speedup_b8")),
-                "-" if row.get("other_cores") is None else f"{row['other_cores']:.1f}",
+                fmt_cores(row.get("other_cores")),
                 (row.get("reason") or row.get("hf_config") or "")[:90],
             ]
         )  # fmt: skip
@@ -300,9 +302,8 @@ def report(rows: list[dict[str, Any]], magnitude: list[dict[str, Any]], info: di
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="four small models, two methods")
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = benchmark_parser(__doc__.splitlines()[0], "four small models, two methods")
     parser.add_argument("--models", nargs="*", help=f"subset of {list(MODELS)}")
     parser.add_argument(
         "--methods", nargs="*", help="registered data-free methods (default l1_filter, magnitude_global)"
@@ -310,10 +311,11 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=None, help="latency rounds per model (default 10, quick 3)"
     )
-    parser.add_argument(
-        "--out", type=Path, default=None, help="directory for the results (quick: none by default)"
-    )
-    args = parser.parse_args()
+    return parse(parser, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     models = args.models or (QUICK_MODELS if args.quick else ORDER + [m for m in MODELS if m not in ORDER])
     methods = args.methods or (QUICK_METHODS if args.quick else METHODS)
     rounds = args.rounds or (3 if args.quick else 10)
@@ -333,19 +335,13 @@ def main() -> None:
         if "magnitude_global" in methods:
             magnitude.append(run_global_magnitude_vs_torch(name))
             print(magnitude[-1], flush=True)
-        if not (args.quick and args.out is None):
-            # After every model, so that a long run that is stopped still leaves its table.
-            stem = "models_cpu_quick" if args.quick else "models_cpu"
-            payload = {
-                "machine": info,
-                "amount": AMOUNT,
-                "models": models,
-                "rows": rows,
-                "magnitude": magnitude,
-            }
-            write_results(stem, payload, report(rows, magnitude, info), args.out)
+        payload = {"machine": info, "amount": AMOUNT, "models": models, "rows": rows, "magnitude": magnitude}
+        # After every model, so that a long run that is stopped still leaves its table.
+        paths = save(args, "models_cpu", payload, report(rows, magnitude, info))
     print(report(rows, magnitude, info))
+    print("wrote " + ", ".join(str(p) for p in paths) if paths else "--quick without --out: nothing written")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Benchmark: empirical sensitivities (SiPP/PFP, SPEC §5.3) with pyprune's fused kernel against plain torch.
+"""Benchmark: empirical sensitivities (SiPP/PFP: Baykal et al. 2019, Liebenwein et al. 2020) with pyprune's fused kernel against plain torch.
 
 Layers, all float32 with He-initialised weights:
 
@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -46,32 +45,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import (
-    RESULTS_DIR,
+from _runner import (
+    STARTED,
     OtherCpuLoad,
-    PeakMemory,
+    add_wait_idle,
+    benchmark_parser,
     fmt_mib,
     fmt_seconds,
     format_machine,
+    log,
     machine_info,
     markdown_table,
+    parse,
+    publish,
     run_isolated,
+    time_call,
     wait_for_idle,
-    write_results,
 )
-from torch import nn
+from _sensitivity_layers import describe, doubled, kernel_only, linear_layer, resnet_layers
 
-from pyprune import models
-from pyprune.backend import cpu_kernels, num_threads
-from pyprune.ops.sensitivity import Geometry, denominators, sensitivity_update, sensitivity_update_reference
+from pyprune.backend import cpu_kernels
+from pyprune.ops.sensitivity import sensitivity_update, sensitivity_update_reference
 
 GOAL_GEMM_RATIO = 3.0
 MIN_JUDGED_GEMM_S = 1e-3
 CHUNK_ENTRIES = 1 << 24
 BROADCAST_BLOCKS = 6  # live (|S|, F, J, P) temporaries of the broadcast reference, for its memory estimate
 MEMORY_SIZES = (64, 128, 256)
-IMAGE_SEED = 0
-MODEL_SEED = 0
 VARIANTS = ("pyprune", "kernel", "chunked", "broadcast", "gemm")
 LABELS = {
     "pyprune": "pyprune `sensitivity_update` (z + kernel)",
@@ -80,133 +80,9 @@ LABELS = {
     "broadcast": "broadcast torch (reference, all filters)",
     "gemm": "GEMM (|S| P x J) @ (J x F)",
 }
-_START = time.perf_counter()
-
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - _START:5.0f} s] {message}", flush=True)
-
-
-# ------------------------------------------------------------------------------------------------- layers
-
-
-def geometry_of(module: nn.Module) -> Geometry:
-    if isinstance(module, nn.Linear):
-        return Geometry()
-    return Geometry(module.kernel_size, module.stride, module.padding, module.dilation)
-
-
-def signature(module: nn.Module, inputs: torch.Tensor) -> tuple:
-    return (type(module).__name__, tuple(module.weight.shape), tuple(inputs.shape[1:]), geometry_of(module))
-
-
-def doubled(inputs: torch.Tensor) -> torch.Tensor:
-    """The tracker's batch-doubling rule for inputs with negative entries."""
-    if bool((inputs < 0).any()):
-        return torch.cat([inputs.clamp_min(0), (-inputs).clamp_min(0)])
-    return inputs
-
-
-def linear_layer(width: int, samples: int) -> dict[str, Any]:
-    torch.manual_seed(MODEL_SEED)
-    layer = nn.Linear(width, width)
-    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-    inputs = torch.randn(samples, width, generator=torch.Generator().manual_seed(IMAGE_SEED)).clamp_min(0)
-    return {
-        "name": f"Linear {width} x {width}",
-        "weight": layer.weight.detach().clone(),
-        "inputs": inputs,
-        "geometry": Geometry(),
-        "count": 1,
-        "memory_sweep": True,
-    }
-
-
-def resnet_layers(samples: int) -> list[dict[str, Any]]:
-    """Each distinct Linear/Conv2d of ResNet-56 with the inputs it sees on seeded images, and its multiplicity."""
-    torch.manual_seed(MODEL_SEED)
-    model = models.resnet56().eval()
-    images = torch.randn(samples, 3, 32, 32, generator=torch.Generator().manual_seed(IMAGE_SEED))
-    seen: dict[tuple, dict[str, Any]] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Conv2d)):
-            continue
-
-        def hook(module: nn.Module, args: tuple, name: str = name) -> None:
-            key = signature(module, args[0])
-            if key in seen:
-                seen[key]["count"] += 1
-                return
-            seen[key] = {
-                "name": f"resnet56.{name}",
-                "weight": module.weight.detach().flatten(1).clone(),
-                "inputs": args[0].detach().clone(),
-                "geometry": geometry_of(module),
-                "count": 1,
-                "memory_sweep": name == "layer1.0.conv1",
-            }
-
-        handles.append(module.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            model(images)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return list(seen.values())
-
-
-def describe(layer: dict[str, Any], size: int) -> dict[str, Any]:
-    """Shapes of the computation at |S| = size: (examples after doubling, F, J, P)."""
-    weight, geometry = layer["weight"], layer["geometry"]
-    inputs = doubled(layer["inputs"][:size])
-    z = denominators(weight, inputs[:1], geometry)
-    return {
-        "examples": inputs.shape[0],
-        "filters": weight.shape[0],
-        "columns": weight.shape[1],
-        "patches": z.shape[-1],
-    }
 
 
 # ----------------------------------------------------------------------------------------- measurement
-
-
-def _timed_runs(fn: Callable[[], Any], warmup: int, repeats: int) -> dict[str, Any]:
-    """Warm-up runs, then `repeats` timed runs, the first of them inside PeakMemory."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    with PeakMemory() as memory:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    for _ in range(repeats - 1):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {
-        "median_s": statistics.median(times),
-        "times_s": times,
-        "peak_extra_bytes": memory.peak_extra_bytes,
-        "memory_method": memory.method,
-    }
-
-
-def _kernel_only(weight: torch.Tensor, inputs: torch.Tensor, geometry: Geometry, fresh: Callable) -> Callable:
-    """The C++ kernel alone, with z for the whole set computed once beforehand."""
-    z = denominators(weight, inputs, geometry)
-    pairs = (geometry.kernel_size, geometry.stride, geometry.padding, geometry.dilation)
-    kernels = cpu_kernels()
-
-    def run() -> None:
-        s_mean, s_max = fresh()
-        kernels.sensitivity_update(
-            weight.numpy(), inputs.numpy(), z.numpy(), s_mean.numpy(), s_max.numpy(), *pairs, num_threads()
-        )
-
-    return run
 
 
 def _gemm(rows: int, inner: int, cols: int) -> Callable:
@@ -226,49 +102,63 @@ def measure_layer(
     b, F, J, P = shape["examples"], shape["filters"], shape["columns"], shape["patches"]
     records: list[dict[str, Any]] = []
 
-    def record(variant: str, result: dict[str, Any] | None, **extra: Any) -> None:
+    def record(variant: str, timing: dict[str, Any] | None, **extra: Any) -> None:
+        # time_call's `result` is the last call's output: tensors, not a measurement.
+        measured = {k: v for k, v in (timing or {}).items() if k != "result"}
         records.append(
-            {"layer": layer["name"], "size": size, "variant": variant, **shape, **(result or {}), **extra}
+            {"layer": layer["name"], "size": size, "variant": variant, **shape, **measured, **extra}
         )
 
     def fresh() -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros_like(weight), torch.zeros_like(weight)
 
     state = fresh()
-    out = _timed_runs(lambda: sensitivity_update(weight, inputs, geometry, *fresh()), 1, repeats)
+    out = time_call(
+        lambda: sensitivity_update(weight, inputs, geometry, *fresh()), warmup=1, repeats=repeats, memory=True
+    )
     sensitivity_update(weight, inputs, geometry, *state)
     record("pyprune", out)
 
     # Accumulation precision: the same float32 values in float64 (z, sums and maxima), against the float32 path.
     weight64, inputs64 = weight.double(), inputs.double()
     state64 = (torch.zeros_like(weight64), torch.zeros_like(weight64))
-    out = _timed_runs(
+    out = time_call(
         lambda: sensitivity_update(
             weight64, inputs64, geometry, torch.zeros_like(weight64), torch.zeros_like(weight64)
         ),
-        1,
-        repeats,
+        warmup=1,
+        repeats=repeats,
+        memory=True,
     )
     sensitivity_update(weight64, inputs64, geometry, *state64)
     nonzero = state64[0] > 0
     relative = ((state[0].double() - state64[0]).abs() / state64[0].where(nonzero, 1.0))[nonzero]
     record("float64", out, max_rel_diff_mean_vs_float32=float(relative.max()) if relative.numel() else 0.0)
 
-    record("kernel", _timed_runs(_kernel_only(weight, inputs, geometry, fresh), 1, repeats))
-    record("gemm", _timed_runs(_gemm(b * P, J, F), 1, repeats))
+    record(
+        "kernel",
+        time_call(kernel_only(weight, inputs, geometry, fresh), warmup=1, repeats=repeats, memory=True),
+    )
+    record("gemm", time_call(_gemm(b * P, J, F), warmup=1, repeats=repeats, memory=True))
 
     chunk = max(1, CHUNK_ENTRIES // (b * J * P))
     reference = fresh()
-    out = _timed_runs(
-        lambda: sensitivity_update_reference(weight, inputs, geometry, *reference, filter_chunk=chunk), 0, 1
+    out = time_call(
+        lambda: sensitivity_update_reference(weight, inputs, geometry, *reference, filter_chunk=chunk),
+        warmup=0,
+        repeats=1,
+        memory=True,
     )
     diff = max(float((x - y).abs().max()) for x, y in zip(state, reference, strict=True))
     record("chunked", out, filter_chunk=chunk, max_abs_diff_vs_pyprune=diff)
 
     estimate = (BROADCAST_BLOCKS * b * F * J * P + b * J * P) * weight.element_size()
     if estimate <= broadcast_limit * 2**30:
-        out = _timed_runs(
-            lambda: sensitivity_update_reference(weight, inputs, geometry, *fresh(), filter_chunk=F), 0, 1
+        out = time_call(
+            lambda: sensitivity_update_reference(weight, inputs, geometry, *fresh(), filter_chunk=F),
+            warmup=0,
+            repeats=1,
+            memory=True,
         )
         record("broadcast", out, estimated_bytes=estimate)
     else:
@@ -486,9 +376,8 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="1024-wide Linear, |S| in {16, 32}, in process (< 1 min)"
+    parser = benchmark_parser(
+        __doc__.split("\n\n")[0], "1024-wide Linear, |S| in {16, 32}, in process (< 1 min)"
     )
     parser.add_argument(
         "--size", type=int, default=None, help="|S| for the per-layer table (default 256; quick 32)"
@@ -511,31 +400,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="measure here instead of in a fresh subprocess per (layer, |S|) (default: only with --quick)",
     )
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=None,
-        help="wait up to this many seconds for an idle CPU (default 5; quick 0)",
+    add_wait_idle(parser, 5.0)
+    args = parse(
+        parser,
+        argv,
+        {
+            "size": (256, 32),
+            "linear_width": (4096, 1024),
+            "in_process": (False, True),
+            "wait_idle": (5.0, 0.0),
+        },
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"results folder (default {RESULTS_DIR} for a full run; --quick writes nothing without it)",
-    )
-    args = parser.parse_args(argv)
-    q = args.quick
-    for key, value in {
-        "size": 32 if q else 256,
-        "linear_width": 1024 if q else 4096,
-        "in_process": q,
-        "wait_idle": 0.0 if q else 5.0,
-    }.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    args.memory_sizes = [16, 32] if q else list(MEMORY_SIZES)
-    if not q and args.out is None:
-        args.out = RESULTS_DIR
+    args.memory_sizes = [16, 32] if args.quick else list(MEMORY_SIZES)
     if args.size < 1 or args.repeats < 1 or args.threads < 1:
         parser.error("--size, --repeats and --threads must be >= 1")
     return args
@@ -605,18 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     payload["goals"] = goal_lines(payload)
     payload["notes"] = build_notes(payload)
-    payload["wall_s"] = time.perf_counter() - _START
+    payload["wall_s"] = time.perf_counter() - STARTED
     markdown = results_markdown(payload)
-    print()
-    print(markdown)
-    print()
-    if args.out is not None:
-        stem = "sensitivity_cpu" + ("_quick" if args.quick else "")
-        paths = write_results(stem, payload, markdown, args.out)
-        print("wrote " + ", ".join(str(p) for p in paths))
-    else:
-        print("--quick without --out: nothing written")
-    print(f"total {payload['wall_s']:.0f} s")
+    publish(args, "sensitivity_cpu", payload, markdown, started=STARTED)
     return 0
 
 

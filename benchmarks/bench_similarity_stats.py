@@ -31,12 +31,14 @@ shuffles) writes nothing. Results: ``benchmarks/results/similarity_stats_cpu.{js
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from _common import (
+from _runner import (
     OtherCpuLoad,
     PeakMemory,
+    benchmark_parser,
     fmt_float,
     fmt_mib,
     fmt_ratio,
@@ -44,8 +46,9 @@ from _common import (
     format_machine,
     machine_info,
     markdown_table,
+    parse,
+    publish,
     time_call,
-    write_results,
 )
 
 import pyprune
@@ -170,18 +173,19 @@ def models_case(n: int, num_models: int) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="smaller sizes (n = 1,024 / 512); writes nothing"
-    )
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = benchmark_parser(__doc__.split("\n")[0], "smaller sizes (n = 1,024 / 512)")
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--permutations", type=int, default=1000)
     parser.add_argument(
         "--sample", type=int, default=5, help="shuffles timed for the naive and reference rows"
     )
     parser.add_argument("--models-n", type=int, default=2048)
-    args = parser.parse_args()
+    return parse(parser, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     n, perms = (1024, 100) if args.quick else (args.n, args.permutations)
     machine = machine_info()
 
@@ -269,18 +273,16 @@ def main() -> None:
             "Reproduce: `python benchmarks/bench_similarity_stats.py`",
         ]
     )
-    print(markdown)
-    if not args.quick:
-        payload = {
-            "machine": machine,
-            "features": FEATURES,
-            "permutation_cases": cases,
-            "models_case": multi,
-            "conclusions": [permutation_conclusion, models_conclusion],
-        }
-        for path in write_results("similarity_stats_cpu", payload, markdown):
-            print(f"wrote {path}")
+    payload = {
+        "machine": machine,
+        "features": FEATURES,
+        "permutation_cases": cases,
+        "models_case": multi,
+        "conclusions": [permutation_conclusion, models_conclusion],
+    }
+    publish(args, "similarity_stats_cpu", payload, markdown)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

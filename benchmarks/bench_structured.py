@@ -29,22 +29,24 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch_pruning as tp
-from _common import (
-    RESULTS_DIR,
+from _runner import (
     OtherCpuLoad,
+    add_wait_idle,
+    benchmark_parser,
+    fmt_cores,
     fmt_ratio,
     fmt_seconds,
     format_machine,
     machine_info,
     markdown_table,
     package_version,
+    parse,
+    publish,
     wait_for_idle,
-    write_results,
 )
 from torch import nn
 
@@ -410,9 +412,8 @@ def goal_lines(payload: dict[str, Any]) -> list[str]:
 
 
 def _fmt_cores(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.2f}" + (" !" if value > BUSY_CORES else "")
+    """Like :func:`fmt_cores`, flagged " !" where other processes were busy enough to distort the timing."""
+    return fmt_cores(value, 2) + (" !" if value is not None and value > BUSY_CORES else "")
 
 
 def results_markdown(payload: dict[str, Any]) -> str:
@@ -520,13 +521,34 @@ def results_markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _masked_speedups(speed: list[dict[str, Any]]) -> str:
+    """The measured latency ratios of the masked (unstructured) rows, as a clause."""
+    ratios = [r["speedup"] for r in speed if not r["structured"]]
+    if not ratios:
+        return ""
+    return f" Measured here: dense / masked latency {min(ratios):.2f}x to {max(ratios):.2f}x."
+
+
+def _table_share(records: list[dict[str, Any]]) -> str:
+    """How much of ``l1_filter``'s plan + apply time the parameter/FLOP table takes, from the two rows."""
+    full = next((r for r in records if r["label"] == "l1_filter"), None)
+    bare = next((r for r in records if r["label"] == "l1_filter, no param/FLOP table"), None)
+    if full is None or bare is None:
+        return ""
+    share = 1 - bare["total_s"] / full["total_s"]
+    return (
+        f": with the table `l1_filter` takes {fmt_seconds(full['total_s'])} s, without it "
+        f"{fmt_seconds(bare['total_s'])} s, so the table is {share:.0%} of its planning time"
+    )
+
+
 def build_notes(payload: dict[str, Any]) -> list[str]:
     notes = [
         "Unstructured `magnitude` rows: masks zero weights but the dense convolution kernels still multiply "
-        "them, so FLOPs and latency do not drop (~1.0x); with the `torch.nn.utils.prune` hooks still attached, "
-        "each forward also recomputes `weight = weight_orig * weight_mask`, which can make it slightly slower. "
-        "'folded' = after `pyprune.make_permanent` (plain dense weights with zeros). A speed-up from such "
-        "sparsity needs sparse kernels, which this benchmark does not use.",
+        "them; with the `torch.nn.utils.prune` hooks still attached, each forward also recomputes "
+        "`weight = weight_orig * weight_mask`. 'folded' = after `pyprune.make_permanent` (plain dense weights "
+        "with zeros). A speed-up from such sparsity needs sparse kernels, which this benchmark does not use."
+        + _masked_speedups(payload["speed"]),
         "Ratio semantics: Torch-Pruning's `pruning_ratio=r` keeps `int(n * (1 - r))` channels of an n-channel "
         "group (removes ceil-like), pyprune removes `floor(r * n + 0.5)` (round half up). At 50% of the even "
         "widths here both remove exactly half; at 0.3/0.7 they can differ by one channel per group.",
@@ -534,15 +556,21 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
         "whose *output* channels it prunes (root and residual partners; Li et al.). Torch-Pruning's "
         "`MagnitudeImportance(p=1)` also adds BatchNorm |gamma| and the consumers' *input* weights, and "
         "normalises per group, so the two remove the same number of channels per group but not always the "
-        "same channels. Driving MetaPruner with `pyprune.TorchPruningImportance(FilterNorm(1))` reproduces "
-        "pyprune's choice exactly (last check above).",
+        "same channels. Driving MetaPruner with `pyprune.TorchPruningImportance(FilterNorm(1))` "
+        + (
+            "reproduces pyprune's choice exactly in this run."
+            if payload["planning"]["comparison"]["identical_to_tp_with_pyprune_importance"]
+            else "does NOT reproduce pyprune's choice in this run."
+        ),
         "`taylor` is a data-driven criterion: its time includes forward + backward over the two synthetic "
         f"batches of {payload['config']['taylor_batch']} and, as registered, it ranks channels globally "
         "(`scope='global'`), not per group like the other rows.",
-        "pyprune's planning time is dominated by bookkeeping, not scoring: `plan_structured` applies the plan to "
-        "a copy and counts parameters and FLOPs of both models (two `FlopCounterMode` forwards) so the plan "
-        "can print a per-layer table; the 'no param/FLOP table' row skips that (`measure=False`). "
-        "pyprune also traces the model twice (plan, then apply), Torch-Pruning once.",
+        "`plan_structured` applies the plan to a copy and counts parameters and FLOPs of both models (two "
+        "`FlopCounterMode` forwards) so the plan can print a per-layer table; the 'no param/FLOP table' row "
+        "skips that (`measure=False`)"
+        + _table_share(payload["planning"]["records"])
+        + ". pyprune also traces "
+        "the model twice (plan, then apply), Torch-Pruning once.",
         "Models are untrained (seeded He init); latency does not depend on weight values, only shapes.",
     ]
     others = [
@@ -566,9 +594,8 @@ def build_notes(payload: dict[str, Any]) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="ResNet-20, amount 0.5, batches 1 and 8, few repeats (< 60 s)"
+    parser = benchmark_parser(
+        __doc__.split("\n\n")[0], "ResNet-20, amount 0.5, batches 1 and 8, few repeats (< 60 s)"
     )
     parser.add_argument(
         "--resnet", default=None, help="ResNet factory name (default resnet56; resnet20 quick)"
@@ -587,37 +614,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per round (default 10)")
     parser.add_argument("--plan-repeats", type=int, default=None, help="timed plan+apply runs (default 5)")
     parser.add_argument("--taylor-batch", type=int, default=None, help="Taylor batch size (default 64)")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=None,
-        help="before each measurement wait up to this many seconds for the CPU to be idle (default 5, quick 0)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"results folder (default {RESULTS_DIR} for a full run; --quick writes nothing without it)",
-    )
-    args = parser.parse_args(argv)
-    q = args.quick
-    defaults = {
-        "resnet": "resnet20" if q else "resnet56",
-        "amounts": [0.5] if q else [0.3, 0.5, 0.7],
-        "unstructured_amounts": [0.5] if q else [0.5, 0.9],
-        "batches": [1, 8] if q else [1, 64],
-        "rounds": 2 if q else 3,
-        "warmup": 1 if q else 3,
-        "repeats": 3 if q else 10,
-        "plan_repeats": 2 if q else 5,
-        "taylor_batch": 8 if q else 64,
-        "wait_idle": 0.0 if q else 5.0,
+    add_wait_idle(parser, 5.0)
+    full_or_quick = {
+        "resnet": ("resnet56", "resnet20"),
+        "amounts": ([0.3, 0.5, 0.7], [0.5]),
+        "unstructured_amounts": ([0.5, 0.9], [0.5]),
+        "batches": ([1, 64], [1, 8]),
+        "rounds": (3, 2),
+        "warmup": (3, 1),
+        "repeats": (10, 3),
+        "plan_repeats": (5, 2),
+        "taylor_batch": (64, 8),
+        "wait_idle": (5.0, 0.0),
     }
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if not q and args.out is None:
-        args.out = RESULTS_DIR
+    args = parse(parser, argv, full_or_quick)
     for key in ("threads", "rounds", "repeats", "plan_repeats", "taylor_batch"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1")
@@ -659,16 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload["notes"] = build_notes(payload)
     payload["wall_s"] = time.perf_counter() - started
     markdown = results_markdown(payload)
-    print()
-    print(markdown)
-    print()
-    if args.out is not None:
-        stem = "structured_cpu" + ("_quick" if args.quick else "")
-        paths = write_results(stem, payload, markdown, args.out)
-        print("wrote " + ", ".join(str(p) for p in paths))
-    else:
-        print("--quick without --out: nothing written")
-    print(f"total {payload['wall_s']:.0f} s")
+    publish(args, "structured_cpu", payload, markdown, started=started)
     return 0
 
 

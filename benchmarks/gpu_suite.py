@@ -34,7 +34,7 @@ registry, its ``python3`` is 3.12 with torch 2.11+cu130, CuPy 14 (cupy-cuda13x),
 3. Here: copy the returned files into ``benchmarks/results/`` and commit them.
 
 Rehearsal on CPU: ``python benchmarks/gpu_suite.py --dry-run`` runs every section with tiny sizes on the CPU
-(imports, shapes, the report code; about a minute) and writes nothing unless ``--out-dir`` is given.
+(imports, shapes, the report code; about a minute) and writes nothing unless ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -59,20 +59,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-import bench_cka_damage as damage_bench
-import bench_cka_matrix as matrix_bench
-import bench_sensitivity as sens_bench
-from _common import (
+import _cka_damage_setup as damage_setup
+import _cka_heatmap as heatmap
+import _sensitivity_layers as sensitivity_layers
+from _runner import (
     RESULTS_DIR,
-    PeakMemory,
+    STARTED,
+    benchmark_parser,
     fmt_float,
     fmt_mib,
     fmt_ratio,
     fmt_seconds,
     format_machine,
+    log,
     machine_info,
     markdown_table,
     package_version,
+    parse,
     time_call,
     write_results,
 )
@@ -83,16 +86,12 @@ from pyprune import models
 from pyprune.backend import use_backend, use_kernel
 from pyprune.ops.cka_damage import greedy_removal_order
 from pyprune.ops.sensitivity import denominators, sensitivity_update
+from pyprune.pruning.criteria.cka_damage import CKADamage
 from pyprune.similarity.cka import cka_matrix
 
 GOAL_HEATMAP_GEMM_RATIO = 0.6
 GOAL_PLAN_S = 1.0
 GOAL_SENSITIVITY_GEMM_RATIO = 2.0
-_START = time.perf_counter()
-
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - _START:6.1f} s] {message}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- sizes
@@ -147,7 +146,7 @@ class Budget:
         self.seconds = seconds
 
     def left(self) -> float:
-        return self.seconds - (time.perf_counter() - _START)
+        return self.seconds - (time.perf_counter() - STARTED)
 
     def allows(self, what: str, reserve_s: float = 0.0) -> bool:
         if self.left() > reserve_s:
@@ -202,14 +201,6 @@ def header(title: str, payload: dict[str, Any]) -> list[str]:
     return lines
 
 
-def timed(fn: Callable[[], Any], device: str, repeats: int) -> dict[str, Any]:
-    """Median of ``repeats`` synchronised runs after one warm-up, with the peak extra device memory."""
-    with PeakMemory(device) as memory:
-        timing = time_call(fn, repeats=repeats, warmup=1, device=device)
-    timing["peak_extra_bytes"] = memory.peak_extra_bytes
-    return timing
-
-
 def error_record(exc: BaseException, **fields: Any) -> dict[str, Any]:
     log(f"ERROR {fields}: {type(exc).__name__}: {exc}")
     return {**fields, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
@@ -225,12 +216,12 @@ def max_abs_diff(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None
 def finish(
     name: str, title: str, payload: dict[str, Any], table: list[str], args: argparse.Namespace
 ) -> None:
-    payload["wall_s"] = time.perf_counter() - _START
+    payload["wall_s"] = time.perf_counter() - STARTED
     markdown = "\n".join([*header(title, payload), *table])
-    if args.out_dir is None:
+    if args.out is None:
         log(f"{name}: dry run, nothing written\n{markdown}")
         return
-    paths = write_results(f"{name}_cuda", payload, markdown, args.out_dir)
+    paths = write_results(f"{name}_cuda", payload, markdown, args.out)
     if args.copy_to is not None:
         args.copy_to.mkdir(parents=True, exist_ok=True)
         for path in paths:
@@ -243,22 +234,22 @@ def finish(
 
 def heatmap_section(args: argparse.Namespace, size: dict[str, Any], budget: Budget) -> dict[str, Any]:
     device = args.device
-    model_x = matrix_bench.build_model("vgg", matrix_bench.MODEL_SEEDS["vgg"], device)
-    model_y = matrix_bench.build_model("allconv", matrix_bench.MODEL_SEEDS["allconv"], device)
-    names_x, names_y = matrix_bench.layer_names(model_x), matrix_bench.layer_names(model_y)
+    model_x = heatmap.build_model("vgg", heatmap.MODEL_SEEDS["vgg"], device)
+    model_y = heatmap.build_model("allconv", heatmap.MODEL_SEEDS["allconv"], device)
+    names_x, names_y = heatmap.layer_names(model_x), heatmap.layer_names(model_y)
     records: list[dict[str, Any]] = []
     for n in size["heatmap_n"]:
         batch = min(size["heatmap_batch"], n)
-        inputs = matrix_bench.make_inputs(n)
-        xs = matrix_bench.capture(model_x, names_x, inputs, batch, device)
-        ys = matrix_bench.capture(model_y, names_y, inputs, batch, device)
+        inputs = heatmap.make_inputs(n)
+        xs = heatmap.capture(model_x, names_x, inputs, batch, device)
+        ys = heatmap.capture(model_y, names_y, inputs, batch, device)
         for kernel in ("linear", "rbf"):
             if not budget.allows(f"heatmap n={n} {kernel}", reserve_s=0.45 * args.budget_s):
                 continue
-            reference = matrix_bench.plain_cka_matrix(xs, ys, kernel, 0.5, dtype=torch.float64).cpu()
+            reference = heatmap.plain_cka_matrix(xs, ys, kernel, 0.5, dtype=torch.float64).cpu()
             unbiased_ref = None
             if kernel == "linear":
-                unbiased_ref = matrix_bench.unbiased_cka_reference(
+                unbiased_ref = heatmap.unbiased_cka_reference(
                     [x.double() for x in xs], [y.double() for y in ys]
                 )
             impls = heatmap_impls(
@@ -269,7 +260,7 @@ def heatmap_section(args: argparse.Namespace, size: dict[str, Any], budget: Budg
                 if not budget.allows(f"heatmap {fields}", reserve_s=0.4 * args.budget_s):
                     continue
                 try:
-                    timing = timed(fn, device, size["repeats"])
+                    timing = time_call(fn, repeats=size["repeats"], device=device, memory=True)
                 except Exception as exc:  # a peer missing or out of memory: record it and go on
                     records.append(error_record(exc, **fields))
                     continue
@@ -296,8 +287,8 @@ def heatmap_impls(
     """(name, call, float64 reference of its estimator) of every heatmap implementation for ``kernel``."""
     impls: list[tuple[str, Callable[[], Any], torch.Tensor | None]] = [
         ("pyprune", lambda: cka_matrix(xs, ys, kernel=kernel, threshold=0.5), reference),
-        ("gemm-floor", lambda: matrix_bench.gemm_floor(xs, ys), None),
-        ("plain-torch", lambda: matrix_bench.plain_cka_matrix(xs, ys, kernel, 0.5), reference),
+        ("gemm-floor", lambda: heatmap.gemm_floor(xs, ys), None),
+        ("plain-torch", lambda: heatmap.plain_cka_matrix(xs, ys, kernel, 0.5), reference),
         ("torch-reference", lambda: _reference_backend(xs, ys, kernel), reference),
     ]
     if kernel == "linear":
@@ -325,8 +316,8 @@ def _torch_cka(model_x, model_y, n: int, batch: int, device: str) -> torch.Tenso
     import torch_cka
     from torch.utils.data import DataLoader, TensorDataset
 
-    loader = DataLoader(TensorDataset(matrix_bench.make_inputs(n)), batch_size=batch, shuffle=False)
-    names_x, names_y = matrix_bench.layer_names(model_x), matrix_bench.layer_names(model_y)
+    loader = DataLoader(TensorDataset(heatmap.make_inputs(n)), batch_size=batch, shuffle=False)
+    names_x, names_y = heatmap.layer_names(model_x), heatmap.layer_names(model_y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         peer = torch_cka.CKA(model_x, model_y, "vgg", "allconv", names_x, names_y, device=device)
@@ -403,15 +394,15 @@ def heatmap_table(payload: dict[str, Any]) -> list[str]:
 
 def sensitivity_section(args: argparse.Namespace, size: dict[str, Any], budget: Budget) -> dict[str, Any]:
     device, s = args.device, size["sensitivity_size"]
-    layers = [*sens_bench.resnet_layers(s), sens_bench.linear_layer(size["linear_width"], s)]
+    layers = [*sensitivity_layers.resnet_layers(s), sensitivity_layers.linear_layer(size["linear_width"], s)]
     records: list[dict[str, Any]] = []
     for layer in layers:
         if not budget.allows(f"sensitivity {layer['name']}", reserve_s=0.3 * args.budget_s):
             break
         weight = layer["weight"].to(device).contiguous()
-        inputs = sens_bench.doubled(layer["inputs"][:s]).to(device).contiguous()
+        inputs = sensitivity_layers.doubled(layer["inputs"][:s]).to(device).contiguous()
         geometry = layer["geometry"]
-        shape = sens_bench.describe({**layer, "weight": layer["weight"]}, s)
+        shape = sensitivity_layers.describe({**layer, "weight": layer["weight"]}, s)
         fields = {"layer": layer["name"], "count": layer["count"], **shape}
         try:
             rec = {**fields, **measure_sensitivity(weight, inputs, geometry, shape, device, size["repeats"])}
@@ -442,13 +433,21 @@ def measure_sensitivity(
     a = torch.randn(shape["examples"] * shape["patches"], shape["columns"], device=device)
     m = torch.randn(shape["columns"], shape["filters"], device=device)
     rec: dict[str, Any] = {
-        "update": timed(
-            lambda: sensitivity_update(weight, inputs, geometry, *zeros(weight)), device, repeats
+        "update": time_call(
+            lambda: sensitivity_update(weight, inputs, geometry, *zeros(weight)),
+            repeats=repeats,
+            device=device,
+            memory=True,
         ),
-        "kernel": timed(_kernel_only(weight, inputs, geometry), device, repeats),
-        "gemm": timed(lambda: torch.mm(a, m), device, repeats),
-        "update_float64": timed(
-            lambda: sensitivity_update(weight64, inputs64, geometry, *zeros(weight64)), device, repeats
+        "kernel": time_call(
+            _kernel_only(weight, inputs, geometry), repeats=repeats, device=device, memory=True
+        ),
+        "gemm": time_call(lambda: torch.mm(a, m), repeats=repeats, device=device, memory=True),
+        "update_float64": time_call(
+            lambda: sensitivity_update(weight64, inputs64, geometry, *zeros(weight64)),
+            repeats=repeats,
+            device=device,
+            memory=True,
         ),
     }
     for timing in rec.values():
@@ -479,7 +478,7 @@ def _kernel_only(weight: torch.Tensor, inputs: torch.Tensor, geometry: Any) -> C
             sensitivity_update_cuda_unchecked(weight, inputs, geometry, z, s_mean, s_max, z.shape[-1])
 
         return run
-    return sens_bench._kernel_only(weight, inputs, geometry, lambda: (torch.zeros_like(weight),) * 2)
+    return sensitivity_layers.kernel_only(weight, inputs, geometry, lambda: (torch.zeros_like(weight),) * 2)
 
 
 def sensitivity_table(payload: dict[str, Any]) -> list[str]:
@@ -541,10 +540,10 @@ def sensitivity_table(payload: dict[str, Any]) -> list[str]:
 # ------------------------------------------------------------------------------------ 3. CKA damage
 
 
-class SyncedPhaseTimer(damage_bench.PhaseTimer):
+class SyncedPhaseTimer(damage_setup.PhaseTimer):
     """The CPU benchmark's phase timer, synchronising the GPU around each timed call, on the phases that exist."""
 
-    TARGETS = tuple(t for t in damage_bench.PhaseTimer.TARGETS if hasattr(t[0], t[1]))
+    TARGETS = tuple(t for t in damage_setup.PhaseTimer.TARGETS if hasattr(t[0], t[1]))
 
     def _wrap(self, fn: Callable[..., Any], phase: str) -> Callable[..., Any]:
         inner = super()._wrap(fn, phase)
@@ -568,17 +567,17 @@ def damage_section(args: argparse.Namespace, size: dict[str, Any], budget: Budge
         if not budget.allows(f"cka damage C={channels}", reserve_s=0.15 * args.budget_s):
             break
         try:
-            layer = damage_bench.make_layer(channels).to(device)
-            x = damage_bench.make_batch(size["damage_batch"], channels).to(device)
+            layer = damage_setup.make_layer(channels).to(device)
+            x = damage_setup.make_batch(size["damage_batch"], channels).to(device)
             timer, runs = SyncedPhaseTimer(), []
             for _ in range(1 + size["repeats"]):
                 with timer.active():
                     start = time.perf_counter()
-                    criterion = damage_bench.CKADamage(
+                    criterion = CKADamage(
                         layer, representation="flatten", greedy=True, max_samples=x.shape[0]
                     )
                     criterion.accumulate_over(x, progress=False)
-                    order = criterion.removal_order(damage_bench.LAYER_NAME)
+                    order = criterion.removal_order(damage_setup.LAYER_NAME)
                     total = time.perf_counter() - start
                 runs.append({"total": total, **timer.seconds})
             phases = {k: statistics.median(r.get(k, 0.0) for r in runs[1:]) for k in runs[-1]}
@@ -596,7 +595,12 @@ def damage_section(args: argparse.Namespace, size: dict[str, Any], budget: Budge
             features = torch.randn(p, 64, generator=generator, dtype=torch.float64).to(device)
             interaction = (features @ features.T).abs_().contiguous()
             timing = _drop_result(
-                timed(lambda m=interaction: greedy_removal_order(m), device, size["repeats"])
+                time_call(
+                    lambda m=interaction: greedy_removal_order(m),
+                    repeats=size["repeats"],
+                    device=device,
+                    memory=True,
+                )
             )
             out["greedy"].append({"p": p, **timing})
             log(f"greedy p={p}: {timing['median_s']:.4f} s")
@@ -609,15 +613,15 @@ def damage_section(args: argparse.Namespace, size: dict[str, Any], budget: Budge
 
 def _plan_case(device: str, size: dict[str, Any]) -> dict[str, Any]:
     try:
-        torch.manual_seed(damage_bench.MODEL_SEED)
+        torch.manual_seed(damage_setup.MODEL_SEED)
         model = models.create(size["plan_model"]).eval().to(device)
-        generator = torch.Generator().manual_seed(damage_bench.INPUT_SEED)
+        generator = torch.Generator().manual_seed(damage_setup.INPUT_SEED)
         data = [
             (
-                torch.randn(b, *damage_bench.INPUT_SHAPE, generator=generator).to(device),
-                torch.randint(0, damage_bench.NUM_CLASSES, (b,), generator=generator).to(device),
+                torch.randn(b, *damage_setup.INPUT_SHAPE, generator=generator).to(device),
+                torch.randint(0, damage_setup.NUM_CLASSES, (b,), generator=generator).to(device),
             )
-            for b in damage_bench._batch_sizes(size["plan_samples"], size["plan_batch"])
+            for b in damage_setup.batch_sizes(size["plan_samples"], size["plan_batch"])
         ]
         timer, runs = SyncedPhaseTimer(), []
         for _ in range(1 + size["plan_repeats"]):
@@ -627,7 +631,7 @@ def _plan_case(device: str, size: dict[str, Any]) -> dict[str, Any]:
                 plan = pyprune.plan(
                     model,
                     "cka_greedy",
-                    damage_bench.PLAN_AMOUNT,
+                    damage_setup.PLAN_AMOUNT,
                     example_input=data[0][0][:2],
                     data=data,
                     progress=False,
@@ -694,7 +698,7 @@ def damage_table(payload: dict[str, Any]) -> list[str]:
     if plan and "error" not in plan:
         verdict = "MET" if plan["total"] <= GOAL_PLAN_S else "NOT MET"
         lines += [
-            f"## `pyprune.plan({plan['model']}, 'cka_greedy', {damage_bench.PLAN_AMOUNT})` from {plan['samples']} samples",
+            f"## `pyprune.plan({plan['model']}, 'cka_greedy', {damage_setup.PLAN_AMOUNT})` from {plan['samples']} samples",
             "",
             f"- warm: {fmt_seconds(plan['total'])} s (cold {fmt_seconds(plan['cold_s'])} s); goal under "
             f"{GOAL_PLAN_S:.0f} s -> {verdict}",
@@ -810,20 +814,18 @@ SECTIONS: dict[str, tuple[str, Callable[..., dict[str, Any]], Callable[[dict[str
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--dry-run", action="store_true", help="tiny sizes on the CPU: check imports and shapes"
+    parser = benchmark_parser(
+        __doc__.split("\n\n")[0], "tiny sizes on the CPU: check imports and shapes", quick_flag="--dry-run"
     )
     parser.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget of the whole suite")
     parser.add_argument("--sections", nargs="+", choices=tuple(SECTIONS), default=list(SECTIONS))
-    parser.add_argument("--out-dir", type=Path, default=None, help=f"results folder (default {RESULTS_DIR})")
     parser.add_argument("--copy-to", type=Path, default=None, help="also copy each results file here ($OUT)")
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     args.device = "cpu" if args.dry_run else "cuda"
     if not args.dry_run:
         if not torch.cuda.is_available():
             parser.error("no CUDA device: run with --dry-run to rehearse on a CPU")
-        args.out_dir = args.out_dir or RESULTS_DIR
+        args.out = args.out or RESULTS_DIR
     return args
 
 
@@ -852,7 +854,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args,
         )
         failed += [f"{name}: {e}" for e in errors_in(payload)]
-    log(f"done in {time.perf_counter() - _START:.0f} s" + (f"; errors: {failed}" if failed else ""))
+    log(f"done in {time.perf_counter() - STARTED:.0f} s" + (f"; errors: {failed}" if failed else ""))
     # On the device a peer's failure is a finding (recorded in the tables); in a rehearsal it is a bug.
     return 1 if failed and args.dry_run else 0
 

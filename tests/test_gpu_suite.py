@@ -24,7 +24,7 @@ def test_gpu_suite_dry_run(tmp_path: Path) -> None:
     pytest.importorskip("cka")  # pytorch-cka
     pytest.importorskip("timm")
     done = subprocess.run(
-        [sys.executable, "benchmarks/gpu_suite.py", "--dry-run", "--out-dir", str(tmp_path)],
+        [sys.executable, "benchmarks/gpu_suite.py", "--dry-run", "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,

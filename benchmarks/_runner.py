@@ -1,7 +1,9 @@
 """Helpers shared by pyprune's benchmarks.
 
 * :func:`machine_info`: CPU/GPU model, cores, memory, library versions, thread count and date.
-* :func:`time_call`: warm-up runs, then the median of repeated timed runs (CUDA-synchronised).
+* :func:`time_call`: warm-up runs, then the median of repeated timed runs (CUDA-synchronised), optionally
+  with the peak memory of the first timed run.
+* :func:`log`: a progress line stamped with the seconds since the benchmark started.
 * :class:`PeakMemory`: peak *extra* memory of a block: resident-set high-water mark on CPU (Linux
   ``/proc/self/clear_refs`` resets it, so the block is measured alone), ``torch.cuda.max_memory_allocated``
   on CUDA.
@@ -10,10 +12,13 @@
 * :func:`run_isolated`: run a function in a fresh ``spawn`` subprocess, so each measurement starts from a
   clean allocator and its peak memory is its own.
 * :func:`markdown_table`, :func:`write_results`: reports as JSON plus Markdown under ``benchmarks/results/``.
+* :func:`benchmark_parser`, :func:`parse`, :func:`publish`: the command line every script shares (``--quick``,
+  ``--out``) and the end of every run (print the report, write it where ``--out``/``--quick`` say).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import gc
@@ -26,7 +31,7 @@ import resource
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -36,6 +41,13 @@ import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MIB = 1024.0**2
+STARTED = time.perf_counter()
+"""When the benchmark's process imported this module: the origin of :func:`log`'s time stamps."""
+
+
+def log(message: str) -> None:
+    """Print ``message`` with the seconds since :data:`STARTED`, flushed (runs are long, output is piped)."""
+    print(f"[{time.perf_counter() - STARTED:6.1f} s] {message}", flush=True)
 
 
 # --------------------------------------------------------------------------------------------- metadata
@@ -163,12 +175,15 @@ def time_call(
     warmup: int = 1,
     device: str = "cpu",
     budget_s: float | None = None,
+    memory: bool = False,
 ) -> dict[str, Any]:
     """Run ``fn`` ``warmup`` times untimed-for-the-median, then ``repeats`` times timed.
 
     With ``budget_s``, a slow ``fn`` gets fewer repeats (at least one): as many as fit in the budget at the
     speed of the last warm-up run. Returns ``median_s``, ``min_s``, ``times_s``, ``warmup_s``, ``repeats``
-    and ``result`` (the value of the last call).
+    and ``result`` (the value of the last call); with ``memory``, also ``peak_extra_bytes`` and
+    ``memory_method`` of :class:`PeakMemory` around the first timed run (after the warm-up, so one-off
+    allocations such as caches are not counted).
     """
     warm: list[float] = []
     result = None
@@ -179,8 +194,14 @@ def time_call(
     if budget_s is not None and warm:
         runs = max(1, min(repeats, int(budget_s // max(warm[-1], 1e-9))))
     times: list[float] = []
-    for _ in range(runs):
-        elapsed, result = _timed(fn, device)
+    peak: dict[str, Any] = {}
+    for i in range(runs):
+        if memory and i == 0:
+            with PeakMemory(device) as tracked:
+                elapsed, result = _timed(fn, device)
+            peak = {"peak_extra_bytes": tracked.peak_extra_bytes, "memory_method": tracked.method}
+        else:
+            elapsed, result = _timed(fn, device)
         times.append(elapsed)
     return {
         "median_s": statistics.median(times),
@@ -189,6 +210,7 @@ def time_call(
         "warmup_s": warm,
         "repeats": runs,
         "result": result,
+        **peak,
     }
 
 
@@ -351,6 +373,11 @@ def fmt_ratio(ratio: float | None) -> str:
     return "—" if ratio is None or not math.isfinite(ratio) else f"{ratio:.2f}×"
 
 
+def fmt_cores(cores: float | None, digits: int = 1) -> str:
+    """Cores kept busy by other processes (:class:`OtherCpuLoad`), "—" where unknown."""
+    return "—" if cores is None else f"{cores:.{digits}f}"
+
+
 def fmt_float(value: float | None) -> str:
     if value is None:
         return "—"
@@ -366,6 +393,11 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def bullet_section(title: str, items: Sequence[str]) -> list[str]:
+    """Markdown lines of a ``## title`` section with one bullet per item, blank-line separated."""
+    return [f"## {title}", "", *[f"- {item}" for item in items], ""]
 
 
 def _json_default(value: Any) -> Any:
@@ -403,6 +435,88 @@ def write_results(
         tmp.write_text(content)
         tmp.replace(path)
         paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def benchmark_parser(
+    description: str, quick_help: str, quick_flag: str = "--quick"
+) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark takes: ``--quick`` (``quick_help`` says what it
+    shrinks; ``gpu_suite.py`` names it ``--dry-run`` because it also moves the run to the CPU) and ``--out``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(quick_flag, action="store_true", help=f"{quick_help}; writes nothing without --out")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"results folder (default {RESULTS_DIR} for a full run; --quick writes nothing without it)",
+    )
+    return parser
+
+
+def add_wait_idle(parser: argparse.ArgumentParser, full_s: float) -> None:
+    """``--wait-idle S``: before each measurement wait up to S seconds for other processes to leave the CPU
+    idle (:func:`wait_for_idle`); ``full_s`` for a full run, 0 with ``--quick``. Pass
+    ``{"wait_idle": (full_s, 0.0)}`` to :func:`parse`."""
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=None,
+        help=f"before each measurement wait up to this many seconds for an idle CPU (default {full_s:g}, quick 0)",
+    )
+
+
+def parse(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+    defaults: Mapping[str, tuple[Any, Any]] | None = None,
+) -> argparse.Namespace:
+    """Parse ``argv``; an option left at None takes ``defaults[dest] = (full run, --quick)``."""
+    args = parser.parse_args(argv)
+    for key, (full, quick) in (defaults or {}).items():
+        if getattr(args, key) is None:
+            setattr(args, key, quick if args.quick else full)
+    return args
+
+
+def save(args: argparse.Namespace, stem: str, payload: dict[str, Any], markdown: str) -> list[Path]:
+    """:func:`publish`'s writing alone (for a long run that saves what it has after every step): the paths
+    written, none for a quick run without ``--out``."""
+    out = args.out if args.out is not None else (None if args.quick else RESULTS_DIR)
+    if out is None:
+        return []
+    return write_results(stem + ("_quick" if args.quick else ""), payload, markdown, out)
+
+
+def publish(
+    args: argparse.Namespace,
+    stem: str,
+    payload: dict[str, Any],
+    markdown: str,
+    *,
+    plot: Callable[[Path], Any] | None = None,
+    started: float | None = None,
+) -> list[Path]:
+    """Print ``markdown``, then write ``<stem>.{json,md}`` (``<stem>_quick`` for a quick run) and, with ``plot``,
+    ``plot(<stem>.png)``, into ``--out`` or, for a full run, ``benchmarks/results/``. A quick run without
+    ``--out`` writes nothing, so smoke tests never overwrite committed results. ``started`` (a
+    ``time.perf_counter()`` value) adds the run's total time. Returns the paths written."""
+    print()
+    print(markdown)
+    print()
+    paths = save(args, stem, payload, markdown)
+    if not paths:
+        print("--quick without --out: nothing written")
+    else:
+        if plot is not None:
+            paths.append(paths[0].with_suffix(".png"))
+            plot(paths[-1])
+        print("wrote " + ", ".join(str(p) for p in paths))
+    if started is not None:
+        print(f"total {time.perf_counter() - started:.0f} s")
     return paths
 
 

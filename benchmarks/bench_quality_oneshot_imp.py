@@ -22,11 +22,11 @@ Part A, one-shot pruning (no fine-tuning, then a short fine-tune of equal length
 
 Part B, iterative magnitude pruning with ``pyprune.schedules.imp`` (global magnitude over all layers but the
 output layer) from the same dense MLP, comparing ``rewind="lr"`` (LRR), ``"weights"`` (to the initialisation)
-and ``"finetune"`` with the same number of epochs per round (t = T; Renda, Frankle & Carbin 2020; SPEC §2.2).
+and ``"finetune"`` with the same number of epochs per round (t = T; Renda, Frankle & Carbin, ICLR 2020).
 The rate (0.46 of the remaining weights per round, 5 rounds) puts the rounds at about 46, 71, 84, 92 and 95%
 sparsity.
 
-Run ``python benchmarks/bench_quality.py`` (4 minutes on 2 idle cores, one torch thread; 10 on busy ones) for the results in
+Run ``python benchmarks/bench_quality_oneshot_imp.py`` (4 minutes on 2 idle cores, one torch thread; 10 on busy ones) for the results in
 ``benchmarks/results/quality_mnist.{md,json,png}``, or ``--quick`` (< 60 s, tiny budget) to smoke-test it;
 ``--quick`` writes nothing unless ``--out DIR`` is given. Timings are printed for orientation only: this
 benchmark measures accuracy, not speed.
@@ -38,7 +38,6 @@ import argparse
 import copy
 import itertools
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,7 +46,17 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from _common import RESULTS_DIR, format_machine, machine_info, markdown_table, package_version, write_results
+from _quality import fmt_acc, record_error, say
+from _runner import (
+    benchmark_parser,
+    bullet_section,
+    format_machine,
+    machine_info,
+    markdown_table,
+    package_version,
+    parse,
+    publish,
+)
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 from torch.utils.data import DataLoader, TensorDataset
@@ -71,7 +80,7 @@ MODELS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
 SEED003_K = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
 SEED003_WEIGHT = (0.98, 0.98, 0.98, 0.98, 0.98, 0.98, 0.91, 0.5, 0.1, 0.10)
 SEED003_UNIT = (0.98, 0.98, 0.98, 0.975, 0.96, 0.70, 0.26, 0.10, 0.10, 0.10)
-"""Seed 003's MNIST curves (SPEC §4.4, read off its figure, ±0.01; full MNIST, no fine-tuning)."""
+"""Seed 003's MNIST curves (read off its README figure, ±0.01; full MNIST, no fine-tuning)."""
 
 HOLD_TOLERANCE = 0.01
 """A pruned model "keeps dense accuracy" while it is at most this far below the dense model (1 point)."""
@@ -160,10 +169,6 @@ class Context:
     budget: Budget
     seed: int
     masks: dict[tuple[str, str, float], dict[str, torch.Tensor]] = field(default_factory=dict)
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
 
 
 def batches(ctx: Context, seed: int) -> DataLoader:
@@ -397,8 +402,7 @@ def one_shot(dense: nn.Module, model_name: str, spec: Spec, amount: float, ctx: 
         fine_tune(model, ctx)
         run["accuracy_fine_tuned"] = evaluate(model, ctx.test_loader)["accuracy"]
     except Exception as error:  # a method that fails at one sparsity is reported, the run goes on
-        run["error"] = f"{type(error).__name__}: {error}"[:300]
-        run["traceback"] = traceback.format_exc(limit=4)
+        record_error(run, error)
     run["seconds"] = round(time.perf_counter() - start, 2)
     return run
 
@@ -484,10 +488,6 @@ def mask_agreement(ctx: Context) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------- report
-
-
-def fmt_acc(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}"
 
 
 def fmt_pct(value: float | None) -> str:
@@ -673,6 +673,42 @@ def _cliff(sparsity: float | None) -> str:
     return "none of the tested sparsities" if sparsity is None else fmt_pct(sparsity)
 
 
+def _noise_points(n_test: int, accuracy: float = 0.94) -> float:
+    """Two standard errors, in points, of the difference of two independent runs' accuracies on ``n_test``
+    digits (binomial)."""
+    return 200 * (2 * accuracy * (1 - accuracy) / n_test) ** 0.5
+
+
+def _seconds_per_epoch(payload: dict[str, Any]) -> str:
+    """The MLP's measured dense training speed, as a clause."""
+    dense = payload["dense"].get("mlp")
+    if dense is None:
+        return ""
+    epochs = payload["config"]["budget"]["epochs"]
+    return (
+        f"; it trains at {dense['seconds'] / epochs:.1f} s per epoch here "
+        f"({payload['config']['threads']} torch thread(s))"
+    )
+
+
+def _renda_ordering(last: dict[str, dict[str, Any]], n_test: int) -> str:
+    """Renda et al.'s ordering (LRR >= weight rewinding > fine-tuning) checked on the last IMP round, with
+    differences below :func:`_noise_points` counted as ties."""
+    if not {"lr", "weights", "finetune"} <= set(last):
+        return ""
+    noise = _noise_points(n_test) / 100
+    lrr, rewind, tune = (last[k]["accuracy"] for k in ("lr", "weights", "finetune"))
+    lrr_ok = lrr >= rewind - noise
+    tune_last = tune < min(lrr, rewind)
+    verdict = "holds" if lrr_ok and tune_last else "does NOT hold"
+    return (
+        "Renda et al. report LRR ≥ weight rewinding > fine-tuning (CIFAR/ImageNet); here that ordering "
+        f"{verdict} (LRR − weight rewinding {100 * (lrr - rewind):+.1f} points, noise ±{100 * noise:.1f}; "
+        + ("fine-tuning last" if tune_last else "fine-tuning NOT last")
+        + ")."
+    )
+
+
 def _more_notes(payload: dict[str, Any], notes: list[str]) -> list[str]:
     b = payload["config"]["budget"]
     for agreement in payload["mask_agreement"]:
@@ -715,14 +751,15 @@ def _more_notes(payload: dict[str, Any], notes: list[str]) -> list[str]:
     n_test = payload["data"]["n_test"]
     notes += [
         "Models: seed 003's own MLP (784-1000-1000-500-200-10, no biases) carries the weight vs unit comparison "
-        "and IMP, so the curves can be set against seed 003's figure; it is fast enough on 2 cores (about 1.5 "
-        "s per epoch on one thread). An MLP has no convolution filters, so LeNet-5 is run as well, for filter "
+        "and IMP, so the curves can be set against seed 003's figure"
+        + _seconds_per_epoch(payload)
+        + ". An MLP has no convolution filters, so LeNet-5 is run as well, for filter "
         "pruning proper (and because its 6- and 16-channel convolutions show how coarse channel ratios get on "
         "narrow layers). Every method runs on both.",
         f"Noise: the test split has {n_test:,} digits, so one digit is {100 / n_test:.2f} points and the binomial "
-        f"standard error at 94% accuracy is about {100 * (0.94 * 0.06 / n_test) ** 0.5:.1f} point; differences "
-        "below about 1.5 points (e.g. between the IMP modes LRR and weight rewinding) are within noise of a "
-        "single seed.",
+        f"standard error at 94% accuracy is about {100 * (0.94 * 0.06 / n_test) ** 0.5:.1f} point; a difference "
+        f"between two runs below about {_noise_points(n_test):.1f} points (2 SE of a difference) is within the "
+        "noise of a single seed.",
         "Sparsity means different things: the fraction of weights of the pruned layers for weight methods "
         "(per layer for `magnitude`, over all of them for the global ones), the fraction of output channels "
         "(units) of each layer for channel methods — except pyprune `taylor` (registry default), which ranks "
@@ -764,7 +801,7 @@ def _more_notes(payload: dict[str, Any], notes: list[str]) -> list[str]:
     imp = payload["imp"]
     if imp["runs"]:
         notes.append(
-            f"IMP modes (SPEC §2.2): LRR retrains from the pruned weights replaying the whole dense schedule "
+            f"IMP modes (Renda, Frankle & Carbin 2020): LRR retrains from the pruned weights replaying the whole dense schedule "
             f"(t = T = {b['epochs']} epochs); weight rewinding resets the surviving weights to epoch "
             f"{b['weight_rewind_epoch']} of the dense run"
             + (" (the initialisation: the lottery-ticket setting)" if b["weight_rewind_epoch"] == 0 else "")
@@ -791,13 +828,8 @@ def _more_notes(payload: dict[str, Any], notes: list[str]) -> list[str]:
             + ", ".join(f"{IMP_LABELS[r['rewind']]} {fmt_acc(r['accuracy'])}%" for r in ranking)
             + " (dense "
             + fmt_acc(payload["dense"][imp["model"]]["accuracy"])
-            + "%). Renda et al. report LRR ≥ weight rewinding > fine-tuning (CIFAR/ImageNet); here "
-            + (
-                "fine-tuning is last, as they report"
-                if ranking[-1]["rewind"] == "finetune"
-                else "fine-tuning is NOT last, unlike their report"
-            )
-            + "."
+            + "%). "
+            + _renda_ordering(last, n_test)
         )
     return notes
 
@@ -860,21 +892,15 @@ def results_markdown(payload: dict[str, Any]) -> str:
         "",
         imp_table(payload),
         "",
-        "## Comparison with seed 003's reference",
-        "",
-        *[f"- {line}" for line in payload["seed003_comparison"]],
-        "",
-        "Seed 003's curves (full MNIST, no fine-tuning; SPEC §4.4, read off its figure ±0.01):",
+        *bullet_section("Comparison with seed 003's reference", payload["seed003_comparison"]),
+        "Seed 003's curves (full MNIST, no fine-tuning; read off its figure ±0.01):",
         "",
         markdown_table(
             ["k", *[f"{k:g}" for k in SEED003_K]],
             [["weight pruning", *SEED003_WEIGHT], ["unit pruning", *SEED003_UNIT]],
         ),
         "",
-        "## Notes",
-        "",
-        *[f"- {n}" for n in payload["notes"]],
-        "",
+        *bullet_section("Notes", payload["notes"]),
         f"![accuracy vs sparsity]({STEM}.png)" if not config["quick"] else "",
     ]
     return "\n".join(lines)
@@ -1000,10 +1026,7 @@ SEED003_STYLES = {
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny budget (< 60 s); writes nothing without --out"
-    )
+    parser = benchmark_parser(__doc__.split("\n\n")[0], "tiny budget (< 60 s)")
     parser.add_argument(
         "--seed", type=int, default=0, help="split, initialisation and batch order (default 0)"
     )
@@ -1013,13 +1036,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--methods", nargs="+", choices=[s.key for s in SPECS], default=[s.key for s in SPECS]
     )
     parser.add_argument("--skip-imp", action="store_true", help="leave out part B")
-    parser.add_argument(
-        "--out", type=Path, default=None, help=f"output folder (default {RESULTS_DIR}; none with --quick)"
-    )
-    args = parser.parse_args(argv)
-    if args.out is None and not args.quick:
-        args.out = RESULTS_DIR
-    return args
+    return parse(parser, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1115,16 +1132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload["seed003_comparison"] = seed003_comparison(payload)
     payload["notes"] = build_notes(payload)
     markdown = results_markdown(payload)
-    print()
-    print(markdown)
-    print()
-    if args.out is not None:
-        stem = STEM + ("_quick" if args.quick else "")
-        paths = write_results(stem, payload, markdown, args.out)
-        png = Path(args.out) / f"{stem}.png"
-        plot(payload, png)
-        say("wrote " + ", ".join(str(p) for p in [*paths, png]))
-    say(f"total {time.perf_counter() - started:.0f} s")
+    publish(args, STEM, payload, markdown, plot=lambda path: plot(payload, path), started=started)
     return 0
 
 
