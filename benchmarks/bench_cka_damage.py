@@ -76,7 +76,7 @@ from torch import nn
 
 import pyprune
 from pyprune import models
-from pyprune.backend import cpu_import_error, cpu_kernels, use_kernel
+from pyprune.ops.backend import cpu_import_error, cpu_kernels, use_kernel
 from pyprune.pruning import planner as planner_module
 
 cka_module = importlib.import_module("pyprune.pruning.cka_damage")

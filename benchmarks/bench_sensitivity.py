@@ -62,7 +62,7 @@ from _common import (
 from torch import nn
 
 from pyprune import models
-from pyprune.backend import cpu_kernels, num_threads
+from pyprune.ops.backend import cpu_kernels, num_threads
 from pyprune.ops.sensitivity import Geometry, denominators, sensitivity_update, sensitivity_update_reference
 
 GOAL_GEMM_RATIO = 3.0

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from pyprune import backend
+from pyprune.ops import backend
 
 # name -> (what runs on CPU with the compiled module, what runs on CUDA with CuPy)
 KERNELS: dict[str, tuple[str, str]] = {
@@ -34,10 +34,10 @@ def _version(package: str) -> str | None:
 
 def info() -> dict[str, Any]:
     """Versions, compiled-module status, threads, CUDA/CuPy availability and the per-kernel dispatch table."""
-    from pyprune import _cuda
+    from pyprune.ops import cuda
 
     cpu = backend.cpu_kernels()
-    cuda_ready = _cuda.available()
+    cuda_ready = cuda.available()
     selected = backend.get_backend()
     kernels = {}
     for name, (cpu_impl, cuda_impl) in KERNELS.items():
@@ -60,7 +60,7 @@ def info() -> dict[str, Any]:
         "torch_cuda_available": torch.cuda.is_available(),
         "cupy": _version("cupy-cuda12x") or _version("cupy-cuda13x") or _version("cupy"),
         "cuda_kernels_available": cuda_ready,
-        "cuda_kernels_reason": None if cuda_ready else _cuda.unavailable_reason(),
+        "cuda_kernels_reason": None if cuda_ready else cuda.unavailable_reason(),
         "cupy_kernel_cache": os.environ.get("CUPY_CACHE_DIR", str(Path.home() / ".cupy" / "kernel_cache")),
         "kernels": kernels,
     }

@@ -16,7 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from pyprune.backend import cpu_kernels
+from pyprune.ops.backend import cpu_kernels
 
 _C = cpu_kernels()
 pytestmark = pytest.mark.skipif(_C is None, reason="pyprune._C is not built")

@@ -1,4 +1,4 @@
-"""The CKA-damage kernels (``pyprune._C`` and ``pyprune._cuda``) against their plain-torch references.
+"""The CKA-damage kernels (``pyprune._C`` and ``pyprune.ops.cuda``) against their plain-torch references.
 
 ``greedy_removal_order``: the kernels repeat the reference's arithmetic operation for operation, so removal
 orders must be identical, ties included (dead and duplicated neurons). On integer-valued interaction matrices
@@ -24,8 +24,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyprune import _C, _cuda
-from pyprune.backend import use_backend
+from pyprune import _C
+from pyprune.ops import cuda as _cuda
+from pyprune.ops.backend import use_backend
 from pyprune.ops.cka_damage import greedy_removal_order, rbf_candidate_scan
 from pyprune.ops.reference import (
     check_greedy_arguments,

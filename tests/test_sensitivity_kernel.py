@@ -1,4 +1,4 @@
-"""The sensitivity kernels (``pyprune._C.sensitivity_update``, ``pyprune._cuda.sensitivity_update_cuda``) against
+"""The sensitivity kernels (``pyprune._C.sensitivity_update``, ``pyprune.ops.cuda.sensitivity_update_cuda``) against
 the plain-torch reference ``sensitivity_update_reference`` and a brute-force float64 evaluation of the definition.
 
 float64: the kernels agree with both to 1e-12 (the values are relative contributions in [0, 1]; the kernels
@@ -20,9 +20,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pyprune import _C, _cuda
-from pyprune.backend import use_backend
+from pyprune import _C
+from pyprune.ops import cuda as _cuda
 from pyprune.ops import sensitivity as ops
+from pyprune.ops.backend import use_backend
 from pyprune.ops.sensitivity import (
     EPSILON,
     NEGATIVE_INPUTS_MESSAGE,

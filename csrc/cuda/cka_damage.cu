@@ -2,7 +2,7 @@
 // pyprune/ops/reference.py). CuPy compiles it at run time through NVRTC
 // (pyprune/_cuda.py), with the launch constants of pp_common.cuh. float64 throughout; double atomicAdd needs sm_60+.
 //
-// Greedy removal order (host: pyprune._cuda.greedy_removal_order_cuda), two launches on one stream:
+// Greedy removal order (host: pyprune.ops.cuda.greedy_removal_order_cuda), two launches on one stream:
 //   1. pyprune::cka_column_sums: one thread per neuron i writes column[i] = sum over active a of M[a, i] (rows in
 //      index order, as the C++ kernel does, so identical columns get identical sums) and diag[i] = M[i, i],
 //      both 0 for an inactive i. Neighbouring threads read neighbouring columns of a row (coalesced).
@@ -18,7 +18,7 @@
 //   Cost: O(p^2 / #threads-per-column) for the sums, then per step O(p / 1024) per thread plus two barriers;
 //   fine for p up to tens of thousands.
 //
-// RBF candidate scan (host: pyprune._cuda.rbf_candidate_scan_cuda), one launch, then torch on the row sums:
+// RBF candidate scan (host: pyprune.ops.cuda.rbf_candidate_scan_cuda), one launch, then torch on the row sums:
 //   pyprune::cka_rbf_scan: grid (x: tiles of the lower triangle of the n x n pairs, 64 x 64, numbered row by
 //   row; y: candidates, both strided), 256 threads. Thread (tx = tid % 64, ty = tid / 64) handles column
 //   b = c0 + tx of rows a = r0 + ty + 4k, k = 0..15. The candidate's own squared distances of the tile's pairs

@@ -13,7 +13,7 @@
 
 #if !defined(PP_THREADS) || !defined(PP_GREEDY_THREADS) || !defined(PP_TILE) || !defined(PP_SENS_COLUMNS) || \
     !defined(PP_SENS_FILTERS)
-#error "compile through pyprune._cuda.nvrtc_options(): it passes the launch constants as -D options"
+#error "compile through pyprune.ops.cuda.nvrtc_options(): it passes the launch constants as -D options"
 #endif
 
 // Derived sizes of the tile loops: a block covers a PP_TILE x PP_TILE tile with PP_ROW_STEP rows in flight,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from pyprune.backend import cpu_kernels, num_threads, use_kernel
+from pyprune.ops.backend import cpu_kernels, num_threads, use_kernel
 from pyprune.ops.reference import (
     check_greedy_arguments,
     check_rbf_scan_arguments,
@@ -42,7 +42,7 @@ def greedy_removal_order(
         )
         return torch.from_numpy(order), torch.from_numpy(cka_after)
     if impl == "cuda":
-        from pyprune._cuda import greedy_removal_order_cuda
+        from pyprune.ops.cuda import greedy_removal_order_cuda
 
         return greedy_removal_order_cuda(interaction, active)
     return greedy_removal_order_reference(interaction, active)
@@ -76,7 +76,7 @@ def rbf_candidate_scan(
         out = cpu_kernels().rbf_candidate_scan(*arrays, num_threads())
         return {key: torch.from_numpy(value) for key, value in out.items()}
     if impl == "cuda":
-        from pyprune._cuda import rbf_candidate_scan_cuda
+        from pyprune.ops.cuda import rbf_candidate_scan_cuda
 
         return rbf_candidate_scan_cuda(distances_kept, values, candidates, inv_two_sigma_sq, target)
     return rbf_candidate_scan_reference(distances_kept, values, candidates, inv_two_sigma_sq, target)

@@ -18,7 +18,7 @@ import functools
 import numpy as np
 import torch
 
-from pyprune.backend import get_backend, num_threads
+from pyprune.ops.backend import get_backend, num_threads
 
 _INT32_MAX = 2**31 - 1
 

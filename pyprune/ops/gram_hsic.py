@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pyprune.backend import cpu_kernels, num_threads, use_kernel
+from pyprune.ops.backend import cpu_kernels, num_threads, use_kernel
 from pyprune.ops.reference import gram_hsic_terms_reference
 
 
@@ -31,7 +31,7 @@ def gram_hsic_terms(
         out = cpu_kernels().gram_hsic_terms([g.detach().numpy() for g in grams_a], arrays_b, num_threads())
         return {key: torch.from_numpy(value) for key, value in out.items()}
     if impl == "cuda":
-        from pyprune._cuda import gram_hsic_terms_cuda
+        from pyprune.ops.cuda import gram_hsic_terms_cuda
 
         return gram_hsic_terms_cuda(grams_a, grams_b)
     return gram_hsic_terms_reference(grams_a, grams_b)

@@ -15,7 +15,7 @@ import operator
 import numpy as np
 import torch
 
-from pyprune.backend import cpu_kernels, num_threads, use_kernel
+from pyprune.ops.backend import cpu_kernels, num_threads, use_kernel
 from pyprune.ops.reference import nm_select_reference
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -113,21 +113,21 @@ def nm_select(
 
 
 def _nm_select_cuda(weight: torch.Tensor, norms: torch.Tensor | None, k: int, n: int, m: int) -> torch.Tensor:
-    from pyprune import _cuda
+    from pyprune.ops import cuda
 
-    threads = _cuda.LAUNCH_CONSTANTS["PP_THREADS"]  # the kernels' NM_THREADS
+    threads = cuda.LAUNCH_CONSTANTS["PP_THREADS"]  # the kernels' NM_THREADS
     rows, cols = weight.shape
     removed = torch.zeros((rows, cols), dtype=torch.uint8, device=weight.device)
     suffix = "f64" if weight.dtype == torch.float64 else "f32"
     ones = norms if norms is not None else torch.ones(cols, dtype=torch.float64, device=weight.device)
-    with _cuda._OnTorchStream(weight.device) as cupy:
+    with cuda._OnTorchStream(weight.device) as cupy:
         args = [cupy.from_dlpack(weight), cupy.from_dlpack(ones), np.int64(rows), np.int64(cols)]
         if m:
             groups = rows * (cols // m)
-            kernel = _cuda.module("nm_select").get_function(f"nm_select_groups_{suffix}")
+            kernel = cuda.module("nm_select").get_function(f"nm_select_groups_{suffix}")
             blocks = max(1, min(65535, (groups + threads - 1) // threads))
             kernel((blocks,), (threads,), (*args, np.int64(n), np.int64(m), cupy.from_dlpack(removed)))
         elif k:
-            kernel = _cuda.module("nm_select").get_function(f"nm_select_rows_{suffix}")
+            kernel = cuda.module("nm_select").get_function(f"nm_select_rows_{suffix}")
             kernel((max(1, min(rows, 65535)),), (threads,), (*args, np.int64(k), cupy.from_dlpack(removed)))
     return removed.bool()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from pyprune.backend import cpu_kernels, num_threads, use_kernel
+from pyprune.ops.backend import cpu_kernels, num_threads, use_kernel
 from pyprune.ops.reference import check_permutation_arguments, permutation_hsic_reference
 
 
@@ -32,7 +32,7 @@ def permutation_hsic(a: torch.Tensor, b: torch.Tensor, permutations: torch.Tenso
         )
         return torch.from_numpy(out)
     if impl == "cuda":
-        from pyprune._cuda import permutation_hsic_cuda
+        from pyprune.ops.cuda import permutation_hsic_cuda
 
         return permutation_hsic_cuda(a, b, permutations)
     return permutation_hsic_reference(a, b, permutations)

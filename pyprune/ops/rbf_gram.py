@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from pyprune.backend import cpu_kernels, num_threads, use_kernel
+from pyprune.ops.backend import cpu_kernels, num_threads, use_kernel
 from pyprune.ops.reference import (
     RBF_MEDIAN_ZERO_MESSAGE,
     check_grams,
@@ -45,7 +45,7 @@ def rbf_from_linear_gram(gram: torch.Tensor, threshold: float) -> float:
     if impl == "cpu":
         return cpu_kernels().rbf_from_linear_gram(gram.detach().numpy(), float(threshold), num_threads())
     if impl == "cuda":
-        from pyprune._cuda import rbf_from_linear_gram_cuda
+        from pyprune.ops.cuda import rbf_from_linear_gram_cuda
 
         return rbf_from_linear_gram_cuda(gram, threshold)
     return rbf_from_linear_gram_reference(gram, threshold)

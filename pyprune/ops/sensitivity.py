@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pyprune.backend import cpu_kernels, num_threads, use_kernel
+from pyprune.ops.backend import cpu_kernels, num_threads, use_kernel
 
 EPSILON = float(torch.finfo(torch.float32).eps)
 """Threshold of the denominators. The kernels and :func:`sensitivity_update_reference` count ``|z| <= EPSILON`` as
@@ -410,7 +410,7 @@ def sensitivity_update(
                 num_threads(),
             )
         else:
-            from pyprune._cuda import sensitivity_update_cuda_unchecked
+            from pyprune.ops.cuda import sensitivity_update_cuda_unchecked
 
             sensitivity_update_cuda_unchecked(weight, block, geometry, z, mean_out, max_out, positions)
     if mean_out is not s_mean:

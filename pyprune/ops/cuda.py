@@ -161,16 +161,9 @@ def _cupy() -> Any:
 
 
 def _source_dirs() -> list[Path]:
-    here = Path(__file__).resolve().parent
-    dirs = [here.parent / "csrc" / "cuda"]  # source checkout or editable install: the sources being edited
-    import pyprune
-
-    # Then the installed package (for an editable install, also the copy in site-packages).
-    for entry in [str(here), *(p for p in pyprune.__path__ if Path(p).is_absolute())]:
-        candidate = Path(entry).resolve() / "cuda"
-        if candidate not in dirs:
-            dirs.append(candidate)
-    return dirs
+    package = Path(__file__).resolve().parents[1]
+    # The source checkout first (the sources being edited), then the copy CMake installs into the package.
+    return [package.parent / "csrc" / "cuda", package / "cuda"]
 
 
 def cuda_sources() -> list[Path]:
