@@ -1,6 +1,6 @@
 // CKA-damage kernels: the CUDA twin of csrc/cpu/cka_damage.cpp (definitions: the references in
 // pyprune/ops/reference.py). CuPy compiles it at run time through NVRTC
-// (pyprune/_cuda.py), with the launch constants of pp_common.cuh. float64 throughout; double atomicAdd needs sm_60+.
+// (pyprune/ops/cuda.py), with the launch constants of pp_common.cuh. float64 throughout; double atomicAdd needs sm_60+.
 //
 // Greedy removal order (host: pyprune.ops.cuda.greedy_removal_order_cuda), two launches on one stream:
 //   1. pyprune::cka_column_sums: one thread per neuron i writes column[i] = sum over active a of M[a, i] (rows in
@@ -239,20 +239,7 @@ __global__ void __launch_bounds__(PP_THREADS)
         s_self[warp] = self_part;
       }
       __syncthreads();
-      if (tid < PP_TILE) {
-        const int d = tid;
-        double* __restrict__ out = rows + c * n;
-        const double row_sum = s_row[d] + s_row[PP_TILE + d];
-        double col_sum = 0.0;
-#pragma unroll
-        for (int q = 0; q < PP_ROW_STEP; ++q) col_sum += s_col[q * PP_TILE + d];
-        if (r0 == c0) {
-          if (r0 + d < n) atomicAdd(out + r0 + d, row_sum + col_sum);
-        } else {
-          if (r0 + d < n) atomicAdd(out + r0 + d, row_sum);
-          atomicAdd(out + c0 + d, col_sum);  // c0 + d < r0 <= n - 1 on an off-diagonal tile
-        }
-      }
+      pp_add_tile_row_sums(s_row, s_col, rows + c * n, r0, c0, n);
       if (tid == 0) {
         double cross_total = 0.0, self_total = 0.0;
 #pragma unroll
