@@ -24,12 +24,15 @@ from pyprune import _C
 from pyprune.ops import cuda as _cuda
 from pyprune.ops import sensitivity as ops
 from pyprune.ops.backend import use_backend
-from pyprune.ops.sensitivity import (
-    EPSILON,
+from pyprune.ops.checks import (
     NEGATIVE_INPUTS_MESSAGE,
-    Geometry,
     check_kernel_arguments,
     check_sensitivity_arguments,
+    window_positions,
+)
+from pyprune.ops.sensitivity import (
+    EPSILON,
+    Geometry,
     denominators,
     sensitivity_update,
     sensitivity_update_reference,
@@ -261,7 +264,7 @@ def test_kernel_matches_reference_on_random_windows(
     kernel, stride, padding, dilation, size, filters, batch, seed
 ):
     geometry = Geometry(kernel, stride, padding, dilation)
-    out = [ops.window_positions(size[1 + a], kernel[a], stride[a], padding[a], dilation[a]) for a in (0, 1)]
+    out = [window_positions(size[1 + a], kernel[a], stride[a], padding[a], dilation[a]) for a in (0, 1)]
     assume(min(out) >= 1)
     weight, inputs = make_case(geometry, filters, size, batch, seed)
     state = initial_state(weight, seed)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from pyprune.ops.nm_select import check_n_m
+from pyprune.ops.checks import check_n_m
 from pyprune.pruning.oneshot.calibration import (
     BlockRun,
     find_blocks,
