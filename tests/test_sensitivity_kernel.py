@@ -328,6 +328,42 @@ def test_dispatcher_blocks_of_examples_change_nothing(name, geometry, filters, s
     )
 
 
+class _RecordingKernels:
+    """pyprune._C, recording the value scans and the kernel calls of the CPU path."""
+
+    def __init__(self):
+        self.calls = []
+
+    def check_sensitivity_values(self, weight, inputs):
+        self.calls.append("scan")
+        return _C.check_sensitivity_values(weight, inputs)
+
+    def sensitivity_update(self, *args, check_values=True):
+        self.calls.append(("kernel", check_values))
+        return _C.sensitivity_update(*args, check_values=check_values)
+
+
+def test_cpu_path_scans_the_values_once_before_any_block(monkeypatch):
+    geometry = Geometry((3, 3), (1, 1), (1, 1), (1, 1))
+    weight, inputs = make_case(geometry, 4, (2, 6, 5), batch=5, seed=4)
+    recording = _RecordingKernels()
+    monkeypatch.setattr(ops, "cpu_kernels", lambda: recording)
+    monkeypatch.setattr(ops, "DENOMINATOR_BUDGET", 1)  # one example per kernel call
+    state = initial_state(weight, 4)
+    with use_backend("auto"):
+        got = updated("dispatch", weight, inputs, geometry, state)
+        assert recording.calls == ["scan"] + [("kernel", False)] * 5
+        want = updated("reference", weight, inputs, geometry, state)
+        torch.testing.assert_close(got, want, rtol=0, atol=TIGHT)
+        # A bad value in the last block: refused before the first block touched the maxima.
+        inputs[-1, 0, 0, 0] = float("nan")
+        s_mean, s_max = (s.clone() for s in state)
+        with pytest.raises(ValueError, match=r"^inputs: contains NaN or inf$"):
+            sensitivity_update(weight, inputs, geometry, s_mean, s_max)
+        assert torch.equal(s_mean, state[0])
+        assert torch.equal(s_max, state[1])
+
+
 def test_dispatcher_accepts_views_and_other_input_dtypes():
     geometry = Geometry((3, 3), (1, 1), (1, 1), (1, 1))
     weight, inputs = make_case(geometry, 4, (2, 6, 5), batch=6, seed=2)
