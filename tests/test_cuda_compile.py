@@ -187,6 +187,15 @@ def test_launch_constants_defined_once() -> None:
         assert f"-D{name}={value}" in options
 
 
+def test_sensitivity_threshold_is_float32_epsilon() -> None:
+    """The denominator threshold of sensitivity.cu is the EPSILON of pyprune.ops.sensitivity (FLT_EPSILON)."""
+    from pyprune.ops.sensitivity import EPSILON
+
+    source = next(p for p in SOURCES if p.stem == "sensitivity").read_text()
+    value = re.search(r"^#define PP_SENS_EPS (\S+)", source, flags=re.MULTILINE).group(1)
+    assert float.fromhex(value) == EPSILON
+
+
 def test_common_header_ships_with_sources() -> None:
     """CMake installs every .cu and .cuh beside the module, and the sdist includes them."""
     root = Path(__file__).resolve().parents[1]

@@ -94,6 +94,17 @@ def check_grams(
     return n, dtype
 
 
+def check_linear_gram_arguments(x: torch.Tensor, out: torch.Tensor | None) -> None:
+    """``out``, when given, must be a contiguous ``(n, n)`` tensor of ``x``'s dtype, ``x`` being ``(n, p)``."""
+    if out is not None and (
+        out.shape != (x.shape[0], x.shape[0]) or out.dtype != x.dtype or not out.is_contiguous()
+    ):
+        raise ValueError(
+            f"out: expected a contiguous {tuple(x.shape[:1]) * 2} tensor of dtype {x.dtype}, got "
+            f"{tuple(out.shape)} {out.dtype}"
+        )
+
+
 def check_gram_hsic_arguments(
     grams_a: Sequence[torch.Tensor], grams_b: Sequence[torch.Tensor] | None = None
 ) -> tuple[int, torch.dtype]:
