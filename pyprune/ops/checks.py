@@ -22,7 +22,7 @@ NEGATIVE_INPUTS_MESSAGE = (
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def dtype_name(dtype: torch.dtype) -> str:
+def _dtype_name(dtype: torch.dtype) -> str:
     """``float64`` for ``torch.float64``: the spelling NumPy (and so ``pyprune._C``) uses."""
     return str(dtype).removeprefix("torch.")
 
@@ -75,7 +75,7 @@ def check_grams(
         if not isinstance(g, torch.Tensor):
             raise TypeError(f"{where}: expected a torch.Tensor, got {type(g).__name__}")
         if g.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"{where}: expected float32 or float64, got {dtype_name(g.dtype)}")
+            raise TypeError(f"{where}: expected float32 or float64, got {_dtype_name(g.dtype)}")
         if g.ndim != 2 or g.shape[0] != g.shape[1]:
             raise ValueError(f"{where}: expected a square 2-D matrix, got shape {tuple(g.shape)}")
         if g.shape[1] > 1 and g.stride(1) != 1:
@@ -136,7 +136,7 @@ def _check_tensor(t: object, name: str, dtype: torch.dtype) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if t.dtype != dtype:
-        raise TypeError(f"{name}: expected {dtype_name(dtype)}, got {dtype_name(t.dtype)}")
+        raise TypeError(f"{name}: expected {_dtype_name(dtype)}, got {_dtype_name(t.dtype)}")
 
 
 def _check_device(t: torch.Tensor, name: str, device: torch.device) -> None:
@@ -313,7 +313,7 @@ def _check_arguments(
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
     if weight.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"weight: expected float32 or float64, got {dtype_name(weight.dtype)}")
+        raise TypeError(f"weight: expected float32 or float64, got {_dtype_name(weight.dtype)}")
     if weight.ndim != 2:
         raise ValueError(f"weight: expected a 2-D (F, J) matrix, got shape {_shape(weight)}")
     if kernel and not weight.is_contiguous():
@@ -325,13 +325,13 @@ def _check_arguments(
         raise ValueError(
             f"weight: expected J = C_in * {kernel_size[0]} * {kernel_size[1]} columns, got {columns}"
         )
-    device, wanted = weight.device, dtype_name(weight.dtype)
+    device, wanted = weight.device, _dtype_name(weight.dtype)
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs: expected a torch.Tensor, got {type(inputs).__name__}")
     if kernel and inputs.dtype != weight.dtype:
-        raise TypeError(f"inputs: expected {wanted} (the dtype of weight), got {dtype_name(inputs.dtype)}")
+        raise TypeError(f"inputs: expected {wanted} (the dtype of weight), got {_dtype_name(inputs.dtype)}")
     if not kernel and not inputs.dtype.is_floating_point:
-        raise TypeError(f"inputs: expected a floating-point tensor, got {dtype_name(inputs.dtype)}")
+        raise TypeError(f"inputs: expected a floating-point tensor, got {_dtype_name(inputs.dtype)}")
     if kernel_size:
         ok = inputs.ndim == 4 and inputs.shape[1] == columns // taps
         expected = f"(batch, {columns // taps}, H, W)"
@@ -363,7 +363,7 @@ def _check_arguments(
         if not isinstance(z, torch.Tensor):
             raise TypeError(f"z: expected a torch.Tensor, got {type(z).__name__}")
         if z.dtype != weight.dtype:
-            raise TypeError(f"z: expected {wanted} (the dtype of weight), got {dtype_name(z.dtype)}")
+            raise TypeError(f"z: expected {wanted} (the dtype of weight), got {_dtype_name(z.dtype)}")
         if tuple(z.shape) != (batch, 2, filters, positions):
             raise ValueError(
                 f"z: expected shape (batch, 2, F, P) = {(batch, 2, filters, positions)}, got shape {_shape(z)}"
@@ -376,7 +376,7 @@ def _check_arguments(
         if not isinstance(s, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(s).__name__}")
         if s.dtype != weight.dtype:
-            raise TypeError(f"{name}: expected {wanted} (the dtype of weight), got {dtype_name(s.dtype)}")
+            raise TypeError(f"{name}: expected {wanted} (the dtype of weight), got {_dtype_name(s.dtype)}")
         if tuple(s.shape) != (filters, columns):
             raise ValueError(f"{name}: expected shape {(filters, columns)}, got shape {_shape(s)}")
         if kernel and not s.is_contiguous():

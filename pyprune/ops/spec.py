@@ -65,10 +65,10 @@ class OpSpec:
         return {"cpu": self.cpu, "cuda": self.cuda, "reference": self.reference}[use_kernel(device)]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.implementation(argument_device(args))(*args, **kwargs)
+        return self.implementation(_argument_device(args))(*args, **kwargs)
 
 
-def argument_device(args: Iterable[Any]) -> torch.device:
+def _argument_device(args: Iterable[Any]) -> torch.device:
     """The device of the first tensor among ``args`` (looking inside lists and tuples); CPU if there is none, so
     that the checker of whichever implementation runs names the argument that is not a tensor."""
     for arg in args:
