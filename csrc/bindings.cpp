@@ -446,9 +446,6 @@ py::array_t<uint8_t> nm_select(const py::array& weight, const std::optional<py::
     if (cols > 1 && x.strides(0) != x.itemsize()) throw py::value_error("norms: must be contiguous");
     expect_aligned(x, "norms");
     norm_data = static_cast<const double*>(x.data());
-    for (int64_t j = 0; j < cols; ++j)
-      if (!std::isfinite(norm_data[j]) || norm_data[j] < 0)
-        throw py::value_error("norms: expected finite, non-negative input-feature norms");
   }
   if (m == 0 && (k < 0 || k > cols))
     throw py::value_error("k: expected 0 <= k <= " + std::to_string(cols) + " (the number of columns), got " +
@@ -561,8 +558,9 @@ of a float64 sum of the same float32 data (benchmarks/bench_sensitivity.py measu
         R"doc(Per-row lowest-k (m == 0) or N:M (keep n of every m columns) selection of |W_ij| * norms_j, ties to the
 lowest column (see pyprune.ops.reference.nm_select_reference).
 
-weight (rows, cols) float32 or float64, rows contiguous, finite (the caller checks); norms (cols,) float64 >= 0
-or None (magnitude). Returns uint8 (rows, cols), 1 where removed.)doc");
+weight (rows, cols) float32 or float64, rows contiguous; norms (cols,) float64 or None (magnitude). Values are the
+caller's to check (pyprune.ops.checks.check_nm_select_arguments: weight finite, norms finite and >= 0); a NaN score
+ranks as +inf. Returns uint8 (rows, cols), 1 where removed.)doc");
   m.def("permutation_hsic", &permutation_hsic, py::arg("a"), py::arg("b"), py::arg("permutations"),
         py::arg("num_threads") = 1,
         R"doc(Inner products <A, P_s B P_s^T>_F of a symmetric matrix with permuted copies of another (see

@@ -202,6 +202,24 @@ def test_every_binding_is_fuzzed():
     assert public <= set(_CASES), f"no fuzz cases for {sorted(public - set(_CASES))}"
 
 
+def test_nan_scores_do_not_break_nm_select():
+    """NaN compares false with everything, which breaks nth_element's order (and can run it off the row): the
+    kernel ranks a NaN score as +inf instead. Run in a child, so that a crash fails the test and nothing else."""
+    cases = [
+        ("nan weight", "C.nm_select(np.where(np.eye(64) > 0, np.nan, 1.0), None, 17, 0, 0, 2)"),
+        ("inf weight, zero norm", "C.nm_select(np.full((3, 64), np.inf), np.zeros(64), 0, 2, 4, 2)"),
+        ("nan norms", "C.nm_select(np.ones((3, 64)), np.full(64, np.nan), 30, 0, 0, 2)"),
+    ]
+    assert [line for line in run_cases(cases) if line.startswith("RETURNED")] == [
+        f"RETURNED {name}" for name, _ in cases
+    ]
+    weight = np.ones((2, 8))
+    weight[0, 3] = np.nan
+    removed = _C.nm_select(weight, None, 7, 0, 0, 1)
+    assert removed[0, 3] == 0  # the NaN ranks last: kept
+    assert removed.sum() == 14
+
+
 def test_overflowing_kernel_size_names_the_argument():
     """The issue's reproducer: kernel_size 2**32 x 2**32 made the tap count wrap to 0 (SIGFPE)."""
     with pytest.raises(ValueError, match="kernel_size"):
