@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pyprune import models
-from pyprune.backend import cpu_kernels, num_threads
+from pyprune.ops.backend import cpu_kernels, num_threads
 from pyprune.ops.sensitivity import Geometry, denominators
 
 IMAGE_SEED = 0

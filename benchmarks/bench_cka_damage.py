@@ -89,7 +89,7 @@ from torch import nn
 
 import pyprune
 from pyprune import models
-from pyprune.backend import cpu_import_error, cpu_kernels, use_kernel
+from pyprune.ops.backend import cpu_import_error, cpu_kernels, use_kernel
 from pyprune.pruning.criteria.cka_damage import CKADamage
 
 GOAL_SPEEDUP = 1000.0

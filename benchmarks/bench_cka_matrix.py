@@ -126,7 +126,7 @@ def measure_worker(task: dict[str, Any]) -> dict[str, Any]:
         # Import (and load the C++ module) before measuring, so only the computation is counted.
         import scipy.linalg  # noqa: F401  (pyprune's CPU Gram uses SciPy's BLAS)
 
-        from pyprune.backend import cpu_kernels, use_backend, use_kernel
+        from pyprune.ops.backend import cpu_kernels, use_backend, use_kernel
         from pyprune.similarity.cka import cka_matrix
 
         cpu_kernels()

@@ -53,9 +53,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import pyprune
-from pyprune.backend import cpu_kernels, get_backend, use_backend
 from pyprune.data import load_mnist_subset
 from pyprune.models import lenet5, lenet_300_100
+from pyprune.ops.backend import cpu_kernels, get_backend, use_backend
 from pyprune.pruning.criteria.provable import SensitivityTracker, sensitivity_set_size
 from pyprune.training.fit import evaluate, fit
 from pyprune.training.schedules import cascade

@@ -64,7 +64,7 @@ from _runner import (
 )
 from _sensitivity_layers import describe, doubled, kernel_only, linear_layer, resnet_layers
 
-from pyprune.backend import cpu_kernels
+from pyprune.ops.backend import cpu_kernels
 from pyprune.ops.sensitivity import sensitivity_update, sensitivity_update_reference
 
 GOAL_GEMM_RATIO = 3.0

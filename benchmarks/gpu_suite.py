@@ -83,7 +83,7 @@ from _runner import (
 import pyprune
 import tests.conftest  # noqa: F401  (torchvision's op schemas beside a CPU-only torch)
 from pyprune import models
-from pyprune.backend import use_backend, use_kernel
+from pyprune.ops.backend import use_backend, use_kernel
 from pyprune.ops.cka_damage import greedy_removal_order
 from pyprune.ops.sensitivity import denominators, sensitivity_update
 from pyprune.pruning.criteria.cka_damage import CKADamage
@@ -471,7 +471,7 @@ def _kernel_only(weight: torch.Tensor, inputs: torch.Tensor, geometry: Any) -> C
     """The kernel alone, z for the whole set computed beforehand: CUDA kernel on a GPU, C++ kernel on a CPU."""
     z = denominators(weight, inputs, geometry)
     if weight.device.type == "cuda":
-        from pyprune._cuda import sensitivity_update_cuda_unchecked
+        from pyprune.ops.cuda import sensitivity_update_cuda_unchecked
 
         def run() -> None:
             s_mean, s_max = torch.zeros_like(weight), torch.zeros_like(weight)

@@ -66,6 +66,27 @@ void expect_aligned(const py::array& a, const std::string& name) {
     throw py::value_error(name + ": data is not aligned to its element size");
 }
 
+// Python's str(tuple(shape)): "(3, 4)", "(3,)", "()".
+std::string shape_string(const py::array& a) {
+  std::string out = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) out += (d ? ", " : "") + std::to_string(a.shape(d));
+  return out + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// The leading dimension (in elements) of a 2-D array whose rows are contiguous; the kernels index it as
+// ptr + r * ld + c, so a column stride other than the itemsize, a negative or overlapping row stride or one that
+// is not a whole number of elements is refused.
+int64_t row_stride(const py::array& a, const std::string& name) {
+  const int64_t rows = a.shape(0), cols = a.shape(1), itemsize = a.itemsize();
+  if (cols > 1 && a.strides(1) != itemsize)
+    throw py::value_error(name + ": rows must be contiguous (column stride == itemsize)");
+  if (rows > 1 &&
+      (a.strides(0) % itemsize != 0 || a.strides(0) < checked_mul(cols, itemsize, name + " row length")))
+    throw py::value_error(name + ": unsupported row stride " + std::to_string(a.strides(0)));
+  expect_aligned(a, name);
+  return rows > 1 ? a.strides(0) / itemsize : cols;
+}
+
 // A list of square, row-contiguous matrices of one floating dtype, as pointers and leading dimensions.
 struct GramList {
   std::vector<const void*> data;
@@ -86,13 +107,8 @@ GramList check_grams(const std::vector<py::array>& grams, const char* name, int6
     const bool is_f64 = is_float(g, 8);
     if (!is_f32 && !is_f64) throw py::type_error(where + ": expected float32 or float64, got " + std::string(py::str(g.dtype())));
     if (g.ndim() != 2 || g.shape(0) != g.shape(1))
-      throw py::value_error(where + ": expected a square 2-D matrix, got shape " + std::string(py::str(py::cast(std::vector<py::ssize_t>(g.shape(), g.shape() + g.ndim())))));
-    if (g.shape(1) > 1 && g.strides(1) != g.itemsize())
-      throw py::value_error(where + ": rows must be contiguous (column stride == itemsize)");
-    if (g.shape(0) > 1 && (g.strides(0) % g.itemsize() != 0 ||
-                           g.strides(0) < checked_mul(g.shape(1), g.itemsize(), where + " row length")))
-      throw py::value_error(where + ": unsupported row stride " + std::to_string(g.strides(0)));
-    expect_aligned(g, where);
+      throw py::value_error(where + ": expected a square 2-D matrix, got shape " + shape_string(g));
+    const int64_t ld = row_stride(g, where);
     if (out.n == -1) out.n = g.shape(0);
     if (g.shape(0) != out.n)
       throw py::value_error(where + ": expected " + std::to_string(out.n) + " x " + std::to_string(out.n) + ", got " +
@@ -101,7 +117,7 @@ GramList check_grams(const std::vector<py::array>& grams, const char* name, int6
     if (is_f64 != static_cast<bool>(expected_double))
       throw py::type_error(where + ": all Gram matrices must share one dtype");
     out.data.push_back(g.data());
-    out.ld.push_back(g.shape(0) > 1 ? g.strides(0) / g.itemsize() : g.shape(1));
+    out.ld.push_back(ld);
   }
   out.is_double = expected_double;
   return out;
@@ -173,15 +189,8 @@ double rbf_from_linear_gram(py::array gram, double threshold, int num_threads) {
 }
 
 
-// ---- CKA-damage kernels: float64 only. The messages are those of the shared checks in pyprune/ops/reference.py
+// ---- CKA-damage kernels: float64 only. The messages are those of the shared checks in pyprune/ops/checks.py
 // (check_greedy_arguments, check_rbf_scan_arguments), so every backend rejects an input with the same words.
-
-// Python's str(tuple(shape)): "(3, 4)", "(3,)", "()".
-std::string shape_string(const py::array& a) {
-  std::string out = "(";
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) out += (d ? ", " : "") + std::to_string(a.shape(d));
-  return out + (a.ndim() == 1 ? ",)" : ")");
-}
 
 void expect_dtype(const py::array& a, const std::string& name, const char* want) {
   const py::dtype dt = a.dtype();
@@ -282,7 +291,7 @@ py::dict rbf_candidate_scan(py::array distances_kept, py::array values, py::arra
 }
 
 // ---- Sensitivity (SiPP/PFP): float32 or float64. The messages and their order are those of
-// pyprune.ops.sensitivity.check_kernel_arguments, so every backend rejects an input with the same words.
+// pyprune.ops.checks.check_kernel_arguments, so every backend rejects an input with the same words.
 
 // Python's str(tuple(values)).
 std::string tuple_string(const std::vector<int64_t>& values) {
@@ -309,9 +318,34 @@ std::pair<bool, bool> scan_values(const py::array& a) {
   return {finite, negative};
 }
 
+// The value rules of sensitivity_update, one pass over weight and inputs of one float dtype, run without the GIL
+// (the exceptions thrown here are translated once the GIL is back).
+void scan_sensitivity_values(const py::array& weight, const py::array& inputs) {
+  const bool is_double = weight.itemsize() == 8;
+  py::gil_scoped_release release;
+  if (!(is_double ? scan_values<double>(weight) : scan_values<float>(weight)).first)
+    throw py::value_error("weight: contains NaN or inf");
+  const auto [finite, negative] = is_double ? scan_values<double>(inputs) : scan_values<float>(inputs);
+  if (!finite) throw py::value_error("inputs: contains NaN or inf");
+  if (negative)
+    throw py::value_error(
+        "inputs: has negative entries; relative contributions need inputs >= 0 (split a signed batch first with "
+        "the batch-doubling rule, torch.cat([x.clamp_min(0), (-x).clamp_min(0)]), as SensitivityTracker does)");
+}
+
+void check_sensitivity_values(const py::array& weight, const py::array& inputs) {
+  if (!is_float(weight, 4) && !is_float(weight, 8))
+    throw py::type_error("weight: expected float32 or float64, got " + std::string(py::str(weight.dtype())));
+  expect_contiguous(weight, "weight");
+  expect_like_weight(inputs, "inputs", weight);
+  expect_contiguous(inputs, "inputs");
+  scan_sensitivity_values(weight, inputs);
+}
+
 void sensitivity_update(py::array weight, py::array inputs, py::array z, py::array s_mean, py::array s_max,
                         const std::vector<int64_t>& kernel_size, const std::vector<int64_t>& stride,
-                        const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation, int num_threads) {
+                        const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation, int num_threads,
+                        bool check_values) {
   if (!is_float(weight, 4) && !is_float(weight, 8))
     throw py::type_error("weight: expected float32 or float64, got " + std::string(py::str(weight.dtype())));
   if (weight.ndim() != 2)
@@ -378,18 +412,11 @@ void sensitivity_update(py::array weight, py::array inputs, py::array z, py::arr
   }
 
   check_num_threads(num_threads);
+  // pyprune.ops.sensitivity scans a whole batch once with check_sensitivity_values and then passes
+  // check_values=false for each block of it, so no block is read twice.
+  if (check_values) scan_sensitivity_values(weight, inputs);
   const bool is_double = weight.itemsize() == 8;
-  // The value scans read every input once: done without the GIL, like the kernel. The exceptions thrown here
-  // are translated once the GIL is back.
   py::gil_scoped_release release;
-  if (!(is_double ? scan_values<double>(weight) : scan_values<float>(weight)).first)
-    throw py::value_error("weight: contains NaN or inf");
-  const auto [finite, negative] = is_double ? scan_values<double>(inputs) : scan_values<float>(inputs);
-  if (!finite) throw py::value_error("inputs: contains NaN or inf");
-  if (negative)
-    throw py::value_error(
-        "inputs: has negative entries; relative contributions need inputs >= 0 (split a signed batch first with "
-        "the batch-doubling rule, torch.cat([x.clamp_min(0), (-x).clamp_min(0)]), as SensitivityTracker does)");
   if (is_double)
     pyprune::sensitivity_update<double>(
         static_cast<const double*>(weight.data()), filters, columns, static_cast<const double*>(inputs.data()), batch,
@@ -404,29 +431,21 @@ void sensitivity_update(py::array weight, py::array inputs, py::array z, py::arr
 
 py::array_t<uint8_t> nm_select(const py::array& weight, const std::optional<py::array>& norms, int64_t k, int64_t n,
                                int64_t m, int num_threads) {
-  const bool is_f32 = weight.dtype().is(py::dtype::of<float>());
-  const bool is_f64 = weight.dtype().is(py::dtype::of<double>());
-  if (!is_f32 && !is_f64)
+  const bool is_f64 = is_float(weight, 8);
+  if (!is_float(weight, 4) && !is_f64)
     throw py::type_error("weight: expected float32 or float64, got " + std::string(py::str(weight.dtype())));
   if (weight.ndim() != 2) throw py::value_error("weight: expected a 2-D (rows, cols) matrix");
   const int64_t rows = weight.shape(0), cols = weight.shape(1);
-  if (cols > 1 && weight.strides(1) != weight.itemsize())
-    throw py::value_error("weight: rows must be contiguous (column stride == itemsize)");
-  if (rows > 1 && (weight.strides(0) % weight.itemsize() != 0 || weight.strides(0) < cols * weight.itemsize()))
-    throw py::value_error("weight: unsupported row stride " + std::to_string(weight.strides(0)));
-  const int64_t ld = rows > 1 ? weight.strides(0) / weight.itemsize() : cols;
+  const int64_t ld = row_stride(weight, "weight");
   const double* norm_data = nullptr;
   if (norms.has_value()) {
     const py::array& x = *norms;
-    if (!x.dtype().is(py::dtype::of<double>()))
-      throw py::type_error("norms: expected float64, got " + std::string(py::str(x.dtype())));
+    if (!is_float(x, 8)) throw py::type_error("norms: expected float64, got " + std::string(py::str(x.dtype())));
     if (x.ndim() != 1 || x.shape(0) != cols)
       throw py::value_error("norms: expected shape (" + std::to_string(cols) + ",) (one per weight column)");
     if (cols > 1 && x.strides(0) != x.itemsize()) throw py::value_error("norms: must be contiguous");
+    expect_aligned(x, "norms");
     norm_data = static_cast<const double*>(x.data());
-    for (int64_t j = 0; j < cols; ++j)
-      if (!std::isfinite(norm_data[j]) || norm_data[j] < 0)
-        throw py::value_error("norms: expected finite, non-negative input-feature norms");
   }
   if (m == 0 && (k < 0 || k > cols))
     throw py::value_error("k: expected 0 <= k <= " + std::to_string(cols) + " (the number of columns), got " +
@@ -437,7 +456,7 @@ py::array_t<uint8_t> nm_select(const py::array& weight, const std::optional<py::
   if (m != 0 && cols % m != 0)
     throw py::value_error("n_m: " + std::to_string(cols) + " columns do not split into groups of m=" +
                           std::to_string(m));
-  if (num_threads < 1) throw py::value_error("num_threads: expected >= 1, got " + std::to_string(num_threads));
+  check_num_threads(num_threads);
   py::array_t<uint8_t> removed({rows, cols});
   uint8_t* out = removed.mutable_data();
   {
@@ -453,9 +472,10 @@ py::array_t<uint8_t> nm_select(const py::array& weight, const std::optional<py::
 }
 
 // ---- Permutation test of CKA. The full checks (one dtype, symmetric roles, every row a permutation) are
-// pyprune.ops.reference.check_permutation_arguments; here only what protects memory is re-checked.
+// pyprune.ops.checks.check_permutation_arguments; here only what protects memory is re-checked.
 py::array_t<double> permutation_hsic(const py::array& a, const py::array& b, const py::array& permutations,
                                      int num_threads) {
+  check_num_threads(num_threads);
   const GramList ga = check_grams({a}, "a");
   const GramList gb = check_grams({b}, "b", ga.n, ga.is_double);
   const py::dtype dt = permutations.dtype();
@@ -464,16 +484,18 @@ py::array_t<double> permutation_hsic(const py::array& a, const py::array& b, con
   if (permutations.ndim() != 2 || permutations.shape(1) != ga.n)
     throw py::value_error("permutations: expected shape (S, " + std::to_string(ga.n) + "), got " +
                           shape_string(permutations));
-  if (!(permutations.flags() & py::array::c_style)) throw py::value_error("permutations: must be contiguous");
+  expect_contiguous(permutations, "permutations");
   const int64_t n = ga.n, num_perms = permutations.shape(0);
   const auto* perms = static_cast<const int64_t*>(permutations.data());
-  for (int64_t k = 0; k < num_perms * n; ++k)
-    if (perms[k] < 0 || perms[k] >= n)
-      throw py::value_error("permutations: entries must lie in [0, " + std::to_string(n) + "), got " +
-                            std::to_string(perms[k]));
   py::array_t<double> out(num_perms);
   double* p_out = out.mutable_data();
   py::gil_scoped_release release;
+  // Out-of-range entries would index outside b: scanned here, without the GIL, though the Python checker has
+  // already required each row to be a permutation.
+  for (int64_t k = 0, size = checked_mul(num_perms, n, "permutations: S * n"); k < size; ++k)
+    if (perms[k] < 0 || perms[k] >= n)
+      throw py::value_error("permutations: entries must lie in [0, " + std::to_string(n) + "), got " +
+                            std::to_string(perms[k]));
   if (ga.is_double)
     pyprune::permutation_hsic(static_cast<const double*>(ga.data[0]), ga.ld[0], static_cast<const double*>(gb.data[0]),
                               gb.ld[0], n, perms, num_perms, num_threads, p_out);
@@ -518,22 +540,27 @@ Returns a dict of float64 arrays (m,): cross, self_sq, row_sq, total.)doc");
   m.def("sensitivity_update", &sensitivity_update, py::arg("weight"), py::arg("inputs"), py::arg("z"),
         py::arg("s_mean"), py::arg("s_max"), py::arg("kernel_size") = std::vector<int64_t>{},
         py::arg("stride") = std::vector<int64_t>{}, py::arg("padding") = std::vector<int64_t>{},
-        py::arg("dilation") = std::vector<int64_t>{}, py::arg("num_threads") = 1,
+        py::arg("dilation") = std::vector<int64_t>{}, py::arg("num_threads") = 1, py::arg("check_values") = true,
         R"doc(Fold one batch into the running sensitivity maxima s_mean and s_max, in place (see
 pyprune.ops.sensitivity.sensitivity_update_reference).
 
 weight (F, J) float32 or float64; inputs (batch, J / (kh kw), H, W) for a conv or (batch, J) for a Linear
 (kernel_size, stride, padding, dilation all empty), finite and >= 0; z (batch, 2, F, P): z[:, 0] = W+ A and
-z[:, 1] = W- A; s_mean, s_max (F, J). One dtype, all contiguous. Arithmetic is in that dtype: a float32 sum
+z[:, 1] = W- A; s_mean, s_max (F, J). One dtype, all contiguous. check_values=False skips the finite and
+non-negative scan of weight and inputs (for a caller that ran check_sensitivity_values on the whole batch). Arithmetic is in that dtype: a float32 sum
 over the P positions is two-level (chunks of about 64 positions, then the chunk sums), within about 5e-7 relative
 of a float64 sum of the same float32 data (benchmarks/bench_sensitivity.py measures it).)doc");
+  m.def("check_sensitivity_values", &check_sensitivity_values, py::arg("weight"), py::arg("inputs"),
+        R"doc(The value rules of sensitivity_update in one pass without the GIL: weight finite, inputs finite and >= 0
+(weight float32 or float64, inputs of its dtype, both contiguous). Raises ValueError naming the argument.)doc");
   m.def("nm_select", &nm_select, py::arg("weight"), py::arg("norms"), py::arg("k") = 0, py::arg("n") = 0,
         py::arg("m") = 0, py::arg("num_threads") = 1,
         R"doc(Per-row lowest-k (m == 0) or N:M (keep n of every m columns) selection of |W_ij| * norms_j, ties to the
 lowest column (see pyprune.ops.reference.nm_select_reference).
 
-weight (rows, cols) float32 or float64, rows contiguous, finite (the caller checks); norms (cols,) float64 >= 0
-or None (magnitude). Returns uint8 (rows, cols), 1 where removed.)doc");
+weight (rows, cols) float32 or float64, rows contiguous; norms (cols,) float64 or None (magnitude). Values are the
+caller's to check (pyprune.ops.checks.check_nm_select_arguments: weight finite, norms finite and >= 0); a NaN score
+ranks as +inf. Returns uint8 (rows, cols), 1 where removed.)doc");
   m.def("permutation_hsic", &permutation_hsic, py::arg("a"), py::arg("b"), py::arg("permutations"),
         py::arg("num_threads") = 1,
         R"doc(Inner products <A, P_s B P_s^T>_F of a symmetric matrix with permuted copies of another (see

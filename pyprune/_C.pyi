@@ -53,7 +53,9 @@ def sensitivity_update(
     padding: Sequence[int] = (),
     dilation: Sequence[int] = (),
     num_threads: int = 1,
+    check_values: bool = True,
 ) -> None: ...
+def check_sensitivity_values(weight: npt.NDArray[np.floating], inputs: npt.NDArray[np.floating]) -> None: ...
 def nm_select(
     weight: npt.NDArray[np.floating],
     norms: npt.NDArray[np.float64] | None,

@@ -9,9 +9,9 @@ Similarity: :func:`cka`, :func:`cka_matrix`, :class:`MinibatchCKA`, :func:`cca`,
 from importlib import metadata as _metadata
 
 from pyprune.activations import capture, iterate_activations
-from pyprune.backend import get_backend, set_backend, use_backend
 from pyprune.compare import LayerSimilarity, compare_models
 from pyprune.measure import count, latency, report
+from pyprune.ops.backend import get_backend, set_backend, use_backend
 from pyprune.plot import plot_similarity
 from pyprune.pruning import (
     METHODS,

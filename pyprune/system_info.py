@@ -10,19 +10,12 @@ from typing import Any
 
 import torch
 
-from pyprune import backend
+from pyprune.ops import backend, cuda
+from pyprune.ops.registry import OPS
 
-# name -> (what runs on CPU with the compiled module, what runs on CUDA with CuPy)
-KERNELS: dict[str, tuple[str, str]] = {
-    "linear_gram": ("BLAS syrk via SciPy (half a GEMM)", "torch.mm (cuBLAS)"),
-    "gram_hsic_terms": ("C++ csrc/cpu/gram_hsic.cpp", "CUDA csrc/cuda/gram_hsic.cu"),
-    "rbf_from_linear_gram": ("C++ csrc/cpu/rbf_gram.cpp", "CUDA csrc/cuda/rbf_gram.cu"),
-    "greedy_removal_order": ("C++ csrc/cpu/cka_damage.cpp", "CUDA csrc/cuda/cka_damage.cu"),
-    "rbf_candidate_scan": ("C++ csrc/cpu/cka_damage.cpp", "CUDA csrc/cuda/cka_damage.cu"),
-    "sensitivity_update": ("C++ csrc/cpu/sensitivity.cpp", "CUDA csrc/cuda/sensitivity.cu"),
-    "nm_select": ("C++ csrc/cpu/nm_select.cpp", "CUDA csrc/cuda/nm_select.cu"),
-    "permutation_hsic": ("C++ csrc/cpu/permutation_hsic.cpp", "CUDA csrc/cuda/permutation_hsic.cu"),
-}
+#: ``pyprune.ops.linear_gram`` on CPU and on CUDA tensors: not an OpSpec, since it calls BLAS rather than a
+#: kernel of its own; every other row of the table comes from :data:`pyprune.ops.registry.OPS`.
+LINEAR_GRAM = ("BLAS syrk via SciPy (half a GEMM)", "torch.mm (cuBLAS)")
 
 
 def _version(package: str) -> str | None:
@@ -34,17 +27,17 @@ def _version(package: str) -> str | None:
 
 def info() -> dict[str, Any]:
     """Versions, compiled-module status, threads, CUDA/CuPy availability and the per-kernel dispatch table."""
-    from pyprune import _cuda
-
     cpu = backend.cpu_kernels()
-    cuda_ready = _cuda.available()
+    cuda_ready = cuda.available()
     selected = backend.get_backend()
-    kernels = {}
-    for name, (cpu_impl, cuda_impl) in KERNELS.items():
-        kernels[name] = {
+    rows = [("linear_gram", *LINEAR_GRAM), *((op.name, op.cpu_kernel, op.cuda_kernel) for op in OPS)]
+    kernels = {
+        name: {
             "cpu": cpu_impl if selected == "auto" and cpu is not None else "torch reference",
             "cuda": cuda_impl if selected == "auto" and cuda_ready else "torch reference",
         }
+        for name, cpu_impl, cuda_impl in rows
+    }
     return {
         "pyprune": _version("pyprune"),
         "python": platform.python_version(),
@@ -60,7 +53,7 @@ def info() -> dict[str, Any]:
         "torch_cuda_available": torch.cuda.is_available(),
         "cupy": _version("cupy-cuda12x") or _version("cupy-cuda13x") or _version("cupy"),
         "cuda_kernels_available": cuda_ready,
-        "cuda_kernels_reason": None if cuda_ready else _cuda.unavailable_reason(),
+        "cuda_kernels_reason": None if cuda_ready else cuda.unavailable_reason(),
         "cupy_kernel_cache": os.environ.get("CUPY_CACHE_DIR", str(Path.home() / ".cupy" / "kernel_cache")),
         "kernels": kernels,
     }

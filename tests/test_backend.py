@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pyprune
-from pyprune import backend
+from pyprune.ops import backend
 
 
 def test_set_backend_validates_and_restores():

@@ -16,7 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from pyprune.backend import cpu_kernels
+from pyprune.ops.backend import cpu_kernels
 
 _C = cpu_kernels()
 pytestmark = pytest.mark.skipif(_C is None, reason="pyprune._C is not built")
@@ -128,6 +128,17 @@ _CASES = {
         ("norms wrong length", "C.nm_select(np.ones((2, 4)), np.ones(3), 1, 0, 0, 1)"),
         ("complex weight", "C.nm_select(np.ones((2, 4), np.complex64), None, 1, 0, 0, 1)"),
     ],
+    "check_sensitivity_values": [
+        (
+            "weight float16",
+            "C.check_sensitivity_values(np.ones((2, 3), np.float16), np.ones((1, 3), np.float16))",
+        ),
+        ("mixed dtypes", "C.check_sensitivity_values(np.ones((2, 3)), np.ones((1, 3), np.float32))"),
+        ("non-contiguous inputs", "C.check_sensitivity_values(np.ones((2, 3)), np.ones((3, 4))[:, ::2])"),
+        ("big-endian", "C.check_sensitivity_values(np.ones((2, 3), '>f8'), np.ones((1, 3), '>f8'))"),
+        ("nan weight", "C.check_sensitivity_values(np.full((2, 3), np.nan), np.ones((1, 3)))"),
+        ("negative inputs", "C.check_sensitivity_values(np.ones((2, 3)), -np.ones((1, 3)))"),
+    ],
     "permutation_hsic": [
         ("index 2**62", "C.permutation_hsic(np.eye(3), np.eye(3), np.array([[0, 1, 2**62]]), 1)"),
         ("index -1", "C.permutation_hsic(np.eye(3), np.eye(3), np.array([[0, 1, -1]]), 1)"),
@@ -191,6 +202,24 @@ def test_every_binding_is_fuzzed():
     assert public <= set(_CASES), f"no fuzz cases for {sorted(public - set(_CASES))}"
 
 
+def test_nan_scores_do_not_break_nm_select():
+    """NaN compares false with everything, which breaks nth_element's order (and can run it off the row): the
+    kernel ranks a NaN score as +inf instead. Run in a child, so that a crash fails the test and nothing else."""
+    cases = [
+        ("nan weight", "C.nm_select(np.where(np.eye(64) > 0, np.nan, 1.0), None, 17, 0, 0, 2)"),
+        ("inf weight, zero norm", "C.nm_select(np.full((3, 64), np.inf), np.zeros(64), 0, 2, 4, 2)"),
+        ("nan norms", "C.nm_select(np.ones((3, 64)), np.full(64, np.nan), 30, 0, 0, 2)"),
+    ]
+    assert [line for line in run_cases(cases) if line.startswith("RETURNED")] == [
+        f"RETURNED {name}" for name, _ in cases
+    ]
+    weight = np.ones((2, 8))
+    weight[0, 3] = np.nan
+    removed = _C.nm_select(weight, None, 7, 0, 0, 1)
+    assert removed[0, 3] == 0  # the NaN ranks last: kept
+    assert removed.sum() == 14
+
+
 def test_overflowing_kernel_size_names_the_argument():
     """The issue's reproducer: kernel_size 2**32 x 2**32 made the tap count wrap to 0 (SIGFPE)."""
     with pytest.raises(ValueError, match="kernel_size"):
@@ -221,6 +250,57 @@ def test_dtypes_are_compared_by_value():
     np.testing.assert_allclose(got["cross"][0, 0], np.sum(gram * gram), rtol=1e-12)
     single = gram.astype(np.float32).view(np.dtype(np.float32, metadata={"unit": "x"}))
     assert _C.gram_hsic_terms([single])["cross"].shape == (1, 1)
+
+
+def _tagged(array: np.ndarray) -> np.ndarray:
+    """``array`` viewed with an equal dtype that carries metadata (a different dtype object)."""
+    tagged = array.view(np.dtype(array.dtype, metadata={"unit": "x"}))
+    assert tagged.dtype == array.dtype
+    assert tagged.dtype is not array.dtype
+    return tagged
+
+
+def test_every_binding_compares_dtypes_by_value():
+    """Each binding gives the same result for arrays whose dtypes carry metadata (nm_select once compared dtype
+    objects by identity and refused a tagged float64 as "got float64")."""
+    rng = np.random.default_rng(2)
+    weight, norms = rng.standard_normal((3, 8)), rng.random(8)
+    for w in (weight, weight.astype(np.float32)):
+        np.testing.assert_array_equal(
+            _C.nm_select(_tagged(w), _tagged(norms), 3, 0, 0, 1), _C.nm_select(w, norms, 3, 0, 0, 1)
+        )
+    m = rng.random((5, 5))
+    m = m @ m.T
+    active = np.array([True, False, True, True, True])
+    for got, want in zip(
+        _C.greedy_removal_order(_tagged(m), _tagged(active)), _C.greedy_removal_order(m, active), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)
+    perms = np.array([[0, 1, 2, 3, 4], [4, 2, 0, 1, 3]])
+    np.testing.assert_array_equal(
+        _C.permutation_hsic(_tagged(m), _tagged(m), _tagged(perms)), _C.permutation_hsic(m, m, perms)
+    )
+    values, candidates, inv = rng.random((3, 5, 2)), np.array([0, 2]), np.array([0.5, 0.25])
+    scan = _C.rbf_candidate_scan(m, values, candidates, inv, m)
+    tagged_scan = _C.rbf_candidate_scan(*map(_tagged, (m, values, candidates, inv, m)))
+    for key, value in scan.items():
+        np.testing.assert_array_equal(tagged_scan[key], value)
+    gram, tagged_gram = m.copy(), _tagged(m.copy())
+    assert _C.rbf_from_linear_gram(tagged_gram, 0.5) == _C.rbf_from_linear_gram(gram, 0.5)
+    np.testing.assert_array_equal(tagged_gram, gram)
+    weight, inputs = rng.standard_normal((2, 3)), rng.random((4, 3))
+    z = np.stack([np.maximum(weight, 0) @ inputs.T, np.minimum(weight, 0) @ inputs.T]).transpose(2, 0, 1)[
+        ..., None
+    ]
+    z = np.ascontiguousarray(z)
+    want = [np.zeros((2, 3)), np.zeros((2, 3))]
+    _C.sensitivity_update(weight, inputs, z, *want)
+    got = [_tagged(np.zeros((2, 3))), _tagged(np.zeros((2, 3)))]
+    _C.check_sensitivity_values(_tagged(weight), _tagged(inputs))
+    _C.sensitivity_update(_tagged(weight), _tagged(inputs), _tagged(z), *got)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert want[0].max() > 0
 
 
 def test_gram_hsic_terms_is_bit_identical_across_runs():

@@ -1,4 +1,4 @@
-"""Every ``csrc/cuda/*.cu`` compiles, with the options and template instantiations ``pyprune._cuda`` uses.
+"""Every ``csrc/cuda/*.cu`` compiles, with the options and template instantiations ``pyprune.ops.cuda`` uses.
 
 No GPU is needed: NVRTC only translates CUDA C++ to PTX. The compiler is NVRTC through ``cuda.bindings.nvrtc``
 (the ``cuda-bindings`` package, which loads ``libnvrtc.so`` from the ``nvidia-cuda-nvrtc`` wheel through
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pyprune import _cuda
+from pyprune.ops import cuda as _cuda
 
 SOURCES = _cuda.cuda_sources()
 # Double-precision atomicAdd needs compute capability 6.0; we compile for the oldest architecture the compiler
@@ -141,7 +141,7 @@ def compile_with_nvcc(source: Path, expressions: tuple[str, ...], tmp_path: Path
     nvcc = _nvcc_path()
     listed = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=True).stdout
     arch = _pick_arch([int(m) for m in re.findall(r"compute_(\d+)", listed)])
-    lines = [source.read_text(), "", "// Instantiations requested by pyprune._cuda (test only)."]
+    lines = [source.read_text(), "", "// Instantiations requested by pyprune.ops.cuda (test only)."]
     if expressions:  # an array with external linkage: no unused-variable warning
         lines.append("void* pp_instances[] = {" + ", ".join(f"(void*)&{e}" for e in expressions) + "};")
     unit = tmp_path / source.name
@@ -175,16 +175,25 @@ def _check_includes(source: Path) -> None:
 
 
 def test_launch_constants_defined_once() -> None:
-    """The launch constants come from pyprune._cuda as -D options; no CUDA source may define its own."""
+    """The launch constants come from pyprune.ops.cuda as -D options; no CUDA source may define its own."""
     headers = sorted(SOURCES[0].parent.glob("*.cuh")) if SOURCES else []
     for path in [*SOURCES, *headers]:
         for name in _cuda.LAUNCH_CONSTANTS:
             assert not re.search(rf"^\s*#\s*define\s+{name}\b", path.read_text(), flags=re.MULTILINE), (
-                f"{path.name} defines {name}, which pyprune._cuda.LAUNCH_CONSTANTS passes as -D{name}"
+                f"{path.name} defines {name}, which pyprune.ops.cuda.LAUNCH_CONSTANTS passes as -D{name}"
             )
     options = _cuda.nvrtc_options(SOURCES[0].parent)
     for name, value in _cuda.LAUNCH_CONSTANTS.items():
         assert f"-D{name}={value}" in options
+
+
+def test_sensitivity_threshold_is_float32_epsilon() -> None:
+    """The denominator threshold of sensitivity.cu is the EPSILON of pyprune.ops.sensitivity (FLT_EPSILON)."""
+    from pyprune.ops.sensitivity import EPSILON
+
+    source = next(p for p in SOURCES if p.stem == "sensitivity").read_text()
+    value = re.search(r"^#define PP_SENS_EPS (\S+)", source, flags=re.MULTILINE).group(1)
+    assert float.fromhex(value) == EPSILON
 
 
 def test_common_header_ships_with_sources() -> None:
@@ -196,9 +205,9 @@ def test_common_header_ships_with_sources() -> None:
 
 
 def test_sources_found_and_registered() -> None:
-    assert SOURCES, "no csrc/cuda/*.cu found by pyprune._cuda.cuda_sources()"
+    assert SOURCES, "no csrc/cuda/*.cu found by pyprune.ops.cuda.cuda_sources()"
     assert {p.stem for p in SOURCES} == set(_cuda.NAME_EXPRESSIONS), (
-        "every .cu file needs its name expressions in pyprune._cuda.NAME_EXPRESSIONS (and vice versa)"
+        "every .cu file needs its name expressions in pyprune.ops.cuda.NAME_EXPRESSIONS (and vice versa)"
     )
 
 

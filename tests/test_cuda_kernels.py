@@ -1,8 +1,8 @@
-"""The CUDA kernels (``pyprune._cuda``, CuPy + NVRTC) against exact float64 NumPy results.
+"""The CUDA kernels (``pyprune.ops.cuda``, CuPy + NVRTC) against exact float64 NumPy results.
 
 Same inputs, checks and tolerances as ``tests/test_reference_kernels.py`` (whose helpers are reused), on a
 CUDA device, plus more layer counts (every register tile of ``gram_hsic.cu``), larger sizes (several tiles),
-stream ordering and argument errors. Skipped unless ``pyprune._cuda.available()``.
+stream ordering and argument errors. Skipped unless ``pyprune.ops.cuda.available()``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyprune import _cuda
+from pyprune.ops import cuda as _cuda
 
 
 def _load_helpers():

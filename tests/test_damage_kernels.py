@@ -1,4 +1,4 @@
-"""The CKA-damage kernels (``pyprune._C`` and ``pyprune._cuda``) against their plain-torch references.
+"""The CKA-damage kernels (``pyprune._C`` and ``pyprune.ops.cuda``) against their plain-torch references.
 
 ``greedy_removal_order``: the kernels repeat the reference's arithmetic operation for operation, so removal
 orders must be identical, ties included (dead and duplicated neurons). On integer-valued interaction matrices
@@ -24,15 +24,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyprune import _C, _cuda
-from pyprune.backend import use_backend
+from pyprune import _C
+from pyprune.ops import cuda as _cuda
+from pyprune.ops.backend import use_backend
+from pyprune.ops.checks import check_greedy_arguments, check_rbf_scan_arguments
 from pyprune.ops.cka_damage import greedy_removal_order, rbf_candidate_scan
-from pyprune.ops.reference import (
-    check_greedy_arguments,
-    check_rbf_scan_arguments,
-    greedy_removal_order_reference,
-    rbf_candidate_scan_reference,
-)
+from pyprune.ops.reference import greedy_removal_order_reference, rbf_candidate_scan_reference
 
 RTOL = 1e-12
 SCAN_KEYS = ("cross", "self_sq", "row_sq", "total")

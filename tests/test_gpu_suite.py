@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pyprune import _cuda
+from pyprune.ops import cuda as _cuda
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pyprune
-from pyprune.backend import cpu_kernels
+from pyprune.ops.backend import cpu_kernels
 from pyprune.ops.nm_select import nm_select
 from pyprune.ops.reference import nm_select_reference
 
@@ -127,7 +127,7 @@ def test_binding_checks_memory_arguments() -> None:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 4), (7, 300), (64, 4096)])
 def test_cuda_kernel_equals_reference(dtype: torch.dtype, shape: tuple[int, int]) -> None:
-    from pyprune import _cuda
+    from pyprune.ops import cuda as _cuda
 
     if not _cuda.available():
         pytest.skip(_cuda.unavailable_reason())

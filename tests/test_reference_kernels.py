@@ -255,7 +255,7 @@ def run_rbf(impl: str, gram: torch.Tensor, threshold: float, threads: int = 1) -
     if impl == "reference":
         return rbf_from_linear_gram_reference(gram, threshold)
     if impl == "cuda":
-        from pyprune._cuda import rbf_from_linear_gram_cuda
+        from pyprune.ops.cuda import rbf_from_linear_gram_cuda
 
         return rbf_from_linear_gram_cuda(gram, threshold)
     raise ValueError(impl)
@@ -268,7 +268,7 @@ def run_gram_hsic(impl: str, grams_a, grams_b, threads: int = 1) -> dict:
     if impl == "reference":
         return gram_hsic_terms_reference(grams_a, grams_b)
     if impl == "cuda":
-        from pyprune._cuda import gram_hsic_terms_cuda
+        from pyprune.ops.cuda import gram_hsic_terms_cuda
 
         return gram_hsic_terms_cuda(grams_a, grams_b)
     raise ValueError(impl)

@@ -1,4 +1,4 @@
-"""The sensitivity kernels (``pyprune._C.sensitivity_update``, ``pyprune._cuda.sensitivity_update_cuda``) against
+"""The sensitivity kernels (``pyprune._C.sensitivity_update``, ``pyprune.ops.cuda.sensitivity_update_cuda``) against
 the plain-torch reference ``sensitivity_update_reference`` and a brute-force float64 evaluation of the definition.
 
 float64: the kernels agree with both to 1e-12 (the values are relative contributions in [0, 1]; the kernels
@@ -20,15 +20,19 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pyprune import _C, _cuda
-from pyprune.backend import use_backend
+from pyprune import _C
+from pyprune.ops import cuda as _cuda
 from pyprune.ops import sensitivity as ops
-from pyprune.ops.sensitivity import (
-    EPSILON,
+from pyprune.ops.backend import use_backend
+from pyprune.ops.checks import (
     NEGATIVE_INPUTS_MESSAGE,
-    Geometry,
     check_kernel_arguments,
     check_sensitivity_arguments,
+    window_positions,
+)
+from pyprune.ops.sensitivity import (
+    EPSILON,
+    Geometry,
     denominators,
     sensitivity_update,
     sensitivity_update_reference,
@@ -260,7 +264,7 @@ def test_kernel_matches_reference_on_random_windows(
     kernel, stride, padding, dilation, size, filters, batch, seed
 ):
     geometry = Geometry(kernel, stride, padding, dilation)
-    out = [ops.window_positions(size[1 + a], kernel[a], stride[a], padding[a], dilation[a]) for a in (0, 1)]
+    out = [window_positions(size[1 + a], kernel[a], stride[a], padding[a], dilation[a]) for a in (0, 1)]
     assume(min(out) >= 1)
     weight, inputs = make_case(geometry, filters, size, batch, seed)
     state = initial_state(weight, seed)
@@ -322,6 +326,42 @@ def test_dispatcher_blocks_of_examples_change_nothing(name, geometry, filters, s
     torch.testing.assert_close(
         whole[0], updated("reference", weight, inputs, geometry, state)[0], rtol=0, atol=TIGHT
     )
+
+
+class _RecordingKernels:
+    """pyprune._C, recording the value scans and the kernel calls of the CPU path."""
+
+    def __init__(self):
+        self.calls = []
+
+    def check_sensitivity_values(self, weight, inputs):
+        self.calls.append("scan")
+        return _C.check_sensitivity_values(weight, inputs)
+
+    def sensitivity_update(self, *args, check_values=True):
+        self.calls.append(("kernel", check_values))
+        return _C.sensitivity_update(*args, check_values=check_values)
+
+
+def test_cpu_path_scans_the_values_once_before_any_block(monkeypatch):
+    geometry = Geometry((3, 3), (1, 1), (1, 1), (1, 1))
+    weight, inputs = make_case(geometry, 4, (2, 6, 5), batch=5, seed=4)
+    recording = _RecordingKernels()
+    monkeypatch.setattr(ops, "cpu_kernels", lambda: recording)
+    monkeypatch.setattr(ops, "DENOMINATOR_BUDGET", 1)  # one example per kernel call
+    state = initial_state(weight, 4)
+    with use_backend("auto"):
+        got = updated("dispatch", weight, inputs, geometry, state)
+        assert recording.calls == ["scan"] + [("kernel", False)] * 5
+        want = updated("reference", weight, inputs, geometry, state)
+        torch.testing.assert_close(got, want, rtol=0, atol=TIGHT)
+        # A bad value in the last block: refused before the first block touched the maxima.
+        inputs[-1, 0, 0, 0] = float("nan")
+        s_mean, s_max = (s.clone() for s in state)
+        with pytest.raises(ValueError, match=r"^inputs: contains NaN or inf$"):
+            sensitivity_update(weight, inputs, geometry, s_mean, s_max)
+        assert torch.equal(s_mean, state[0])
+        assert torch.equal(s_max, state[1])
 
 
 def test_dispatcher_accepts_views_and_other_input_dtypes():

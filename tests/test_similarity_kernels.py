@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyprune import _C, _cuda, use_backend
+from pyprune import _C, use_backend
+from pyprune.ops import cuda as _cuda
 from pyprune.ops import permutation_hsic
 from pyprune.ops.reference import permutation_hsic_reference
 

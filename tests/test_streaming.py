@@ -66,7 +66,7 @@ def test_self_comparison_and_dict_names():
 
 def test_small_batch_is_skipped_with_warning(monkeypatch):
     # The warning is given once per process: forget whether an earlier test already triggered it.
-    monkeypatch.setattr(pyprune.backend, "_warned", set())
+    monkeypatch.setattr(pyprune.ops.backend, "_warned", set())
     xs, ys = _layers(3, 43)
     acc = pyprune.MinibatchCKA()
     acc.update([x[:40] for x in xs], [y[:40] for y in ys])

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <vector>
 
@@ -45,7 +46,10 @@ void nm_select(const T* weight, int64_t rows, int64_t cols, int64_t ld, const do
       for (int64_t j = 0; j < cols; ++j) {
         // The product of a float widened to double and a double, rounded once: the reference's float64 multiply.
         const double a = std::fabs(static_cast<double>(w[j]));
-        s[j] = norms ? a * norms[j] : a;
+        const double score = norms ? a * norms[j] : a;
+        // NaN (refused by pyprune.ops.checks, but a direct caller may pass one, or inf * 0) compares false with
+        // everything, which breaks nth_element's strict order and can take it past the row: rank it as +inf.
+        s[j] = std::isnan(score) ? std::numeric_limits<double>::infinity() : score;
         out[j] = 0;
       }
       if (m == 0) {

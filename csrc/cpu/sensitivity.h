@@ -1,5 +1,6 @@
-// Empirical sensitivity of every weight to a batch (SiPP/PFP, SPEC §5.3): the fused relative-contribution
-// reduction. Defined by the plain-torch reference sensitivity_update_reference in pyprune/ops/sensitivity.py.
+// Empirical sensitivity of every weight to a batch (SiPP, Baykal et al. 2019; PFP, Liebenwein et al. 2020): the
+// fused relative-contribution reduction. Defined by the plain-torch reference sensitivity_update_reference in
+// pyprune/ops/sensitivity.py.
 //
 // For a layer with weight W (F x J, J = C_in kh kw for a conv, J = in_features for a Linear), a batch of inputs
 // with patches A_jp(x) (p = output position, P of them; P = 1 for a Linear), and the denominators
@@ -22,11 +23,12 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 namespace pyprune {
 
 // float32 machine epsilon: denominators with |z| <= this count as infinite (contribution 0), in every dtype.
-constexpr double kSensitivityEpsilon = 1.1920928955078125e-07;
+constexpr double kSensitivityEpsilon = std::numeric_limits<float>::epsilon();
 
 // How the layer reads its input: a Conv2d's window, or a Linear when kernel_h == kernel_w == 0.
 struct Window {

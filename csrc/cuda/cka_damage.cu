@@ -1,8 +1,8 @@
 // CKA-damage kernels: the CUDA twin of csrc/cpu/cka_damage.cpp (definitions: the references in
 // pyprune/ops/reference.py). CuPy compiles it at run time through NVRTC
-// (pyprune/_cuda.py), with the launch constants of pp_common.cuh. float64 throughout; double atomicAdd needs sm_60+.
+// (pyprune/ops/cuda.py), with the launch constants of pp_common.cuh. float64 throughout; double atomicAdd needs sm_60+.
 //
-// Greedy removal order (host: pyprune._cuda.greedy_removal_order_cuda), two launches on one stream:
+// Greedy removal order (host: pyprune.ops.cuda.greedy_removal_order_cuda), two launches on one stream:
 //   1. pyprune::cka_column_sums: one thread per neuron i writes column[i] = sum over active a of M[a, i] (rows in
 //      index order, as the C++ kernel does, so identical columns get identical sums) and diag[i] = M[i, i],
 //      both 0 for an inactive i. Neighbouring threads read neighbouring columns of a row (coalesced).
@@ -18,7 +18,7 @@
 //   Cost: O(p^2 / #threads-per-column) for the sums, then per step O(p / 1024) per thread plus two barriers;
 //   fine for p up to tens of thousands.
 //
-// RBF candidate scan (host: pyprune._cuda.rbf_candidate_scan_cuda), one launch, then torch on the row sums:
+// RBF candidate scan (host: pyprune.ops.cuda.rbf_candidate_scan_cuda), one launch, then torch on the row sums:
 //   pyprune::cka_rbf_scan: grid (x: tiles of the lower triangle of the n x n pairs, 64 x 64, numbered row by
 //   row; y: candidates, both strided), 256 threads. Thread (tx = tid % 64, ty = tid / 64) handles column
 //   b = c0 + tx of rows a = r0 + ty + 4k, k = 0..15. The candidate's own squared distances of the tile's pairs
@@ -239,20 +239,7 @@ __global__ void __launch_bounds__(PP_THREADS)
         s_self[warp] = self_part;
       }
       __syncthreads();
-      if (tid < PP_TILE) {
-        const int d = tid;
-        double* __restrict__ out = rows + c * n;
-        const double row_sum = s_row[d] + s_row[PP_TILE + d];
-        double col_sum = 0.0;
-#pragma unroll
-        for (int q = 0; q < PP_ROW_STEP; ++q) col_sum += s_col[q * PP_TILE + d];
-        if (r0 == c0) {
-          if (r0 + d < n) atomicAdd(out + r0 + d, row_sum + col_sum);
-        } else {
-          if (r0 + d < n) atomicAdd(out + r0 + d, row_sum);
-          atomicAdd(out + c0 + d, col_sum);  // c0 + d < r0 <= n - 1 on an off-diagonal tile
-        }
-      }
+      pp_add_tile_row_sums(s_row, s_col, rows + c * n, r0, c0, n);
       if (tid == 0) {
         double cross_total = 0.0, self_total = 0.0;
 #pragma unroll

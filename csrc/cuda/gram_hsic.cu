@@ -1,6 +1,6 @@
 // Fused HSIC statistics of many symmetric Gram matrices: the CUDA twin of csrc/cpu/gram_hsic.cpp.
 //
-// CuPy compiles it at run time through NVRTC (pyprune/_cuda.py), with the launch constants of pp_common.cuh.
+// CuPy compiles it at run time through NVRTC (pyprune/ops/cuda.py), with the launch constants of pp_common.cuh.
 //
 // For A_1..A_La and B_1..B_Lb (n x n, only the lower triangle c <= r is read) it accumulates, in double:
 //   cross[i, j] = <A_i, B_j>_F = sum_{c<r} 2 A_i[r,c] B_j[r,c] + sum_r A_i[r,r] B_j[r,r]
@@ -45,7 +45,7 @@
 //
 // Entry point: the kernel template pyprune::gram_hsic<T, BM, BN> with T in {float, double} and BM, BN in
 // {1, 2, 4, 8}, instantiated through NVRTC name expressions such as "pyprune::gram_hsic<float, 4, 4>"
-// (pyprune/_cuda.py compiles only the instantiations it launches).
+// (pyprune/ops/cuda.py compiles only the instantiations it launches).
 
 #include "pp_common.cuh"
 
@@ -79,19 +79,7 @@ __device__ __forceinline__ void pp_tile_rows(const T* __restrict__ g, pp_i64 ld,
     if (lane == 0) s_self[threadIdx.x / 32] = self_part;
   }
   __syncthreads();
-  if (threadIdx.x < PP_TILE) {
-    const int d = threadIdx.x;
-    const double row_sum = s_row[d] + s_row[PP_TILE + d];
-    double col_sum = 0.0;
-#pragma unroll
-    for (int q = 0; q < PP_ROW_STEP; ++q) col_sum += s_col[q * PP_TILE + d];
-    if (r0 == c0) {
-      if (r0 + d < n) atomicAdd(rows + r0 + d, row_sum + col_sum);
-    } else {
-      if (r0 + d < n) atomicAdd(rows + r0 + d, row_sum);
-      atomicAdd(rows + c0 + d, col_sum);  // c0 + d < r0 <= n - 1 on an off-diagonal tile
-    }
-  }
+  pp_add_tile_row_sums(s_row, s_col, rows, r0, c0, n);
   if (self_out != nullptr && threadIdx.x == 0) {
     double total = 0.0;
 #pragma unroll

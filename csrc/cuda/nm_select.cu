@@ -7,10 +7,8 @@
 // everything below it, and among the scores equal to it the lowest columns (a block-wide prefix count in column
 // order). Float32 subnormal weights count as 0 here (-ftz=true), unlike on the CPU.
 
-// PP_THREADS: the block size pyprune/_cuda.py launches with (LAUNCH_CONSTANTS).
+// PP_THREADS: the block size pyprune/ops/cuda.py launches with (LAUNCH_CONSTANTS).
 #include "pp_common.cuh"
-
-#define NM_THREADS PP_THREADS
 
 template <typename T>
 __device__ __forceinline__ unsigned long long score_bits(const T* w, const double* x, long long j) {
@@ -25,7 +23,7 @@ __device__ void rows_impl(const T* __restrict__ weight, const double* __restrict
   __shared__ unsigned int histogram[256];
   __shared__ unsigned long long prefix_s;
   __shared__ long long need_s;
-  __shared__ long long chunk_counts[NM_THREADS];
+  __shared__ long long chunk_counts[PP_THREADS];
   const int t = threadIdx.x;
   for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* w = weight + row * cols;
@@ -33,9 +31,9 @@ __device__ void rows_impl(const T* __restrict__ weight, const double* __restrict
     unsigned long long prefix = 0, mask = 0;
     long long need = k;  // how many of the elements matching `prefix` under `mask` still go
     for (int shift = 56; shift >= 0; shift -= 8) {
-      for (int b = t; b < 256; b += NM_THREADS) histogram[b] = 0;
+      for (int b = t; b < 256; b += PP_THREADS) histogram[b] = 0;
       __syncthreads();
-      for (long long j = t; j < cols; j += NM_THREADS) {
+      for (long long j = t; j < cols; j += PP_THREADS) {
         const unsigned long long s = score_bits(w, x, j);
         if ((s & mask) == prefix) atomicAdd(&histogram[(s >> shift) & 255ull], 1u);
       }
@@ -54,7 +52,7 @@ __device__ void rows_impl(const T* __restrict__ weight, const double* __restrict
       __syncthreads();
     }
     // prefix is now the k-th smallest score; `need` of the scores equal to it go, lowest columns first.
-    const long long chunk = (cols + NM_THREADS - 1) / NM_THREADS;
+    const long long chunk = (cols + PP_THREADS - 1) / PP_THREADS;
     const long long begin = t * chunk, end = begin + chunk < cols ? begin + chunk : cols;
     long long equal = 0;
     for (long long j = begin; j < end; ++j) equal += score_bits(w, x, j) == prefix;
@@ -62,7 +60,7 @@ __device__ void rows_impl(const T* __restrict__ weight, const double* __restrict
     __syncthreads();
     if (t == 0) {
       long long running = 0;
-      for (int i = 0; i < NM_THREADS; ++i) {
+      for (int i = 0; i < PP_THREADS; ++i) {
         const long long c = chunk_counts[i];
         chunk_counts[i] = running;
         running += c;
@@ -101,25 +99,25 @@ __device__ void groups_impl(const T* __restrict__ weight, const double* __restri
   }
 }
 
-extern "C" __global__ void __launch_bounds__(NM_THREADS)
+extern "C" __global__ void __launch_bounds__(PP_THREADS)
     nm_select_rows_f32(const float* weight, const double* x, long long rows, long long cols, long long k,
                        unsigned char* removed) {
   rows_impl<float>(weight, x, rows, cols, k, removed);
 }
 
-extern "C" __global__ void __launch_bounds__(NM_THREADS)
+extern "C" __global__ void __launch_bounds__(PP_THREADS)
     nm_select_rows_f64(const double* weight, const double* x, long long rows, long long cols, long long k,
                        unsigned char* removed) {
   rows_impl<double>(weight, x, rows, cols, k, removed);
 }
 
-extern "C" __global__ void __launch_bounds__(NM_THREADS)
+extern "C" __global__ void __launch_bounds__(PP_THREADS)
     nm_select_groups_f32(const float* weight, const double* x, long long rows, long long cols, long long n,
                          long long m, unsigned char* removed) {
   groups_impl<float>(weight, x, rows, cols, n, m, removed);
 }
 
-extern "C" __global__ void __launch_bounds__(NM_THREADS)
+extern "C" __global__ void __launch_bounds__(PP_THREADS)
     nm_select_groups_f64(const double* weight, const double* x, long long rows, long long cols, long long n,
                          long long m, unsigned char* removed) {
   groups_impl<double>(weight, x, rows, cols, n, m, removed);

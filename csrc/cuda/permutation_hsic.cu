@@ -1,5 +1,5 @@
 // Inner products of a symmetric matrix with many row-and-column permutations of another: the CUDA twin of
-// csrc/cpu/permutation_hsic.cpp. CuPy compiles it at run time through NVRTC (pyprune/_cuda.py), with the launch
+// csrc/cpu/permutation_hsic.cpp. CuPy compiles it at run time through NVRTC (pyprune/ops/cuda.py), with the launch
 // constants of pp_common.cuh.
 //
 //   out[s] = <A, P_s B P_s^T>_F = sum_{c<r} 2 A[r,c] B[p_s(r), p_s(c)] + sum_r A[r,r] B[p_s(r), p_s(r)]

@@ -1,6 +1,6 @@
 // Device helpers and launch constants shared by every csrc/cuda/*.cu (included by NVRTC through -I).
 //
-// The launch constants are defined once, in pyprune/_cuda.py (LAUNCH_CONSTANTS), which launches the kernels
+// The launch constants are defined once, in pyprune/ops/cuda.py (LAUNCH_CONSTANTS), which launches the kernels
 // with them and passes them to NVRTC as -D options, so the host and the kernels cannot disagree about a block
 // or tile size. A source compiled without them stops here instead of silently using other values:
 //   PP_THREADS         threads per block of every kernel except the greedy removal loop
@@ -13,7 +13,7 @@
 
 #if !defined(PP_THREADS) || !defined(PP_GREEDY_THREADS) || !defined(PP_TILE) || !defined(PP_SENS_COLUMNS) || \
     !defined(PP_SENS_FILTERS)
-#error "compile through pyprune._cuda.nvrtc_options(): it passes the launch constants as -D options"
+#error "compile through pyprune.ops.cuda.nvrtc_options(): it passes the launch constants as -D options"
 #endif
 
 // Derived sizes of the tile loops: a block covers a PP_TILE x PP_TILE tile with PP_ROW_STEP rows in flight,
@@ -46,6 +46,27 @@ __device__ __forceinline__ void pp_tile_coords(pp_i64 t, pp_i64& tr, pp_i64& tc)
   while ((r + 1) * (r + 2) / 2 <= t) ++r;
   tr = r;
   tc = t - r * (r + 1) / 2;
+}
+
+// Adds one tile's row sums of a symmetric matrix given by its lower triangle to rows[0..n): s_row holds the
+// partial sums of each tile row from the tile's two 32-column halves (2 x PP_TILE), s_col the sums of each tile
+// column below the diagonal from each of the PP_ROW_STEP rows in flight (PP_ROW_STEP x PP_TILE). The strictly
+// lower entries of tile column d also belong to row c0 + d of the full matrix (the symmetric completion).
+// Threads 0..PP_TILE-1 each add one row and one column; call after the __syncthreads that filled s_row, s_col.
+__device__ __forceinline__ void pp_add_tile_row_sums(const double* s_row, const double* s_col,
+                                                     double* __restrict__ rows, pp_i64 r0, pp_i64 c0, pp_i64 n) {
+  if (threadIdx.x >= PP_TILE) return;
+  const int d = threadIdx.x;
+  const double row_sum = s_row[d] + s_row[PP_TILE + d];
+  double col_sum = 0.0;
+#pragma unroll
+  for (int q = 0; q < PP_ROW_STEP; ++q) col_sum += s_col[q * PP_TILE + d];
+  if (r0 == c0) {
+    if (r0 + d < n) atomicAdd(rows + r0 + d, row_sum + col_sum);
+  } else {
+    if (r0 + d < n) atomicAdd(rows + r0 + d, row_sum);
+    atomicAdd(rows + c0 + d, col_sum);  // c0 + d < r0 <= n - 1 on an off-diagonal tile
+  }
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // RBF kernel matrix from a linear Gram matrix: the CUDA twin of csrc/cpu/rbf_gram.cpp.
 //
-// CuPy compiles it at run time through NVRTC (pyprune/_cuda.py), with the launch constants of pp_common.cuh.
+// CuPy compiles it at run time through NVRTC (pyprune/ops/cuda.py), with the launch constants of pp_common.cuh.
 // The host side runs
 //   1. pyprune::rbf_sq_distances<T>: in place on the lower triangle of G (n x n, rows ld elements apart),
 //        D_rc = max(0, G_rr + G_cc - 2 G_rc) for c < r (computed in double, stored as T), D_rr = 0.

@@ -1,6 +1,6 @@
 // Empirical sensitivity (SiPP/PFP): the CUDA twin of csrc/cpu/sensitivity.cpp (definition: the reference
 // pyprune.ops.sensitivity.sensitivity_update_reference). CuPy compiles it at run time through NVRTC
-// (pyprune/_cuda.py), with the launch constants of pp_common.cuh. T is float or double.
+// (pyprune/ops/cuda.py), with the launch constants of pp_common.cuh. T is float or double.
 //
 // pyprune::sensitivity_rows<T>: the rows of the computation are the pairs (example x, output position p), x-major,
 // b * P of them (P = 1 for a Linear). Grid (x: tiles of 32 columns, y: tiles of 16 filters, z: ranges of whole
@@ -26,7 +26,7 @@
 
 #define PP_SENS_ROWS 64                               // rows staged per chunk
 #define PP_SENS_FILTER_STEP (PP_THREADS / PP_SENS_COLUMNS)  // a thread's two filters are this far apart
-#define PP_SENS_EPS 1.1920928955078125e-07
+#define PP_SENS_EPS 0x1p-23  // float32 machine epsilon (FLT_EPSILON = 2^-23), as in csrc/cpu/sensitivity.h
 
 static_assert(PP_SENS_FILTERS == 2 * PP_SENS_FILTER_STEP, "each thread owns two filters of its column");
 static_assert(PP_THREADS >= PP_SENS_ROWS && PP_THREADS >= PP_SENS_COLUMNS, "one thread per row and column decode");

@@ -1,6 +1,10 @@
-"""Thin dispatchers over pyprune's kernels: each picks the C++, CUDA or plain-torch implementation.
+"""pyprune's kernel layer: each op has one :class:`~pyprune.ops.spec.OpSpec` (argument checker, C++, CUDA and
+torch reference implementations) and calling it picks the implementation for the arguments' device.
 
-Dependency direction: ``csrc`` kernels <- ``pyprune.ops`` <- metrics and criteria <- pruners <- CLI.
+Layout: ``checks`` (the argument checker of every op), ``reference`` (plain-torch definitions), ``cuda`` (CuPy
+launches of ``csrc/cuda``), ``backend`` (which implementation runs), ``spec`` and ``registry`` (the list of
+ops), and one module per op. Dependency direction: ``csrc`` kernels <- ``pyprune.ops`` <- metrics and criteria
+<- pruners <- CLI; nothing in ``pyprune.ops`` imports from the rest of pyprune.
 """
 
 from pyprune.ops.gram import linear_gram

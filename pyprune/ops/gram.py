@@ -18,7 +18,8 @@ import functools
 import numpy as np
 import torch
 
-from pyprune.backend import get_backend, num_threads
+from pyprune.ops.backend import get_backend, num_threads
+from pyprune.ops.checks import check_linear_gram_arguments
 
 _INT32_MAX = 2**31 - 1
 
@@ -93,13 +94,7 @@ def linear_gram(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tenso
         ``(n, n)`` tensor whose lower triangle (diagonal included) holds ``x @ x.T``. The upper triangle is
         unspecified: it may hold zeros or the mirrored values.
     """
-    if out is not None and (
-        out.shape != (x.shape[0], x.shape[0]) or out.dtype != x.dtype or not out.is_contiguous()
-    ):
-        raise ValueError(
-            f"out: expected a contiguous {tuple(x.shape[:1]) * 2} tensor of dtype {x.dtype}, got "
-            f"{tuple(out.shape)} {out.dtype}"
-        )
+    check_linear_gram_arguments(x, out)
     if (
         x.device.type == "cpu"
         and get_backend() == "auto"

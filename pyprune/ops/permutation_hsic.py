@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from pyprune.backend import cpu_kernels, num_threads, use_kernel
-from pyprune.ops.reference import check_permutation_arguments, permutation_hsic_reference
+from pyprune.ops import cuda
+from pyprune.ops.backend import cpu_kernels, num_threads
+from pyprune.ops.checks import check_permutation_arguments
+from pyprune.ops.reference import permutation_hsic_reference
+from pyprune.ops.spec import Call, OpSpec
 
 
 def permutation_hsic(a: torch.Tensor, b: torch.Tensor, permutations: torch.Tensor) -> torch.Tensor:
@@ -24,15 +27,31 @@ def permutation_hsic(a: torch.Tensor, b: torch.Tensor, permutations: torch.Tenso
     Returns:
         float64 ``(S,)`` on the inputs' device.
     """
-    check_permutation_arguments(a, b, permutations)
-    impl = use_kernel(a.device)
-    if impl == "cpu":
-        out = cpu_kernels().permutation_hsic(
-            a.detach().numpy(), b.detach().numpy(), permutations.numpy(), num_threads()
-        )
-        return torch.from_numpy(out)
-    if impl == "cuda":
-        from pyprune._cuda import permutation_hsic_cuda
+    return SPEC(a, b, permutations)
 
-        return permutation_hsic_cuda(a, b, permutations)
-    return permutation_hsic_reference(a, b, permutations)
+
+def _cpu(a: torch.Tensor, b: torch.Tensor, permutations: torch.Tensor) -> torch.Tensor:
+    check_permutation_arguments(a, b, permutations)
+    out = cpu_kernels().permutation_hsic(
+        a.detach().numpy(), b.detach().numpy(), permutations.numpy(), num_threads()
+    )
+    return torch.from_numpy(out)
+
+
+def _example(generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> Call:
+    """Two symmetric 29 x 29 matrices and 7 random permutations."""
+    x, y = (torch.randn(29, 29, generator=generator, dtype=torch.float64) for _ in range(2))
+    perms = torch.stack([torch.randperm(29, generator=generator) for _ in range(7)])
+    return ((x + x.T).to(dtype).to(device), (y + y.T).to(dtype).to(device), perms.to(device)), {}
+
+
+SPEC = OpSpec(
+    name="permutation_hsic",
+    check=check_permutation_arguments,
+    cpu=_cpu,
+    cuda=cuda.permutation_hsic_cuda,
+    reference=permutation_hsic_reference,
+    source="permutation_hsic",
+    dtypes=(torch.float32, torch.float64),
+    example=_example,
+)

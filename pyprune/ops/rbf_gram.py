@@ -6,15 +6,17 @@ import math
 
 import torch
 
-from pyprune.backend import cpu_kernels, num_threads, use_kernel
+from pyprune.ops import cuda
+from pyprune.ops.backend import cpu_kernels, num_threads
+from pyprune.ops.checks import check_rbf_gram_arguments
 from pyprune.ops.reference import (
     RBF_MEDIAN_ZERO_MESSAGE,
-    check_grams,
-    check_rbf_arguments,
-    numpy_median,
+    full_matrix_median,
     rbf_from_linear_gram_reference,
+    strictly_lower,
     symmetric_distances,
 )
+from pyprune.ops.spec import Call, OpSpec
 
 # Above this threshold u = 1 / (2 t^2) < 2^-10 and exp(-u d / m) keeps fewer than ~13 of float32's 24 bits of
 # its distance from 1, the only part that survives centring: such kernels go through
@@ -41,14 +43,30 @@ def rbf_from_linear_gram(gram: torch.Tensor, threshold: float) -> float:
     Raises:
         ValueError: if ``m`` is 0 while some distances are not (more than half the samples coincide).
     """
-    impl = use_kernel(gram.device)
-    if impl == "cpu":
-        return cpu_kernels().rbf_from_linear_gram(gram.detach().numpy(), float(threshold), num_threads())
-    if impl == "cuda":
-        from pyprune._cuda import rbf_from_linear_gram_cuda
+    return SPEC(gram, threshold)
 
-        return rbf_from_linear_gram_cuda(gram, threshold)
-    return rbf_from_linear_gram_reference(gram, threshold)
+
+def _cpu(gram: torch.Tensor, threshold: float) -> float:
+    check_rbf_gram_arguments(gram, threshold)
+    return cpu_kernels().rbf_from_linear_gram(gram.detach().numpy(), float(threshold), num_threads())
+
+
+def _example(generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> Call:
+    """A linear Gram matrix of 40 samples (an even count: the median is the mean of two middle values)."""
+    x = torch.randn(40, 9, generator=generator, dtype=torch.float64)
+    return ((x @ x.T).to(dtype).to(device), 0.8), {}
+
+
+SPEC = OpSpec(
+    name="rbf_from_linear_gram",
+    check=check_rbf_gram_arguments,
+    cpu=_cpu,
+    cuda=cuda.rbf_from_linear_gram_cuda,
+    reference=rbf_from_linear_gram_reference,
+    source="rbf_gram",
+    dtypes=(torch.float32, torch.float64),
+    example=_example,
+)
 
 
 def rbf_deviation_from_linear_gram(gram: torch.Tensor, threshold: float) -> float:
@@ -63,10 +81,9 @@ def rbf_deviation_from_linear_gram(gram: torch.Tensor, threshold: float) -> floa
     Raises:
         ValueError: if the median squared distance is 0 while some distances are not.
     """
-    check_grams([gram], "gram", single=True)
-    check_rbf_arguments(gram.shape[0], threshold)
+    n = check_rbf_gram_arguments(gram, threshold)
     dist = symmetric_distances(gram)
-    median = numpy_median(dist.flatten())
+    median = full_matrix_median(strictly_lower(dist), n)
     if median == 0.0 and bool(dist.any()):
         raise ValueError(RBF_MEDIAN_ZERO_MESSAGE)
     ratio = dist / median if median > 0.0 else dist

@@ -13,13 +13,20 @@ weight carries its whole denominator.
 
 from __future__ import annotations
 
-import operator
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from pyprune.backend import cpu_kernels, num_threads, use_kernel
+from pyprune.ops import cuda
+from pyprune.ops.backend import cpu_kernels, num_threads
+from pyprune.ops.checks import (
+    Geometry,
+    check_sensitivity_arguments,
+    check_sensitivity_values,
+    geometry_pairs,
+)
+from pyprune.ops.spec import Call, OpSpec
 
 EPSILON = float(torch.finfo(torch.float32).eps)
 """Threshold of the denominators. The kernels and :func:`sensitivity_update_reference` count ``|z| <= EPSILON`` as
@@ -36,29 +43,6 @@ batch in blocks of examples, so its extra memory does not grow with the batch.""
 
 CUDA_DENOMINATOR_BUDGET = 1 << 25
 """The same for the CUDA kernel (fewer, larger launches; 128 MiB of float32 ``z``)."""
-
-NEGATIVE_INPUTS_MESSAGE = (
-    "inputs: has negative entries; relative contributions need inputs >= 0 (split a signed batch first with "
-    "the batch-doubling rule, torch.cat([x.clamp_min(0), (-x).clamp_min(0)]), as SensitivityTracker does)"
-)
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How a layer reads its input: a Linear (``kernel_size == ()``) or a Conv2d's window.
-
-    Attributes:
-        kernel_size, stride, padding, dilation: the Conv2d's ``(h, w)`` pairs; empty tuples for a Linear.
-    """
-
-    kernel_size: tuple[int, ...] = ()
-    stride: tuple[int, ...] = ()
-    padding: tuple[int, ...] = ()
-    dilation: tuple[int, ...] = ()
-
-    @property
-    def is_linear(self) -> bool:
-        return not self.kernel_size
 
 
 def patches(inputs: torch.Tensor, geometry: Geometry) -> torch.Tensor:
@@ -126,179 +110,6 @@ def denominator_scale(z: torch.Tensor) -> torch.Tensor:
     peak = z.detach().abs().amax(dim=tuple(range(1, z.ndim)))
     _, exponent = torch.frexp(peak)  # peak = m 2^exponent with m in [0.5, 1)
     return torch.where(peak > 0, torch.ldexp(torch.ones_like(peak), exponent - 1), torch.ones_like(peak))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Argument checks, shared by every backend (the compiled module raises the same messages)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    """``float64`` for ``torch.float64``: the spelling NumPy (and so ``pyprune._C``) uses."""
-    return str(dtype).removeprefix("torch.")
-
-
-def _shape(t: torch.Tensor) -> str:
-    return str(tuple(t.shape))
-
-
-def window_positions(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    """Output positions of a conv along one axis (0 when the window does not fit)."""
-    return max(0, (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1)
-
-
-def _geometry_pairs(geometry: Geometry) -> tuple[tuple[int, ...], ...]:
-    """``(kernel_size, stride, padding, dilation)`` as tuples of ints, checked: four pairs or four empties."""
-    if not isinstance(geometry, Geometry):
-        raise TypeError(
-            f"geometry: expected a pyprune.ops.sensitivity.Geometry, got {type(geometry).__name__}"
-        )
-    fields = []
-    for name in ("kernel_size", "stride", "padding", "dilation"):
-        value = getattr(geometry, name)
-        try:
-            fields.append(tuple(operator.index(v) for v in value))
-        except TypeError:
-            raise TypeError(f"geometry: {name} must be a tuple of ints, got {value!r}") from None
-    kernel, stride, padding, dilation = fields
-    described = f"kernel_size={kernel}, stride={stride}, padding={padding}, dilation={dilation}"
-    lengths = {len(f) for f in fields}
-    if lengths not in ({0}, {2}):
-        raise ValueError(
-            "geometry: expected kernel_size, stride, padding and dilation as (h, w) pairs (all four empty for a "
-            f"Linear layer), got {described}"
-        )
-    if kernel and (min(kernel) < 1 or min(stride) < 1 or min(padding) < 0 or min(dilation) < 1):
-        raise ValueError(
-            f"geometry: expected kernel_size >= 1, stride >= 1, padding >= 0 and dilation >= 1, got {described}"
-        )
-    return kernel, stride, padding, dilation
-
-
-def _check_values(weight: torch.Tensor, inputs: torch.Tensor) -> None:
-    for name, t in (("weight", weight), ("inputs", inputs)):
-        if t.numel() == 0:
-            continue
-        low, high = torch.aminmax(t.detach())
-        if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
-            raise ValueError(f"{name}: contains NaN or inf")
-        if name == "inputs" and float(low) < 0:
-            raise ValueError(NEGATIVE_INPUTS_MESSAGE)
-
-
-def _check_arguments(
-    weight: torch.Tensor,
-    inputs: torch.Tensor,
-    geometry: Geometry,
-    s_mean: torch.Tensor,
-    s_max: torch.Tensor,
-    z: torch.Tensor | None,
-    kernel: bool,
-) -> tuple[int, int]:
-    """Every check, in the order of ``pyprune._C.sensitivity_update``. ``kernel``: the kernels' stricter rules
-    (contiguous arrays, inputs already in weight's dtype, ``z`` given); returns ``(batch, P)``."""
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
-    if weight.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"weight: expected float32 or float64, got {_dtype_name(weight.dtype)}")
-    if weight.ndim != 2:
-        raise ValueError(f"weight: expected a 2-D (F, J) matrix, got shape {_shape(weight)}")
-    if kernel and not weight.is_contiguous():
-        raise ValueError("weight: must be contiguous")
-    filters, columns = weight.shape
-    kernel_size, stride, padding, dilation = _geometry_pairs(geometry)
-    taps = kernel_size[0] * kernel_size[1] if kernel_size else 1
-    if columns % taps:
-        raise ValueError(
-            f"weight: expected J = C_in * {kernel_size[0]} * {kernel_size[1]} columns, got {columns}"
-        )
-    device, wanted = weight.device, _dtype_name(weight.dtype)
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"inputs: expected a torch.Tensor, got {type(inputs).__name__}")
-    if kernel and inputs.dtype != weight.dtype:
-        raise TypeError(f"inputs: expected {wanted} (the dtype of weight), got {_dtype_name(inputs.dtype)}")
-    if not kernel and not inputs.dtype.is_floating_point:
-        raise TypeError(f"inputs: expected a floating-point tensor, got {_dtype_name(inputs.dtype)}")
-    if kernel_size:
-        ok = inputs.ndim == 4 and inputs.shape[1] == columns // taps
-        expected = f"(batch, {columns // taps}, H, W)"
-    else:
-        ok = inputs.ndim == 2 and inputs.shape[1] == columns
-        expected = f"(batch, {columns})"
-    if not ok:
-        raise ValueError(f"inputs: expected shape {expected}, got shape {_shape(inputs)}")
-    if kernel and not inputs.is_contiguous():
-        raise ValueError("inputs: must be contiguous")
-    if inputs.device != device:
-        raise ValueError(f"inputs: expected every tensor on {device}, got {inputs.device}")
-    batch, positions = inputs.shape[0], 1
-    if kernel_size:
-        height, width = inputs.shape[2], inputs.shape[3]
-        out = [
-            window_positions(size, *args)
-            for size, args in zip(
-                (height, width), zip(kernel_size, stride, padding, dilation, strict=True), strict=True
-            )
-        ]
-        if min(out) < 1:
-            raise ValueError(
-                f"inputs: a {height} x {width} input leaves no output position for kernel_size={kernel_size}, "
-                f"stride={stride}, padding={padding}, dilation={dilation}"
-            )
-        positions = out[0] * out[1]
-    if kernel:
-        if not isinstance(z, torch.Tensor):
-            raise TypeError(f"z: expected a torch.Tensor, got {type(z).__name__}")
-        if z.dtype != weight.dtype:
-            raise TypeError(f"z: expected {wanted} (the dtype of weight), got {_dtype_name(z.dtype)}")
-        if tuple(z.shape) != (batch, 2, filters, positions):
-            raise ValueError(
-                f"z: expected shape (batch, 2, F, P) = {(batch, 2, filters, positions)}, got shape {_shape(z)}"
-            )
-        if not z.is_contiguous():
-            raise ValueError("z: must be contiguous")
-        if z.device != device:
-            raise ValueError(f"z: expected every tensor on {device}, got {z.device}")
-    for name, s in (("s_mean", s_mean), ("s_max", s_max)):
-        if not isinstance(s, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(s).__name__}")
-        if s.dtype != weight.dtype:
-            raise TypeError(f"{name}: expected {wanted} (the dtype of weight), got {_dtype_name(s.dtype)}")
-        if tuple(s.shape) != (filters, columns):
-            raise ValueError(f"{name}: expected shape {(filters, columns)}, got shape {_shape(s)}")
-        if kernel and not s.is_contiguous():
-            raise ValueError(f"{name}: must be contiguous")
-        if s.device != device:
-            raise ValueError(f"{name}: expected every tensor on {device}, got {s.device}")
-    _check_values(weight, inputs)
-    return batch, positions
-
-
-def check_sensitivity_arguments(
-    weight: torch.Tensor, inputs: torch.Tensor, geometry: Geometry, s_mean: torch.Tensor, s_max: torch.Tensor
-) -> tuple[int, int]:
-    """Check the arguments of :func:`sensitivity_update` (any backend); return ``(batch, P)``.
-
-    ``weight`` float32/float64 ``(F, J)``; ``geometry`` four ``(h, w)`` pairs with ``J`` a multiple of
-    ``kh * kw`` (or four empty tuples); ``inputs`` floating ``(batch, J / (kh kw), H, W)`` with at least one
-    output position (conv) or ``(batch, J)`` (Linear), finite and >= 0; ``s_mean``/``s_max`` ``(F, J)`` in
-    ``weight``'s dtype; all on one device; ``weight`` finite. Raises ``TypeError``/``ValueError`` naming the
-    argument, with the messages of ``pyprune._C``.
-    """
-    return _check_arguments(weight, inputs, geometry, s_mean, s_max, None, kernel=False)
-
-
-def check_kernel_arguments(
-    weight: torch.Tensor,
-    inputs: torch.Tensor,
-    geometry: Geometry,
-    z: torch.Tensor,
-    s_mean: torch.Tensor,
-    s_max: torch.Tensor,
-) -> tuple[int, int]:
-    """The checks of the kernels themselves (``pyprune._C.sensitivity_update``, the CUDA kernel): those of
-    :func:`check_sensitivity_arguments`, plus ``inputs`` in ``weight``'s dtype, ``z`` of shape
-    ``(batch, 2, F, P)`` and every array contiguous. Returns ``(batch, P)``."""
-    return _check_arguments(weight, inputs, geometry, s_mean, s_max, z, kernel=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -373,47 +184,138 @@ def sensitivity_update(
     (chunks of about 64 positions), within about 5e-7 relative of float64 sums of the same values.
 
     Raises:
-        TypeError, ValueError: a bad argument (see :func:`check_sensitivity_arguments`); nothing is updated.
+        TypeError, ValueError: a bad argument (see :func:`pyprune.ops.checks.check_sensitivity_arguments`);
+            nothing is updated.
     """
-    batch, positions = check_sensitivity_arguments(weight, inputs, geometry, s_mean, s_max)
+    SPEC(weight, inputs, geometry, s_mean, s_max)
+
+
+def _scaled(inputs: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Each example of ``inputs`` divided by its :func:`denominator_scale` (a power of two: exact)."""
+    return inputs / scale.view(-1, *([1] * (inputs.ndim - 1)))
+
+
+def _reference(
+    weight: torch.Tensor, inputs: torch.Tensor, geometry: Geometry, s_mean: torch.Tensor, s_max: torch.Tensor
+) -> None:
+    """:func:`sensitivity_update` with the plain-torch reference."""
+    batch, _ = check_sensitivity_arguments(weight, inputs, geometry, s_mean, s_max)
     if batch == 0 or weight.numel() == 0:
         return
-    impl = use_kernel(weight.device)
-    if impl == "reference":
-        scale = denominator_scale(denominators(weight, inputs.to(weight.dtype), geometry))
-        scaled = inputs.to(weight.dtype) / scale.view(-1, *([1] * (inputs.ndim - 1)))
-        sensitivity_update_reference(weight, scaled, geometry, s_mean, s_max)
-        return
-    weight = weight.detach().contiguous()
-    inputs = inputs.detach().to(weight.dtype).contiguous()
+    inputs = inputs.to(weight.dtype)
+    scaled = _scaled(inputs, denominator_scale(denominators(weight, inputs, geometry)))
+    sensitivity_update_reference(weight, scaled, geometry, s_mean, s_max)
+
+
+#: ``(weight, block, geometry, z, s_mean, s_max, P)``: one block of examples into the contiguous maxima.
+BlockKernel = Callable[
+    [torch.Tensor, torch.Tensor, Geometry, torch.Tensor, torch.Tensor, torch.Tensor, int], None
+]
+
+
+def _in_blocks(
+    kernel: BlockKernel,
+    budget: int,
+    weight: torch.Tensor,
+    inputs: torch.Tensor,
+    geometry: Geometry,
+    s_mean: torch.Tensor,
+    s_max: torch.Tensor,
+    positions: int,
+) -> None:
+    """Run ``kernel`` on blocks of at most ``budget`` denominator entries, with contiguous operands, each
+    example scaled by its :func:`denominator_scale` (which makes the threshold relative, :data:`EPSILON`)."""
     mean_out = s_mean if s_mean.is_contiguous() else s_mean.contiguous()
     max_out = s_max if s_max.is_contiguous() else s_max.contiguous()
-    pairs = _geometry_pairs(geometry)
     split = _split(weight)
-    budget = DENOMINATOR_BUDGET if impl == "cpu" else CUDA_DENOMINATOR_BUDGET
     step = max(1, budget // (2 * weight.shape[0] * positions))
-    for start in range(0, batch, step):
+    for start in range(0, inputs.shape[0], step):
         block = inputs[start : start + step]
         z = _denominators(split, block, geometry)
-        # The relative threshold (EPSILON): scale each example by its power of two, exactly; g is unchanged.
         scale = denominator_scale(z)
-        block = block / scale.view(-1, *([1] * (block.ndim - 1)))
-        z = z / scale.view(-1, 1, 1, 1)
-        if impl == "cpu":
-            cpu_kernels().sensitivity_update(
-                weight.numpy(),
-                block.numpy(),
-                z.numpy(),
-                mean_out.detach().numpy(),
-                max_out.detach().numpy(),
-                *pairs,
-                num_threads(),
-            )
-        else:
-            from pyprune._cuda import sensitivity_update_cuda_unchecked
-
-            sensitivity_update_cuda_unchecked(weight, block, geometry, z, mean_out, max_out, positions)
+        kernel(
+            weight, _scaled(block, scale), geometry, z / scale.view(-1, 1, 1, 1), mean_out, max_out, positions
+        )
     if mean_out is not s_mean:
         s_mean.copy_(mean_out)
     if max_out is not s_max:
         s_max.copy_(max_out)
+
+
+def _cpu(
+    weight: torch.Tensor, inputs: torch.Tensor, geometry: Geometry, s_mean: torch.Tensor, s_max: torch.Tensor
+) -> None:
+    """:func:`sensitivity_update` with the C++ kernel. The values are scanned once, by
+    ``pyprune._C.check_sensitivity_values`` without the GIL, before any block updates the maxima."""
+    batch, positions = check_sensitivity_arguments(weight, inputs, geometry, s_mean, s_max, values=False)
+    if inputs.dtype != weight.dtype:
+        # The rules hold for the inputs as given: a negative float64 entry may round to -0.0 in float32.
+        check_sensitivity_values(weight, inputs)
+    weight = weight.detach().contiguous()
+    inputs = inputs.detach().to(weight.dtype).contiguous()
+    kernels = cpu_kernels()
+    # Also catches float64 inputs that overflowed to inf in a float32 weight's dtype.
+    kernels.check_sensitivity_values(weight.numpy(), inputs.numpy())
+    if batch == 0 or weight.numel() == 0:
+        return
+    pairs = geometry_pairs(geometry)
+
+    def launch(
+        weight: torch.Tensor,
+        block: torch.Tensor,
+        geometry: Geometry,
+        z: torch.Tensor,
+        s_mean: torch.Tensor,
+        s_max: torch.Tensor,
+        positions: int,
+    ) -> None:
+        arrays = [t.detach().numpy() for t in (weight, block, z, s_mean, s_max)]
+        kernels.sensitivity_update(*arrays, *pairs, num_threads(), check_values=False)
+
+    _in_blocks(launch, DENOMINATOR_BUDGET, weight, inputs, geometry, s_mean, s_max, positions)
+
+
+def _cuda(
+    weight: torch.Tensor, inputs: torch.Tensor, geometry: Geometry, s_mean: torch.Tensor, s_max: torch.Tensor
+) -> None:
+    """:func:`sensitivity_update` with the CUDA kernel (values scanned on the device, by torch)."""
+    batch, positions = check_sensitivity_arguments(weight, inputs, geometry, s_mean, s_max)
+    if batch == 0 or weight.numel() == 0:
+        return
+    weight = weight.detach().contiguous()
+    inputs = inputs.detach().to(weight.dtype).contiguous()
+    _in_blocks(
+        cuda.sensitivity_update_cuda_unchecked,
+        CUDA_DENOMINATOR_BUDGET,
+        weight,
+        inputs,
+        geometry,
+        s_mean,
+        s_max,
+        positions,
+    )
+
+
+def _example(generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> Call:
+    """A strided, padded, dilated 3 x 3 conv of 5 filters on a batch of 3 non-negative 2 x 9 x 8 inputs, some
+    of them zero (denominators below the threshold), into running maxima that already hold values."""
+    geometry = Geometry((3, 3), (2, 1), (1, 1), (1, 2))
+    weight = torch.randn(5, 18, generator=generator, dtype=torch.float64)
+    inputs = torch.rand(3, 2, 9, 8, generator=generator, dtype=torch.float64).mul(2).sub(0.5).clamp_min(0)
+    s_mean = torch.rand(5, 18, generator=generator, dtype=torch.float64) * 0.1
+    s_max = s_mean * 2
+    tensors = (weight, inputs, s_mean, s_max)
+    weight, inputs, s_mean, s_max = (t.to(dtype).to(device) for t in tensors)
+    return (weight, inputs, geometry, s_mean, s_max), {}
+
+
+SPEC = OpSpec(
+    name="sensitivity_update",
+    check=check_sensitivity_arguments,
+    cpu=_cpu,
+    cuda=_cuda,
+    reference=_reference,
+    source="sensitivity",
+    dtypes=(torch.float32, torch.float64),
+    example=_example,
+)

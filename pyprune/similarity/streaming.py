@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from pyprune.backend import warn_once
+from pyprune.ops.backend import warn_once
 from pyprune.similarity._inputs import Flatten, check_same_samples
 from pyprune.similarity.cka import (
     Activations,

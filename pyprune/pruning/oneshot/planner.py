@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from pyprune.ops.nm_select import check_n_m
+from pyprune.ops.checks import check_n_m
 from pyprune.pruning.fingerprint import model_fingerprint
 from pyprune.pruning.layers import select_layers
 from pyprune.pruning.oneshot.calibration import (

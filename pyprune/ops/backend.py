@@ -100,13 +100,13 @@ def use_kernel(device: torch.device) -> str:
     if device.type == "cpu":
         return "cpu" if cpu_kernels() is not None else "reference"
     if device.type == "cuda":
-        from pyprune import _cuda
+        from pyprune.ops import cuda
 
-        if _cuda.available():
+        if cuda.available():
             return "cuda"
         warn_once(
             "cupy-missing",
-            f"CuPy is not usable ({_cuda.unavailable_reason()}); CUDA tensors use the torch reference "
+            f"CuPy is not usable ({cuda.unavailable_reason()}); CUDA tensors use the torch reference "
             "implementations. Install pyprune[cuda] for the CUDA kernels.",
         )
     return "reference"

@@ -24,14 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyprune.ops.reference import (
-    RBF_MEDIAN_ZERO_MESSAGE,
-    check_grams,
+from pyprune.ops.checks import (
+    Geometry,
+    check_gram_hsic_arguments,
     check_greedy_arguments,
+    check_kernel_arguments,
+    check_on_cuda,
     check_permutation_arguments,
-    check_rbf_arguments,
+    check_rbf_gram_arguments,
     check_rbf_scan_arguments,
 )
+from pyprune.ops.reference import RBF_MEDIAN_ZERO_MESSAGE, full_matrix_median
 
 #: NVRTC options for every module besides those of :func:`nvrtc_options`. CuPy adds ``-arch`` for the device
 #: and appends ``-ftz=true``.
@@ -161,16 +164,9 @@ def _cupy() -> Any:
 
 
 def _source_dirs() -> list[Path]:
-    here = Path(__file__).resolve().parent
-    dirs = [here.parent / "csrc" / "cuda"]  # source checkout or editable install: the sources being edited
-    import pyprune
-
-    # Then the installed package (for an editable install, also the copy in site-packages).
-    for entry in [str(here), *(p for p in pyprune.__path__ if Path(p).is_absolute())]:
-        candidate = Path(entry).resolve() / "cuda"
-        if candidate not in dirs:
-            dirs.append(candidate)
-    return dirs
+    package = Path(__file__).resolve().parents[1]
+    # The source checkout first (the sources being edited), then the copy CMake installs into the package.
+    return [package.parent / "csrc" / "cuda", package / "cuda"]
 
 
 def cuda_sources() -> list[Path]:
@@ -264,12 +260,6 @@ class _OnTorchStream:
         self._torch_device.__exit__(*exc)
 
 
-def _check_cuda(tensor: torch.Tensor, where: str) -> torch.device:
-    if tensor.device.type != "cuda":
-        raise ValueError(f"{where}: expected a CUDA tensor, got one on {tensor.device}")
-    return tensor.device
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Kernels
 
@@ -291,11 +281,9 @@ def gram_hsic_terms_cuda(
     ``diag_a`` (La, n) and ``row_sums_b`` / ``diag_b`` (Lb, n); with ``grams_b=None`` the ``*_b`` entries are
     the ``*_a`` tensors. Only the lower triangle of each matrix is read.
     """
-    n, dtype = check_grams(grams_a, "grams_a")
-    device = _check_cuda(grams_a[0], "grams_a[0]")
+    n, dtype = check_gram_hsic_arguments(grams_a, grams_b)
+    device = check_on_cuda(grams_a[0], "grams_a[0]")
     same = grams_b is None
-    if not same:
-        check_grams(grams_b, "grams_b", n=n, dtype=dtype, device=device)
     list_b = list(grams_a if same else grams_b)
     num_a, num_b = len(grams_a), len(list_b)
     bm = _tile(num_a)
@@ -339,19 +327,10 @@ def gram_hsic_terms_cuda(
     }
 
 
-def _order_statistic(lower: torch.Tensor, n: int, q: int) -> float:
-    """Position q (0-based) of the sorted n*n distances, from the strictly-lower ones (each counts twice)."""
-    if q < n:
-        return 0.0  # the n zeros of the diagonal come first
-    return float(torch.kthvalue(lower, (q - n) // 2 + 1).values)
-
-
 def rbf_from_linear_gram_cuda(gram: torch.Tensor, threshold: float) -> float:
     """CUDA version of ``pyprune._C.rbf_from_linear_gram``: in place on the lower triangle; returns m."""
-    check_grams([gram], "gram", single=True)
-    device = _check_cuda(gram, "gram")
-    n = gram.shape[0]
-    check_rbf_arguments(n, threshold)
+    n = check_rbf_gram_arguments(gram, threshold)
+    device = check_on_cuda(gram, "gram")
     with _OnTorchStream(device) as cupy:
         sq_norms = gram.diagonal().to(torch.float64, copy=True)
         lower = torch.empty(n * (n - 1) // 2, dtype=gram.dtype, device=device)
@@ -362,13 +341,7 @@ def rbf_from_linear_gram_cuda(gram: torch.Tensor, threshold: float) -> float:
         sq_distances(
             grid, (_THREADS,), (cu_gram, np.int64(n), ld, cupy.from_dlpack(sq_norms), cupy.from_dlpack(lower))
         )
-        total = n * n
-        if total % 2 == 1:
-            median = _order_statistic(lower, n, total // 2)
-        else:
-            median = 0.5 * (
-                _order_statistic(lower, n, total // 2 - 1) + _order_statistic(lower, n, total // 2)
-            )
+        median = full_matrix_median(lower, n)
         all_zero = not bool(lower.any())
         if median == 0.0 and not all_zero:
             raise ValueError(RBF_MEDIAN_ZERO_MESSAGE)
@@ -383,10 +356,10 @@ def greedy_removal_order_cuda(
     """CUDA version of ``pyprune._C.greedy_removal_order``: ``(order int64, cka_after float64)`` on the device.
 
     Same arguments as :func:`~pyprune.ops.reference.greedy_removal_order_reference` (float64 ``interaction``,
-    optional bool ``active``), checked by :func:`~pyprune.ops.reference.check_greedy_arguments`.
+    optional bool ``active``), checked by :func:`~pyprune.ops.checks.check_greedy_arguments`.
     """
     p = check_greedy_arguments(interaction, active)
-    device = _check_cuda(interaction, "interaction")
+    device = check_on_cuda(interaction, "interaction")
     with _OnTorchStream(device) as cupy:
         # A fresh uint8 array either way: the kernel clears the entries of the neurons it removes.
         kept = torch.ones(p, dtype=torch.uint8, device=device) if active is None else active.to(torch.uint8)
@@ -426,11 +399,11 @@ def rbf_candidate_scan_cuda(
     """CUDA version of ``pyprune._C.rbf_candidate_scan``: float64 ``cross``, ``self_sq``, ``row_sq``, ``total``.
 
     Same arguments as :func:`~pyprune.ops.reference.rbf_candidate_scan_reference`, checked by
-    :func:`~pyprune.ops.reference.check_rbf_scan_arguments`; only the lower triangles of ``distances_kept``
+    :func:`~pyprune.ops.checks.check_rbf_scan_arguments`; only the lower triangles of ``distances_kept``
     and ``target`` are read.
     """
     n, _, t, m = check_rbf_scan_arguments(distances_kept, values, candidates, inv_two_sigma_sq, target)
-    device = _check_cuda(distances_kept, "distances_kept")
+    device = check_on_cuda(distances_kept, "distances_kept")
     f64 = {"dtype": torch.float64, "device": device}
     with _OnTorchStream(device) as cupy:
         cross = torch.zeros(m, **f64)
@@ -458,28 +431,26 @@ _SENSITIVITY_FILTERS = LAUNCH_CONSTANTS["PP_SENS_FILTERS"]
 def sensitivity_update_cuda(
     weight: torch.Tensor,
     inputs: torch.Tensor,
-    geometry: Any,
+    geometry: Geometry,
     z: torch.Tensor,
     s_mean: torch.Tensor,
     s_max: torch.Tensor,
 ) -> None:
     """CUDA version of ``pyprune._C.sensitivity_update``: folds one batch into ``s_mean``/``s_max`` in place.
 
-    ``geometry`` is a :class:`pyprune.ops.sensitivity.Geometry`; ``z`` ``(batch, 2, F, P)`` holds ``W+ A`` and
-    ``W- A``. Checked by :func:`pyprune.ops.sensitivity.check_kernel_arguments` (the messages of
-    ``pyprune._C``): one dtype (float32 or float64), contiguous, on one CUDA device.
+    ``z`` ``(batch, 2, F, P)`` holds ``W+ A`` and ``W- A``. Checked by
+    :func:`pyprune.ops.checks.check_kernel_arguments` (the messages of ``pyprune._C``): one dtype (float32 or
+    float64), contiguous, on one CUDA device.
     """
-    from pyprune.ops.sensitivity import check_kernel_arguments
-
     _, patches = check_kernel_arguments(weight, inputs, geometry, z, s_mean, s_max)
-    _check_cuda(weight, "weight")
+    check_on_cuda(weight, "weight")
     sensitivity_update_cuda_unchecked(weight, inputs, geometry, z, s_mean, s_max, patches)
 
 
 def sensitivity_update_cuda_unchecked(
     weight: torch.Tensor,
     inputs: torch.Tensor,
-    geometry: Any,
+    geometry: Geometry,
     z: torch.Tensor,
     s_mean: torch.Tensor,
     s_max: torch.Tensor,
@@ -520,10 +491,10 @@ def permutation_hsic_cuda(a: torch.Tensor, b: torch.Tensor, permutations: torch.
     """CUDA version of ``pyprune._C.permutation_hsic``: float64 ``(S,)`` with ``<A, P_s B P_s^T>_F``.
 
     Same arguments as :func:`~pyprune.ops.reference.permutation_hsic_reference`, checked by
-    :func:`~pyprune.ops.reference.check_permutation_arguments`; only the lower triangle of ``a`` is read.
+    :func:`~pyprune.ops.checks.check_permutation_arguments`; only the lower triangle of ``a`` is read.
     """
     n, num_perms = check_permutation_arguments(a, b, permutations)
-    device = _check_cuda(a, "a")
+    device = check_on_cuda(a, "a")
     with _OnTorchStream(device) as cupy:
         out = torch.zeros(num_perms, dtype=torch.float64, device=device)
         if num_perms > 0 and n > 0:
@@ -537,3 +508,27 @@ def permutation_hsic_cuda(a: torch.Tensor, b: torch.Tensor, permutations: torch.
             args += (np.int64(rows_per_block), cupy.from_dlpack(out))
             kernel((num_perms, chunks), (_THREADS,), args)
     return out
+
+
+def nm_select_cuda(weight: torch.Tensor, norms: torch.Tensor | None, k: int, n: int, m: int) -> torch.Tensor:
+    """The CUDA kernels of :func:`pyprune.ops.nm_select.nm_select` on checked operands: ``weight`` ``(rows,
+    cols)`` contiguous float32/float64, ``norms`` ``(cols,)`` float64 or None (magnitude), and either ``k``
+    (lowest-k per row, ``m = 0``) or ``n`` of every ``m`` columns kept. Returns bool ``(rows, cols)``, True
+    where removed."""
+    rows, cols = weight.shape
+    removed = torch.zeros((rows, cols), dtype=torch.uint8, device=weight.device)
+    suffix = "f64" if weight.dtype == torch.float64 else "f32"
+    ones = norms if norms is not None else torch.ones(cols, dtype=torch.float64, device=weight.device)
+    with _OnTorchStream(weight.device) as cupy:
+        args = [cupy.from_dlpack(weight), cupy.from_dlpack(ones), np.int64(rows), np.int64(cols)]
+        if m:
+            groups = rows * (cols // m)
+            kernel = module("nm_select").get_function(f"nm_select_groups_{suffix}")
+            blocks = max(1, min(_MAX_GRID, math.ceil(groups / _THREADS)))
+            kernel((blocks,), (_THREADS,), (*args, np.int64(n), np.int64(m), cupy.from_dlpack(removed)))
+        elif k:
+            kernel = module("nm_select").get_function(f"nm_select_rows_{suffix}")
+            kernel(
+                (max(1, min(rows, _MAX_GRID)),), (_THREADS,), (*args, np.int64(k), cupy.from_dlpack(removed))
+            )
+    return removed.bool()
