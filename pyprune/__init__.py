@@ -6,70 +6,78 @@ Similarity: :func:`cka`, :func:`cka_matrix`, :class:`MinibatchCKA`, :func:`cca`,
 :func:`set_backend`. See :func:`info` for what is available on this machine.
 """
 
+from importlib import import_module
 from importlib import metadata as _metadata
+from typing import Any
 
-from pyprune.activations import capture, iterate_activations
-from pyprune.compare import LayerSimilarity, compare_models
-from pyprune.measure import count, latency, report
-from pyprune.ops.backend import get_backend, set_backend, use_backend
-from pyprune.plot import plot_similarity
-from pyprune.pruning import (
-    METHODS,
-    AblationDamage,
-    CKADamage,
-    FilterNorm,
-    Magnitude,
-    PruningPlan,
-    RandomChannels,
-    RandomWeights,
-    Taylor,
-    TorchPruningImportance,
-    ablation_damage,
-    apply_plan,
-    load_pruned,
-    make_permanent,
-    plan,
-    plan_structured,
-    plan_unstructured,
-    prune,
-    register_method,
-    save_pruned,
-    sensitivity_analysis,
-)
-from pyprune.pruning.depth import BlockPlan, block_importance, plan_blocks, prune_blocks
-from pyprune.similarity import (
-    CKAMatrixTest,
-    HsicTerms,
-    MinibatchCKA,
-    ModelsCKA,
-    SimilarityTestResult,
-    cca,
-    cka,
-    cka_matrix,
-    cka_matrix_models,
-    cka_matrix_test,
-    cknna,
-    flatten_activations,
-    hsic,
-    hsic_terms,
-    linear_regression_r2,
-    mean_cca,
-    mutual_knn,
-    nbs,
-    nbs_kernel,
-    procrustes_distance,
-    procrustes_similarity,
-    pwcca,
-    r2_cca,
-    rdm,
-    rsa,
-    similarity_test,
-    svcca,
-    svd_reduce,
-)
-from pyprune.system_info import format_info, info
-from pyprune.training import fit as train
-from pyprune.training import schedules
+# Public names by the module that defines them. Nothing is imported until first use, so that `import pyprune`
+# costs nothing beyond its own file: someone computing CKA does not pay for Torch-Pruning, SciPy's optimisers or
+# the training loop, and each of those loads the first time one of its names is touched.
+_PUBLIC = {
+    "pyprune.activations": ("capture", "iterate_activations"),
+    "pyprune.compare": ("LayerSimilarity", "compare_models"),
+    "pyprune.measure": ("count", "latency", "report"),
+    "pyprune.ops.backend": ("get_backend", "set_backend", "use_backend"),
+    "pyprune.plot": ("plot_similarity",),
+    "pyprune.pruning": (
+        "METHODS",
+        "AblationDamage",
+        "CKADamage",
+        "FilterNorm",
+        "Magnitude",
+        "PruningPlan",
+        "RandomChannels",
+        "RandomWeights",
+        "Taylor",
+        "TorchPruningImportance",
+        "ablation_damage",
+        "apply_plan",
+        "load_pruned",
+        "make_permanent",
+        "plan",
+        "plan_structured",
+        "plan_unstructured",
+        "prune",
+        "register_method",
+        "save_pruned",
+        "sensitivity_analysis",
+    ),
+    "pyprune.pruning.depth": ("BlockPlan", "block_importance", "plan_blocks", "prune_blocks"),
+    "pyprune.similarity": (
+        "CKAMatrixTest",
+        "HsicTerms",
+        "MinibatchCKA",
+        "ModelsCKA",
+        "SimilarityTestResult",
+        "cca",
+        "cka",
+        "cka_matrix",
+        "cka_matrix_models",
+        "cka_matrix_test",
+        "cknna",
+        "flatten_activations",
+        "hsic",
+        "hsic_terms",
+        "linear_regression_r2",
+        "mean_cca",
+        "mutual_knn",
+        "nbs",
+        "nbs_kernel",
+        "procrustes_distance",
+        "procrustes_similarity",
+        "pwcca",
+        "r2_cca",
+        "rdm",
+        "rsa",
+        "similarity_test",
+        "svcca",
+        "svd_reduce",
+    ),
+    "pyprune.system_info": ("format_info", "info"),
+}
+# Modules bound under a short name: `pyprune.train.fit(...)`, `pyprune.schedules.imp(...)`.
+_MODULES = {"schedules": "pyprune.training.schedules", "train": "pyprune.training.fit"}
+_HOME = {name: module for module, names in _PUBLIC.items() for name in names}
 
 try:
     __version__ = _metadata.version("pyprune")
@@ -147,3 +155,18 @@ __all__ = [
     "train",
     "use_backend",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        value = import_module(_MODULES[name])
+    elif name in _HOME:
+        value = getattr(import_module(_HOME[name]), name)
+    else:
+        raise AttributeError(f"module 'pyprune' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
