@@ -7,7 +7,7 @@ the same fine-tuning budget.
 
 Part A, one-shot pruning (no fine-tuning, then a short fine-tune of equal length for everyone):
 
-* models: seed 003's MLP (784-1000-1000-500-200-10, no biases; ``pyprune.models.mlp_seed003``) for the weight
+* models: seed 003's MLP (784-1000-1000-500-200-10, no biases; ``pyprune.models.mlp_1000_1000_500_200``) for the weight
   vs unit comparison with seed 003's curve, and LeNet-5 (``pyprune.models.lenet5``) for filter pruning of
   convolutions. Every method runs on both (an MLP's "filters" are its units).
 * pyprune (``pyprune.plan(model, name, amount, ...)``): ``magnitude`` (per layer, seed 003's weight pruning),
@@ -63,7 +63,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import pyprune
 from pyprune.data import load_mnist_subset
-from pyprune.models import lenet5, mlp_seed003
+from pyprune.models import lenet5, mlp_1000_1000_500_200
 from pyprune.pruning import get_method, output_layer_name
 from pyprune.pruning.criteria.base import PRUNABLE_TYPES
 from pyprune.training.fit import evaluate, fit
@@ -73,7 +73,7 @@ STEM = "quality_mnist"
 IMP_IMPLEMENTATION = "pyprune.schedules.imp"
 
 MODELS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
-    "mlp": ("MLP 784-1000-1000-500-200-10 (seed 003)", mlp_seed003),
+    "mlp": ("MLP 784-1000-1000-500-200-10 (seed 003)", mlp_1000_1000_500_200),
     "lenet5": ("LeNet-5", lenet5),
 }
 
