@@ -1,4 +1,5 @@
-"""Benchmark: CKA-damage channel pruning (seed 000), pyprune's closed forms against the seed's naive procedure.
+"""Benchmark: CKA-damage channel pruning (``SupurCalvinHiggins/cka-prune``), pyprune's closed forms against
+cka-prune's naive procedure.
 
 What is measured, all in one process (``--threads`` intra-op threads):
 
@@ -6,11 +7,11 @@ What is measured, all in one process (``--threads`` intra-op threads):
    on a batch of ``--batch`` inputs ``relu(randn(batch, C, 8, 8))``, for C in ``--channels``; half of the
    channels are removed.
 
-   * **naive** = the seed procedure (the seed's README greedy semantics and its `engine_prune.py`) made literal for a conv layer:
-     for every remaining candidate channel, zero its filter (the bias stays, as in the seed), recompute the
-     layer output with ``F.conv2d`` on the whole batch (float32, as the model runs), flatten per example to
-     ``(batch, C*64)``, form the full ``batch x batch`` linear Gram matrix, centre it (Google's biased
-     ``center_gram``) and take CKA against the original layer output; remove the best candidate (ties: lowest
+   * **naive** = cka-prune's procedure (the greedy semantics of its README and its `engine_prune.py`) made
+     literal for a conv layer: for every remaining candidate channel, zero its filter (the bias stays, as in
+     cka-prune), recompute the layer output with ``F.conv2d`` on the whole batch (float32, as the model runs),
+     flatten per example to ``(batch, C*64)``, form the full ``batch x batch`` linear Gram matrix, centre it
+     (Google's biased ``center_gram``) and take CKA against the original layer output; remove the best candidate (ties: lowest
      index), keep its filter zeroed and repeat. Gram, centring and CKA are float64 (``--naive-gram-dtype``),
      so that the order comparison is not decided by float32 rounding. The original output's Gram is computed
      once. It runs to the end only where its predicted time (per-evaluation cost from a short probe x
@@ -20,8 +21,8 @@ What is measured, all in one process (``--threads`` intra-op threads):
    * **pyprune** = ``CKADamage(layer, representation="flatten", greedy=True)``: ``accumulate_over`` (forward
      + capture) then ``removal_order`` (interaction matrix ``M`` + greedy loop), end to end; the same with
      ``representation="channels"`` (channels as neurons, ``(N*H*W, C)``: a different representation, so its
-     order is not comparable with the naive one) and with ``greedy=False`` (single-removal ranking, the seed
-     code's semantics).
+     order is not comparable with the naive one) and with ``greedy=False`` (single-removal ranking, the
+     semantics of cka-prune's code).
 
    The removal orders of naive and pyprune (flatten, greedy) are compared where naive ran to the end; where
    it was only probed, its first-step CKA values (single removals) are compared with pyprune's closed-form
@@ -166,7 +167,7 @@ def naive_greedy(
     min_evals: int = 3,
     report: Callable[[int, int, float], None] | None = None,
 ) -> dict[str, Any]:
-    """The seed's greedy CKA-damage procedure, literally (module docstring). With ``max_seconds`` it stops after
+    """cka-prune's greedy CKA-damage procedure, literally (module docstring). With ``max_seconds`` it stops after
     at least ``min_evals`` candidate evaluations once that much evaluation time has passed (a probe)."""
     conv = layer.get_submodule(LAYER_NAME)
     start = time.perf_counter()
@@ -304,7 +305,7 @@ def layer_case(args: argparse.Namespace, channels: int) -> list[dict[str, Any]]:
         f"predicted {fmt_seconds(predicted)} s for {evaluations:,} evaluations ({removals} greedy steps)"
     )
     naive: dict[str, Any] = {
-        "label": "naive (seed procedure)",
+        "label": "naive (cka-prune's procedure)",
         "probe_evals": probe["evals"],
         "probe_per_eval_s": probe["per_eval_s"],
         "probe_other_cpu_cores": probe_load,
@@ -627,7 +628,7 @@ def results_markdown(payload: dict[str, Any]) -> str:
         f"## 1. One conv layer, batch {config['batch']}, {MAP_SIZE}×{MAP_SIZE} maps, half the channels removed",
         "",
         "`Conv2d(C, C, 3, padding=1)` (seeded He init × per-filter scale exp(U(−1, 1))), input "
-        f"relu(randn({config['batch']}, C, {MAP_SIZE}, {MAP_SIZE})). naive = the seed procedure, literal: per "
+        f"relu(randn({config['batch']}, C, {MAP_SIZE}, {MAP_SIZE})). naive = cka-prune's procedure, literal: per "
         "candidate, zero its filter, conv forward on the batch, flatten per example, full "
         f"{config['batch']}×{config['batch']} linear Gram ({config['naive_gram_dtype']}), biased centring, "
         "CKA vs the original output; greedy. 'extrapolated' = probe's per-evaluation cost × evaluations "
@@ -817,11 +818,11 @@ def results_markdown(payload: dict[str, Any]) -> str:
 def build_notes(payload: dict[str, Any]) -> list[str]:
     config = payload["config"]
     notes = [
-        "naive keeps the original output's Gram matrix from the start (computed once, as the seed does per "
-        "pruning pass) and recomputes the full layer output per candidate, as the README describes; the seed's "
+        "naive keeps the original output's Gram matrix from the start (computed once, as cka-prune does per "
+        "pruning pass) and recomputes the full layer output per candidate, as cka-prune's README describes; its "
         "code instead substitutes the bias into a copy of the activations (its `engine_prune.py`), which skips the conv "
         "forward but still needs a full Gram per candidate.",
-        f"naive computes the Gram, centring and CKA in {config['naive_gram_dtype']} (the seed: float32 NumPy); "
+        f"naive computes the Gram, centring and CKA in {config['naive_gram_dtype']} (cka-prune: float32 NumPy); "
         "`--naive-gram-dtype float32` trades precision for speed on the Gram part and can reorder near-tied "
         "candidates. The conv forward is float32 either way.",
         "pyprune's flattened representation needs every sample at once; it builds M either in feature space "

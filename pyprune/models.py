@@ -1,4 +1,4 @@
-"""Reference models used by the seeds: MLPs, LeNet-5, VGG with batch norm and CIFAR-style ResNets.
+"""Reference models: MLPs, LeNet-5, VGG with batch norm and CIFAR-style ResNets.
 
 Every factory returns a plain :class:`torch.nn.Module` built from standard layers (``nn.Linear``,
 ``nn.Conv2d``, ``nn.BatchNorm2d``, ``nn.ReLU``, ...) with named submodules, so ``torch.nn.utils.prune``,
@@ -77,7 +77,7 @@ def mlp_512(*, in_features: int = 784, num_classes: int = 10) -> nn.Sequential:
     return mlp([in_features, 512, 512, num_classes])
 
 
-def mlp_seed003(*, in_features: int = 784, num_classes: int = 10) -> nn.Sequential:
+def mlp_1000_1000_500_200(*, in_features: int = 784, num_classes: int = 10) -> nn.Sequential:
     """784-1000-1000-500-200-10 ReLU MLP without biases, the network of the FOR.ai weight/unit pruning
     exercise. Input ``(N, 1, 28, 28)`` or ``(N, 784)``; output logits ``(N, num_classes)``."""
     return mlp([in_features, 1000, 1000, 500, 200, num_classes], bias=False)
@@ -293,7 +293,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "lenet_300_100": lenet_300_100,
     "mlp_512": mlp_512,
-    "mlp_seed003": mlp_seed003,
+    "mlp_1000_1000_500_200": mlp_1000_1000_500_200,
     "lenet5": lenet5,
     "vgg_bn": vgg_bn,
     **{name: functools.partial(vgg_bn, name) for name in VGG_CONFIGS},

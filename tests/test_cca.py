@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pyprune.similarity.cca import cca, mean_cca, pwcca, r2_cca, svcca, svd_reduce
 
-# SPEC §6.3, on the Google CKA demo data (centred CCA).
+# Canonical correlations of the data of Google's CKA demo notebook (Kornblith et al. 2019), features centred.
 GOLDEN_RHO = [0.88511, 0.86196, 0.83330, 0.76440, 0.74508, 0.72447, 0.67903, 0.66504, 0.60937, 0.54237]
 GOLDEN_MEAN_CCA = 0.731014
 GOLDEN_R2_CCA = 0.545396

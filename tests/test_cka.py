@@ -14,7 +14,7 @@ from tests import _references as ref
 
 @pytest.fixture
 def google_demo_data():
-    """The data of Google's CKA demo notebook (SPEC §6.3)."""
+    """The data of Google's CKA demo notebook (``representation_similarity``, Kornblith et al. 2019)."""
     rng = np.random.RandomState(1337)
     x = rng.randn(100, 10)
     y = rng.randn(100, 10) + x

@@ -1,10 +1,10 @@
-"""CKA-damage pruning (seed 000) against brute force.
+"""CKA-damage pruning (cka-prune, ``SupurCalvinHiggins/cka-prune``) against brute force.
 
-The brute force is the seed's procedure, written without pyprune's closed forms: zero the removed neurons'
+The brute force is cka-prune's procedure, written without pyprune's closed forms: zero the removed neurons'
 weights (row of a Linear, filter of a Conv2d; the bias stays), re-run the model, read the representation, build
 the full n x n Gram matrices (linear ``X X^T``, or Google's ``gram_rbf``), centre them with an explicit
-``H = I - 11^T/n`` and take ``<HKH, HLH> / (|HKH| |HLH|)`` (SPEC §1.3-§1.5, §7.1). float64 throughout. The results
-must not depend on whether :mod:`pyprune.ops.cka_damage` dispatches to the torch reference or to C++/CUDA.
+``H = I - 11^T/n`` and take ``<HKH, HLH> / (|HKH| |HLH|)`` (kernel CKA, Kornblith et al. 2019). float64
+throughout. The results must not depend on whether :mod:`pyprune.ops.cka_damage` dispatches to the torch reference or to C++/CUDA.
 """
 
 from __future__ import annotations
@@ -684,7 +684,7 @@ def test_plan_mlp_removes_the_first_of_the_brute_force_order(method):
         assert torch.equal(layer.weight_mask.bool().all(dim=1), keep)
         assert torch.equal(layer.weight[~keep], torch.zeros_like(layer.weight[~keep]))
         assert torch.equal(layer.weight[keep], model.get_submodule(name).weight[keep])
-    # pyprune's channel masks (apply.py, SPEC §4.3) also mask the bias, so the masked and the removed model
+    # pyprune's channel masks (apply.py) also mask the bias, so the masked and the removed model
     # compute the same function.
     torch.testing.assert_close(masked(x), dense(x), rtol=1e-12, atol=1e-12)
 

@@ -17,7 +17,7 @@ CASES = [
     ("mlp", {"widths": [64, 32, 10]}, (3, 1, 8, 8), 10),
     ("lenet_300_100", {}, (3, 1, 28, 28), 10),
     ("mlp_512", {}, (3, 784), 10),
-    ("mlp_seed003", {}, (3, 1, 28, 28), 10),
+    ("mlp_1000_1000_500_200", {}, (3, 1, 28, 28), 10),
     ("lenet5", {}, (3, 1, 28, 28), 10),
     ("vgg_bn", {"config": [8, "M", 16, "M"], "in_channels": 1, "image_size": 8}, (3, 1, 8, 8), 10),
     ("vgg11", {}, (3, 3, 32, 32), 10),
@@ -63,8 +63,8 @@ def test_mlp_512_parameter_count():
     assert n_params(create("mlp_512")) == 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
 
 
-def test_mlp_seed003_has_no_biases():
-    model = create("mlp_seed003")
+def test_mlp_1000_1000_500_200_has_no_biases():
+    model = create("mlp_1000_1000_500_200")
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert [m.out_features for m in linears] == [1000, 1000, 500, 200, 10]
     assert all(m.bias is None for m in linears)
@@ -244,7 +244,7 @@ def test_seeded_initialisation_is_deterministic(name, kwargs):
 
 def test_he_initialisation():
     torch.manual_seed(0)
-    model = create("mlp_seed003")
+    model = create("mlp_1000_1000_500_200")
     # 1e6 draws: the sample std's relative error is about 1 / sqrt(2e6) = 0.07 %, far inside 1 %.
     assert model.fc2.weight.std().item() == pytest.approx(math.sqrt(2 / 1000), rel=0.01)
     bns = [m for m in create("vgg_small").modules() if isinstance(m, nn.BatchNorm2d)]

@@ -1,7 +1,7 @@
-"""PFP (seed 004, SPEC §5.8): unit sensitivities against a brute-force float64 computation, the eps allocation
-(monotone size, k_l at eps*, budget), top-k selection and ties, the any-reader-keeps rule on a residual stream,
-sampling and reweighting (seeds, unbiasedness, JSON), the outer keep-ratio search, pruning the model's input
-features (prune_inputs), and bad input."""
+"""PFP (Liebenwein et al. 2020, "Provable Filter Pruning for Efficient Neural Networks"): unit sensitivities
+against a brute-force float64 computation, the eps allocation (monotone size, k_l at eps*, budget), top-k selection
+and ties, the any-reader-keeps rule on a residual stream, sampling and reweighting (seeds, unbiasedness, JSON), the
+outer keep-ratio search, pruning the model's input features (prune_inputs), and bad input."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ from pyprune.pruning.criteria.provable import (
 )
 from pyprune.pruning.criteria.provable.pfp import EPSILON_RANGE, KEEP_RATIO_TOLERANCE, KeepRatioMissedWarning
 
-# More samples than SPEC §5.4's |S| for the tiny nets below (c = 3, delta = 1e-16), so no warning fires.
+# More samples than the |S| that Baykal et al.'s bound asks for (sensitivity_set_size) on the tiny nets below
+# (c = 3, delta = 1e-16), so no warning fires.
 SAMPLES = 200
 
 

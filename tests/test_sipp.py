@@ -1,6 +1,7 @@
-"""SiPP (seed 004): SiPPDet against brute-force float64 sensitivities, the exact budget, the allocation against
-SciPy's SLSQP and integer enumeration, sampling and reweighting (counts, unbiasedness, seeds), the hybrid rule,
-the |S| worked examples of SPEC §5.4, plans that round-trip through JSON, and bad input."""
+"""SiPP (Baykal, Liebenwein et al., "SiPPing Neural Networks", 2022): SiPPDet against brute-force float64
+sensitivities, the exact budget, the allocation against SciPy's SLSQP and integer enumeration, sampling and
+reweighting (counts, unbiasedness, seeds), the hybrid rule, worked examples of the sensitivity-set size |S|, plans
+that round-trip through JSON, and bad input."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ from pyprune.pruning.criteria.provable import (
     sipp_rand_plan,
 )
 
-# More samples than SPEC §5.4's |S| for the tiny nets below (c = 3, delta = 1e-16), so no warning fires.
+# More samples than the |S| that Baykal et al.'s bound asks for (sensitivity_set_size) on the tiny nets below
+# (c = 3, delta = 1e-16), so no warning fires.
 SAMPLES = 160
 
 
@@ -101,7 +103,7 @@ def brute_patches(module: nn.Module, a: np.ndarray) -> np.ndarray:
 
 def brute_sensitivities(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``(mean over patches, max over patches)`` of ``g_fj(x, p)``, max over x, materialised for every
-    ``(x, f, j, p)`` in float64 (SPEC §5.3)."""
+    ``(x, f, j, p)`` in float64 (the empirical sensitivity of Baykal et al.)."""
     result = {}
     for name, a in layer_inputs(model, x).items():
         module = dict(model.named_modules())[name]
@@ -314,7 +316,8 @@ def test_integer_allocation_is_the_integer_optimum(seed):
         assert np.all((x >= 1) & (x <= upper))
         best = values[candidates.sum(1) <= budget].min()
         assert objective(x.astype(float), a, w) == pytest.approx(best, rel=1e-12)
-        # The seed's ceil(x) overshoots by less than the number of groups; the integer optimum never does.
+        # The authors' code (lucaslie/provable_pruning) rounds up with ceil(x), which overshoots by less than the
+        # number of groups; the integer optimum never does.
         overshoot = np.ceil(continuous_allocation(a, w, upper, budget)[0] - 1e-9).sum() - budget
         assert 0 <= overshoot < len(a)
 

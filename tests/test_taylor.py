@@ -156,7 +156,7 @@ def test_signed_variant_matches_brute_force(net, data):
     feed(taylor, net, x, y, sizes)
     for name in taylor.layer_names:
         assert_close64(taylor.raw_scores(name), brute_signed(expected[name], sizes))
-    # Signs cancel between examples, so the seed's score never exceeds the paper's.
+    # Signs cancel between examples, so jacobgil/pytorch-pruning's score never exceeds the paper's.
     paper = brute_paper(expected["conv1"])
     assert (taylor.raw_scores("conv1") <= paper + 1e-15).all()
     assert (taylor.raw_scores("conv1") < paper).any()

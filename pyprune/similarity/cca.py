@@ -126,7 +126,8 @@ def svcca(
     Args:
         x, y, flatten: as for :func:`cca`.
         keep: fraction of each side's variance to keep, in ``(0, 1]``.
-        truncate: as for :func:`mean_cca`; the seed code (``google/svcca``) used ``0.98``.
+        truncate: as for :func:`mean_cca`; ``google/svcca``'s ``get_cca_similarity`` (as called by
+            Ansuini et al.'s ``pruned_layer_similarity`` code) uses ``0.98``.
 
     Returns:
         A Python float in ``[0, 1]``; 0 when a side is constant.
