@@ -8,6 +8,7 @@ Similarity: :func:`cka`, :func:`cka_matrix`, :class:`MinibatchCKA`, :func:`cca`,
 
 from importlib import import_module
 from importlib import metadata as _metadata
+from importlib.util import find_spec
 from typing import Any
 
 # Public names by the module that defines them. Nothing is imported until first use, so that `import pyprune`
@@ -162,6 +163,10 @@ def __getattr__(name: str) -> Any:
         value = import_module(_MODULES[name])
     elif name in _HOME:
         value = getattr(import_module(_HOME[name]), name)
+    elif not name.startswith("__") and find_spec(f"pyprune.{name}") is not None:
+        value = import_module(
+            f"pyprune.{name}"
+        )  # a submodule: `pyprune.models.resnet20()` after `import pyprune`
     else:
         raise AttributeError(f"module 'pyprune' has no attribute {name!r}")
     globals()[name] = value  # later lookups skip this function

@@ -209,6 +209,14 @@ def test_every_public_name_resolves():
     assert set(pyprune.__all__) <= set(dir(pyprune))
 
 
+def test_submodules_resolve_as_attributes():
+    code = "import pyprune; print(pyprune.distributed.rewrap.__name__, pyprune.models.resnet20.__name__)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent
+    )
+    assert result.stdout.split() == ["rewrap", "resnet20"]
+
+
 def test_unknown_attribute_is_an_attribute_error():
     import pyprune
 
