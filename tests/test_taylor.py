@@ -383,7 +383,7 @@ def _encoder() -> nn.Sequential:
     return nn.ModuleDict({"layer": layer, "head": nn.Linear(8, 3)}).double()
 
 
-class _Classifier(nn.Module):
+class HeadClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.parts = _encoder()
@@ -392,7 +392,7 @@ class _Classifier(nn.Module):
         return self.parts["head"](self.parts["layer"](x).mean(1))
 
 
-def _gated_forward(model: _Classifier, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+def gated_forward(model: HeadClassifier, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """The classifier written out in plain torch, with head h's attention output multiplied by ``gate[h]``."""
     layer, head = model.parts["layer"], model.parts["head"]
     attn = layer.self_attn
@@ -416,18 +416,18 @@ def _gated_forward(model: _Classifier, x: torch.Tensor, gate: torch.Tensor) -> t
 def test_head_importance_is_the_loss_gradient_of_a_head_gate():
     from pyprune.pruning.attention import expose_unit_inputs, find_units
 
-    model = _Classifier().eval()
+    model = HeadClassifier().eval()
     g = torch.Generator().manual_seed(4)
     x = torch.randn(N_EXAMPLES, 5, 8, generator=g, dtype=torch.float64)
     y = torch.randint(0, 3, (N_EXAMPLES,), generator=g)
     ones = torch.ones(2, dtype=torch.float64)
-    torch.testing.assert_close(_gated_forward(model, x, ones), model(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gated_forward(model, x, ones), model(x), rtol=1e-12, atol=1e-12)
     # Reference: per example, d loss / d gate (Michel et al. 2019), |.| averaged over examples; Taylor averages the
     # product over the 5 positions instead of summing it.
     gates = []
     for b in range(N_EXAMPLES):
         gate = ones.clone().requires_grad_()
-        F.cross_entropy(_gated_forward(model, x[b : b + 1], gate), y[b : b + 1]).backward()
+        F.cross_entropy(gated_forward(model, x[b : b + 1], gate), y[b : b + 1]).backward()
         gates.append(gate.grad)
     expected = torch.stack(gates).abs().mean(0) / 5
 
@@ -444,7 +444,7 @@ def test_head_importance_is_the_loss_gradient_of_a_head_gate():
 def test_unexposed_multihead_attention_and_flops_penalty_refuse_head_scores():
     from pyprune.pruning.attention import find_units
 
-    model = _Classifier().eval()
+    model = HeadClassifier().eval()
     x = torch.randn(4, 5, 8, dtype=torch.float64)
     y = torch.zeros(4, dtype=torch.long)
     (spec,) = find_units(model)
