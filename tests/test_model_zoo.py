@@ -299,7 +299,7 @@ HEAD_DATA = {
 }
 
 
-@pytest.mark.parametrize("method", ["taylor", "oracle"])
+@pytest.mark.parametrize("method", ["taylor", "oracle", "cka_single", "cka_greedy"])
 @pytest.mark.parametrize("name", list(HEAD_DATA))
 def test_data_driven_criteria_remove_whole_heads(name, method):
     make, inputs, target, loss = HEAD_DATA[name]

@@ -377,25 +377,22 @@ def test_repr_shows_the_options(net):
 # ------------------------------------------------------------------------ attention heads (Michel et al. 2019)
 
 
-def _encoder() -> nn.Sequential:
-    torch.manual_seed(3)
-    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
-    return nn.ModuleDict({"layer": layer, "head": nn.Linear(8, 3)}).double()
-
-
 class HeadClassifier(nn.Module):
-    def __init__(self) -> None:
+    """One float64 ``nn.TransformerEncoderLayer`` (width 8, ``heads`` heads) and a classifier over the mean token."""
+
+    def __init__(self, heads: int = 2) -> None:
         super().__init__()
-        self.parts = _encoder()
+        torch.manual_seed(3)
+        layer = nn.TransformerEncoderLayer(8, heads, 16, dropout=0.0, batch_first=True)
+        self.parts = nn.ModuleDict({"layer": layer, "head": nn.Linear(8, 3)}).double()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.parts["head"](self.parts["layer"](x).mean(1))
 
 
-def gated_forward(model: HeadClassifier, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """The classifier written out in plain torch, with head h's attention output multiplied by ``gate[h]``."""
-    layer, head = model.parts["layer"], model.parts["head"]
-    attn = layer.self_attn
+def head_outputs(model: HeadClassifier, x: torch.Tensor) -> torch.Tensor:
+    """``(batch, heads, tokens, head_dim)``: each head's attention output, written out in plain torch."""
+    attn = model.parts["layer"].self_attn
     batch, tokens, width = x.shape
     heads, dim = attn.num_heads, width // attn.num_heads
     q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).split(width, -1)
@@ -403,8 +400,15 @@ def gated_forward(model: HeadClassifier, x: torch.Tensor, gate: torch.Tensor) ->
     def split(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(batch, tokens, heads, dim).transpose(1, 2)
 
-    weights = (split(q) @ split(k).transpose(-2, -1) / dim**0.5).softmax(-1)
-    context = (weights @ split(v)) * gate[None, :, None, None]
+    return (split(q) @ split(k).transpose(-2, -1) / dim**0.5).softmax(-1) @ split(v)
+
+
+def gated_forward(model: HeadClassifier, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """The classifier written out in plain torch, with head h's attention output multiplied by ``gate[h]``."""
+    layer, head = model.parts["layer"], model.parts["head"]
+    attn = layer.self_attn
+    batch, tokens, width = x.shape
+    context = head_outputs(model, x) * gate[None, :, None, None]
     attended = F.linear(
         context.transpose(1, 2).reshape(batch, tokens, width), attn.out_proj.weight, attn.out_proj.bias
     )
