@@ -413,3 +413,19 @@ def test_shufflenet_traces_from_a_batch_of_one():
     pruned = plan.apply(copy.deepcopy(model))
     assert pruned(x).shape == (1, 10)
     assert plan.totals["params"][1] == sum(p.numel() for p in pruned.parameters()) < plan.totals["params"][0]
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_one_shot_methods_calibrate_torchvision_vit_blocks_and_list_what_they_leave(method):
+    # torchvision names its blocks ("encoder_layer_0") and its attention hands out_proj to a fused kernel: the
+    # calibration copy calls out_proj as a module, so its input statistics exist.
+    model = _quiet(tv_vit)()
+    data = [(IMAGES, torch.tensor([1, 2]))]
+    plan = pyprune.plan(model, method, 0.5, data=data, progress=False)
+    names = [layer.name for layer in plan.layers]
+    assert "encoder.layers.encoder_layer_0.self_attention.out_proj" in names
+    assert all(name.startswith("encoder.layers.encoder_layer_") for name in names)
+    untouched = plan.options["untouched"]
+    assert untouched["encoder.layers.encoder_layer_1.self_attention"].startswith("MultiheadAttention: ")
+    assert "outside the blocks 'encoder.layers'" in untouched["conv_proj"]
+    assert _outputs(plan.apply(copy.deepcopy(model)), IMAGES).shape == (2, 10)
