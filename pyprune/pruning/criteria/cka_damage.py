@@ -42,7 +42,8 @@ the heads write together: the input of the projection that reads them (``out_pro
 ``o_proj``), where head ``h`` owns ``unit_width`` columns ``J_h``. Removing a head zeroes its columns, so the
 closed form above holds with ``M`` summed over head blocks, ``M_heads[u, v] = sum over a in J_u, b in J_v of
 M[a, b]``: single-removal and greedy orders of whole heads (Michel et al. 2019 prune heads; CKA is the damage
-measure here), linear kernel only.
+measure here). Linear kernel only: with the RBF kernel heads are scored through their q/k/v rows, as by
+:func:`pyprune.pruning.attention.unit_scores`'s default.
 
 Statistics are taken in eval mode without gradients, by hooks (:meth:`CKADamage.accumulate_over`), once for all
 layers: as in cka-prune, layer ``l + 1``'s scores ignore what is removed from layer ``l`` in the same pass; the
@@ -126,7 +127,7 @@ class CKADamage(ChannelCriterion):
             RBF); later batches are ignored. The channels representation uses every sample.
         scope: ``"layer"`` ranks within each layer; ``"global"`` makes scores comparable across layers
             (single: by damage ``1 - CKA``; greedy: per-layer greedy sequences merged by marginal damage).
-        heads: also score the heads (units) of every attention layer and GPT-2 MLP that
+        heads: with the linear kernel, also score the heads (units) of every attention layer and GPT-2 MLP that
             :func:`pyprune.pruning.attention.find_units` recognises (module docstring); read with
             :meth:`unit_scores`. An ``nn.MultiheadAttention`` is observed only once
             :func:`pyprune.pruning.attention.expose_unit_inputs` made it call its ``out_proj``.
@@ -179,12 +180,18 @@ class CKADamage(ChannelCriterion):
         elif isinstance(point, str):
             raise ValueError(f"point: expected None, 'post' or a dict {{layer: module}}, got {point!r}")
         self._points = resolve_points(model, self._layers, point)
-        self._units: dict[str, UnitSpec] = {spec.name: spec for spec in find_units(model)} if heads else {}
+        # The RBF candidate scan removes single channels, not column blocks: with it, heads are scored as other
+        # criteria score them, through their q/k/v rows.
+        scored_units = find_units(model) if heads and kernel == "linear" else []
+        self._units: dict[str, UnitSpec] = {spec.name: spec for spec in scored_units}
         # Width of each observed representation: a layer's channels, or the columns all of a spec's units write.
         self._widths = {name: int(layer.weight.shape[0]) for name, layer in self._layers.items()}
         self._widths.update({name: s.num_units * s.unit_width for name, s in self._units.items()})
         if not self._widths:
-            raise ValueError("layers: an empty list, and the model has no attention heads to score either")
+            raise ValueError(
+                "layers: nothing to score: an empty list, and no attention heads scored instead (none recognised, "
+                "heads=False, or kernel='rbf', which scores heads through their q/k/v Linear layers)"
+            )
         self._active = False
         self.reset()
 
@@ -391,20 +398,15 @@ class CKADamage(ChannelCriterion):
 
     def unit_scores(self, spec: UnitSpec) -> torch.Tensor | None:
         """Importance ``(num_units,)`` of the heads (units) of ``spec``, lower removed first, as :meth:`scores`
-        ranks channels; None when this criterion does not score that layer's units.
+        ranks channels; None when this criterion does not score that layer's units (``heads=False``, or the RBF
+        kernel, whose heads are scored through their q/k/v rows).
 
         Raises:
-            ValueError: ``kernel="rbf"`` (its candidate scan removes single channels, not column blocks), or too
-                few samples recorded (an ``nn.MultiheadAttention`` not exposed by
+            ValueError: too few samples recorded (an ``nn.MultiheadAttention`` not exposed by
                 :func:`pyprune.pruning.attention.expose_unit_inputs`).
         """
         if spec.name not in self._units:
             return None
-        if self.kernel != "linear":
-            raise ValueError(
-                f"kernel: the RBF candidate scan removes single channels; the {spec.granularity} of {spec.name!r} "
-                "need kernel='linear'"
-            )
         return self._importance(spec.name, spec.num_units)
 
     def _importance(self, name: str, size: int) -> torch.Tensor:

@@ -612,9 +612,10 @@ def plan_taylor(
     taylor_options = {key: options.pop(key) for key in TAYLOR_OPTIONS if key in options}
     # Scores come from forward/backward passes of a copy: train-mode BatchNorm would update the model's statistics.
     work = copy.deepcopy(model)
-    if options.get("attention", "heads") == "heads":
+    heads = options.get("attention", "heads") == "heads"
+    if heads:
         expose_unit_inputs(work)
-    criterion = Taylor(work, heads=options.get("attention", "heads") == "heads", **taylor_options)
+    criterion = Taylor(work, heads=heads, **taylor_options)
     criterion.accumulate_over(
         data, loss_fn or nn.functional.cross_entropy, max_batches=max_batches, progress=progress
     )
