@@ -7,10 +7,14 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import pyprune
 from pyprune.models import resnet20
+from pyprune.pruning.attention import expose_unit_inputs, find_units
 from pyprune.pruning.criteria import ablation
+from pyprune.pruning.criteria.ablation import unit_ablation_damage
+from tests.test_taylor import HeadClassifier, gated_forward
 
 
 def cnn() -> nn.Sequential:
@@ -148,3 +152,26 @@ def test_cka_damage_without_at_compares_the_model_output():
     at_output = pyprune.ablation_damage(model, "layer2.0.conv1", data, measure="cka", at="fc")
     default = pyprune.ablation_damage(model, "layer2.0.conv1", data, measure="cka")
     torch.testing.assert_close(default, at_output, rtol=0, atol=0)
+
+
+def test_head_ablation_damage_is_the_loss_increase_of_a_zeroed_head_gate():
+    # Michel et al. (2019): a head is ablated by masking its output; the reference masks it in a plain-torch forward.
+    model = HeadClassifier().eval()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 5, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,), generator=g)
+    ones = torch.ones(2, dtype=torch.float64)
+    with torch.no_grad():
+        base = F.cross_entropy(gated_forward(model, x, ones), y)
+        expected = torch.stack(
+            [
+                F.cross_entropy(gated_forward(model, x, ones.index_fill(0, torch.tensor([h]), 0)), y) - base
+                for h in range(2)
+            ]
+        )
+    (spec,) = find_units(model)
+    with pytest.raises(ValueError, match=r"'parts\.layer\.self_attn\.out_proj' never ran as a module"):
+        unit_ablation_damage(model, spec, [(x, y)])
+    expose_unit_inputs(model)
+    damage = unit_ablation_damage(model, spec, [(x[:4], y[:4]), (x[4:], y[4:])])
+    torch.testing.assert_close(damage, expected, rtol=1e-10, atol=1e-12)

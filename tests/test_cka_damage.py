@@ -24,7 +24,9 @@ import pyprune
 from pyprune import CKADamage
 from pyprune.ops.cka_damage import greedy_removal_order
 from pyprune.ops.reference import greedy_removal_order_reference
+from pyprune.pruning.attention import expose_unit_inputs, find_units
 from pyprune.pruning.criteria import cka_damage as cka_damage_module
+from tests.test_taylor import HeadClassifier, head_outputs
 
 ATOL = 1e-10
 NEAR_TIE = 1e-9
@@ -835,3 +837,49 @@ def test_property_greedy_prefixes_match_the_direct_formula(n, p, seed, dead, ina
             if kept:
                 assert abs(float(cka[t]) - value) < 1e-9
             assert value > best - 1e-9
+
+
+# ----------------------------------------------------------------------------------------- attention heads
+
+
+def _centred_linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    x, y = x - x.mean(0), y - y.mean(0)
+    return float((x.T @ y).square().sum() / ((x.T @ x).square().sum() * (y.T @ y).square().sum()).sqrt())
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_head_damage_is_the_cka_of_the_heads_output_with_whole_heads_zeroed(greedy):
+    # Brute force in float64: the four heads' outputs (written out in plain torch), whole heads zeroed, CKA
+    # against the original over every (example, token) row; greedy removes the best head given those gone.
+    model = HeadClassifier(heads=4).eval()
+    x = torch.randn(6, 5, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    with torch.no_grad():
+        original = head_outputs(model, x).transpose(1, 2).reshape(-1, 4, 2)  # (rows, heads, head_dim)
+
+    def cka_without(gone: list[int]) -> float:
+        kept = original.clone()
+        kept[:, gone] = 0
+        return _centred_linear_cka(original.flatten(1), kept.flatten(1))
+
+    gone: list[int] = []
+    expected = []
+    if greedy:
+        for _ in range(4):
+            best = max((h for h in range(4) if h not in gone), key=lambda h: (cka_without([*gone, h]), -h))
+            gone.append(best)
+            expected.append(cka_without(gone))
+    else:
+        singles = [cka_without([h]) for h in range(4)]
+        gone = sorted(range(4), key=lambda h: (-singles[h], h))
+        expected = [singles[h] for h in gone]
+    expose_unit_inputs(model)
+    (spec,) = find_units(model)
+    criterion = CKADamage(model, [], greedy=greedy).accumulate_over([(x[:4],), (x[4:],)], progress=False)
+    assert criterion.unit_names == [spec.name]
+    assert criterion.removal_order(spec.name).tolist() == gone
+    expected[-1] = 0.0 if greedy else expected[-1]  # nothing left: CKA 0 by definition
+    torch.testing.assert_close(criterion.trajectory(spec.name), torch.tensor(expected, dtype=torch.float64))
+    ranks = criterion.unit_scores(spec)
+    assert torch.argsort(ranks).tolist() == gone
+    # The RBF scan removes single channels: heads are then left to their q/k/v rows.
+    assert CKADamage(model, None, kernel="rbf").unit_scores(spec) is None

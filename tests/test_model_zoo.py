@@ -276,13 +276,53 @@ def test_grouped_convolution_groups_are_left_untouched_with_the_reason():
 
 
 def test_a_criterion_that_cannot_score_heads_refuses_at_planning_naming_the_layer():
+    # Taylor's FLOPs penalty is defined per channel, not per head.
     model = _quiet(Encoder)()
     x = torch.randn(4, 6, 32)
     data = [(x, torch.randint(0, 10, (4,)))]
+    options = {"example_input": x, "data": data, "progress": False, "flops_lambda": 1e-3}
     with pytest.raises(ValueError, match=r"encoder\.layers\.0\.self_attn.*attention='skip'"):
-        pyprune.plan(model, "taylor", 0.3, example_input=x, data=data, progress=False)
-    plan = pyprune.plan(model, "taylor", 0.3, example_input=x, data=data, progress=False, attention="skip")
+        pyprune.plan(model, "taylor", 0.3, **options)
+    plan = pyprune.plan(model, "taylor", 0.3, attention="skip", **options)
     assert plan.apply(copy.deepcopy(model))(x).shape == (4, 10)
+
+
+def _lm_loss(output, target):
+    # Oracle ablation hands the loss the first tensor of the output; Taylor the model's output object.
+    logits = output if isinstance(output, torch.Tensor) else output.logits
+    return nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+
+
+HEAD_DATA = {
+    "mha_encoder": (Encoder, ATTENTION_MODELS["mha_encoder"][1], torch.arange(2), None),
+    "hf_gpt2": (hf_gpt2, IDS, IDS["input_ids"], _lm_loss),
+}
+
+
+@pytest.mark.parametrize("method", ["taylor", "oracle", "cka_single", "cka_greedy"])
+@pytest.mark.parametrize("name", list(HEAD_DATA))
+def test_data_driven_criteria_remove_whole_heads(name, method):
+    make, inputs, target, loss = HEAD_DATA[name]
+    model = _quiet(make)()
+    specs = [s for s in find_units(model) if s.granularity == "heads"]
+    data = [(inputs["input_ids"] if isinstance(inputs, dict) else inputs, target)]
+    options = {"loss_fn": loss} if loss is not None else {}
+    if method != "cka_single":
+        options["progress"] = False
+    plan = pyprune.plan(
+        model,
+        method,
+        {spec.name: 0.5 for spec in specs},
+        example_input=inputs,
+        data=data,
+        scope="layer",
+        **options,
+    )
+    assert [(la.name, la.num_removed) for la in plan.layers if la.num_removed] == [(s.name, 2) for s in specs]
+    pruned = plan.apply(copy.deepcopy(model))
+    assert [s.num_units for s in find_units(pruned) if s.granularity == "heads"] == [2, 2]
+    reference = _zero_heads_reference(model, plan)
+    torch.testing.assert_close(_outputs(pruned, inputs), _outputs(reference, inputs), rtol=1e-4, atol=1e-5)
 
 
 def test_unstructured_plans_list_what_they_leave_out():
@@ -373,3 +413,19 @@ def test_shufflenet_traces_from_a_batch_of_one():
     pruned = plan.apply(copy.deepcopy(model))
     assert pruned(x).shape == (1, 10)
     assert plan.totals["params"][1] == sum(p.numel() for p in pruned.parameters()) < plan.totals["params"][0]
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_one_shot_methods_calibrate_torchvision_vit_blocks_and_list_what_they_leave(method):
+    # torchvision names its blocks ("encoder_layer_0") and its attention hands out_proj to a fused kernel: the
+    # calibration copy calls out_proj as a module, so its input statistics exist.
+    model = _quiet(tv_vit)()
+    data = [(IMAGES, torch.tensor([1, 2]))]
+    plan = pyprune.plan(model, method, 0.5, data=data, progress=False)
+    names = [layer.name for layer in plan.layers]
+    assert "encoder.layers.encoder_layer_0.self_attention.out_proj" in names
+    assert all(name.startswith("encoder.layers.encoder_layer_") for name in names)
+    untouched = plan.options["untouched"]
+    assert untouched["encoder.layers.encoder_layer_1.self_attention"].startswith("MultiheadAttention: ")
+    assert "outside the blocks 'encoder.layers'" in untouched["conv_proj"]
+    assert _outputs(plan.apply(copy.deepcopy(model)), IMAGES).shape == (2, 10)

@@ -135,13 +135,7 @@ SLOW_MODELS = {"tv_resnet", "tv_densenet", "tv_swin", "timm_mobilevit", "timm_ef
 # (model, method) -> the refusal expected at planning: a pattern that must name the layer and the reason.
 REFUSALS = {
     ("tv_swin", "l1_filter"): r"Torch-Pruning could not trace.*Maximum recursive depth",
-    ("tv_mobilenet_v2", "wanda"): r"MobileNetV2 has no list of identical blocks",
-    ("tv_mobilenet_v2", "sparsegpt"): r"MobileNetV2 has no list of identical blocks",
 }
-
-
-# One-shot LLM methods (pyprune.pruning.oneshot) do not list the layers they leave out yet.
-UNLISTED = {"wanda", "sparsegpt"}
 
 
 def _build(name):
@@ -202,11 +196,10 @@ def check_works_or_refuses(name, method, amount, tmp_path):
             again = type(pruned).from_pretrained(tmp_path / "hf").eval()
         assert torch.equal(_run(again, inputs), after)
     # Nothing is skipped silently: every Linear/ConvNd is either planned or listed with a reason.
-    if method not in UNLISTED:
-        planned = {n for layer in plan.layers for n in (layer.name, *layer.coupled)}
-        for layer_name, module in model.named_modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)) and plan.mode == "mask":
-                assert layer_name in planned or layer_name in plan.options["untouched"], layer_name
+    planned = {n for layer in plan.layers for n in (layer.name, *layer.coupled)}
+    for layer_name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and plan.mode == "mask":
+            assert layer_name in planned or layer_name in plan.options["untouched"], layer_name
 
 
 def _core_params():

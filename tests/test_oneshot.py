@@ -345,3 +345,92 @@ def test_readme_snippets_run() -> None:
     model = namespace["model"]
     assert model.config.num_hidden_layers == 3
     assert model(namespace["calibration"][0]["input_ids"]).logits.shape == (4, 32, 100)
+
+
+# ---------------------------------------------------------------- models without blocks: one block, layer by layer
+
+
+class _SmallCNN(torch.nn.Module):
+    """float64 convs (one strided, one grouped) and two Linear layers, on (n, 2, 6, 6) inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.grouped = nn.Conv2d(4, 4, 3, padding="same", groups=2)
+        self.fc1 = nn.Linear(36, 16)
+        self.fc2 = nn.Linear(16, 3)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc2(torch.relu(self.fc1(self.grouped(x).flatten(1))))
+
+
+def _patches(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
+    """``(N * H_out * W_out, C * kh * kw)`` input patches of ``conv``, gathered offset by offset."""
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    padded = torch.nn.functional.pad(x, [pw, pw, ph, ph])
+    h_out = (padded.shape[2] - kh) // sh + 1
+    w_out = (padded.shape[3] - kw) // sw + 1
+    taps = torch.stack(
+        [
+            torch.stack(
+                [padded[:, :, i : i + sh * h_out : sh, j : j + sw * w_out : sw] for j in range(kw)], -1
+            )
+            for i in range(kh)
+        ],
+        -2,
+    )  # (N, C, H_out, W_out, kh, kw)
+    return taps.permute(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * kh * kw)
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_cnn_is_calibrated_layer_by_layer_in_forward_order(method) -> None:
+    model = _SmallCNN().eval()
+    g = torch.Generator().manual_seed(3)
+    data = [(torch.randn(5, 2, 6, 6, generator=g, dtype=torch.float64), torch.zeros(5)) for _ in range(2)]
+    plan = pyprune.plan(model, method, 0.5, data=data, progress=False, block_size=8)
+    assert [layer.name for layer in plan.layers] == ["conv1", "conv2", "fc1"]
+    assert plan.options["blocks"] is None
+    assert plan.options["untouched"] == {
+        "grouped": "grouped convolution (groups=2): its input statistics differ per group",
+        "fc2": "output layer (left out by default)",
+    }
+    # Reference: each layer's inputs captured by a full forward of the partly pruned copy, conv patches gathered
+    # offset by offset, the same solver as the block-wise test.
+    solve = (
+        _wanda_solve(0.5)
+        if method == "wanda"
+        else lambda w, x: _obs_reference(w, x.t() @ x, x.shape[0], 0.5, None, 8)
+    )
+    ref = copy.deepcopy(model)
+    for name in ("conv1", "conv2", "fc1"):
+        module = ref.get_submodule(name)
+        seen = []
+        handle = module.register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0]))
+        with torch.no_grad():
+            for x, _ in data:
+                ref(x)
+        handle.remove()
+        rows = [_patches(x, module) if isinstance(module, torch.nn.Conv2d) else x for x in seen]
+        mask, new = solve(module.weight.detach().flatten(1), torch.cat(rows))
+        assert torch.equal(
+            ~plan.layer(name).keep_mask(module.weight.shape), mask.reshape(module.weight.shape)
+        )
+        if method == "sparsegpt":
+            torch.testing.assert_close(
+                plan.weights[name], new.reshape(module.weight.shape), rtol=1e-9, atol=1e-12
+            )
+        with torch.no_grad():
+            module.weight.copy_(new.reshape(module.weight.shape))
+    pruned = plan.apply(copy.deepcopy(model))
+    torch.testing.assert_close(pruned(data[0][0]), ref(data[0][0]), rtol=1e-9, atol=1e-12)
+
+
+def test_owl_without_blocks_is_refused_naming_the_option() -> None:
+    data = [torch.randn(4, 2, 6, 6, dtype=torch.float64)]
+    with pytest.raises(ValueError, match="owl: its sparsities are per block and _SmallCNN has no list"):
+        pyprune.plan(_SmallCNN(), "wanda", 0.5, data=data, owl=True, progress=False)

@@ -30,6 +30,7 @@ from pyprune.pruning import (
     save_pruned,
 )
 from pyprune.pruning.groups import build_dependency_graph
+from pyprune.pruning.plan import LayerPlan
 
 
 def small_cnn() -> nn.Sequential:
@@ -350,9 +351,9 @@ def test_plan_prints_a_table():
     assert "layer" in text
     assert "FLOPs" in text
     assert "50.0%" in text
-    assert (
-        text.count("\n") == 2 + 3 + 1
-    )  # title, header, rule, three layers (the output layer is kept), model
+    # title, header, rule, three layers (the output layer is kept), model, the untouched line
+    assert text.count("\n") == 2 + 3 + 1 + 1
+    assert text.splitlines()[-1] == "untouched: 9 (output layer (default ignored_layers))"
 
 
 def test_save_load_round_trip_resnet_after_two_rounds(tmp_path):
@@ -584,3 +585,53 @@ def test_built_in_methods_load_on_first_lookup():
         "assert METHODS['sipp_det'].needs_data and sipp in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=pathlib.Path(__file__).parents[1])
+
+
+# ------------------------------------------------------------------------------------- the output layer is kept
+
+
+@pytest.mark.parametrize("method", ["l1_filter", "random_channels", "taylor", "oracle", "cka_single"])
+def test_explicit_ignored_layers_without_the_output_layer_is_refused_at_planning(method):
+    # ignored_layers replaces the default (the output layer "9"): every structured method goes through plan(),
+    # which refuses the plan before anything is applied, naming the argument and the layer.
+    model = small_cnn()
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(4, 3, 8, 8)
+    extra = {"data": [(x, torch.randint(0, 10, (4,)))]} if pyprune.METHODS[method].needs_data else {}
+    if method in ("taylor", "oracle"):
+        extra["progress"] = False
+    with pytest.raises(ValueError, match=r"^ignored_layers: .* output channels of '9'.*add '9' to it"):
+        pyprune.prune(model, method, 0.5, example_input=x, ignored_layers=["0"], **extra)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    # Listing the output layer as well plans and applies.
+    plan = pyprune.prune(model, method, 0.5, example_input=x, ignored_layers=["0", "9"], **extra)
+    assert "9" not in [layer.name for layer in plan.layers]
+    assert model(x).shape == (4, 10)
+
+
+def test_apply_refuses_a_direct_structured_plan_that_cuts_the_output_layer():
+    model = small_cnn()
+    x = torch.randn(2, 3, 8, 8)
+    plan = plan_structured(model, 0.5, x, ignored_layers=["0"])
+    assert plan.layer("9").num_removed == 5
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="output channels of '9'"):
+        plan.apply(model)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_mask_mode_keeps_the_output_layer_out_even_with_explicit_ignored_layers():
+    # Mask mode selects its layers as unstructured planning does: the output layer is never among them.
+    plan = pyprune.plan(small_cnn(), "unit_l2", 0.5, ignored_layers=["0"])
+    assert [layer.name for layer in plan.layers] == ["3", "7"]
+    assert set(plan.options["untouched"]) == {"0", "9"}
+
+
+def test_structured_counts_head_and_unit_plans():
+    weights = pyprune.plan(small_cnn(), "magnitude", 0.5)
+    assert not weights.structured
+    heads = PruningPlan.from_dict({**weights.to_dict(), "mode": "remove", "layers": []})
+    assert not heads.structured
+    heads.layers = [LayerPlan("attn", "heads", 4, torch.tensor([1]))]
+    assert heads.structured

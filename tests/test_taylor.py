@@ -372,3 +372,90 @@ def test_repr_shows_the_options(net):
     assert "reduction='signed_sum_then_abs'" in text
     assert "flops_lambda=0.001" in text
     assert "loss_reduction='mean'" in text
+
+
+# ------------------------------------------------------------------------ attention heads (Michel et al. 2019)
+
+
+class HeadClassifier(nn.Module):
+    """One float64 ``nn.TransformerEncoderLayer`` (width 8, ``heads`` heads) and a classifier over the mean token."""
+
+    def __init__(self, heads: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        layer = nn.TransformerEncoderLayer(8, heads, 16, dropout=0.0, batch_first=True)
+        self.parts = nn.ModuleDict({"layer": layer, "head": nn.Linear(8, 3)}).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.parts["head"](self.parts["layer"](x).mean(1))
+
+
+def head_outputs(model: HeadClassifier, x: torch.Tensor) -> torch.Tensor:
+    """``(batch, heads, tokens, head_dim)``: each head's attention output, written out in plain torch."""
+    attn = model.parts["layer"].self_attn
+    batch, tokens, width = x.shape
+    heads, dim = attn.num_heads, width // attn.num_heads
+    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).split(width, -1)
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(batch, tokens, heads, dim).transpose(1, 2)
+
+    return (split(q) @ split(k).transpose(-2, -1) / dim**0.5).softmax(-1) @ split(v)
+
+
+def gated_forward(model: HeadClassifier, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """The classifier written out in plain torch, with head h's attention output multiplied by ``gate[h]``."""
+    layer, head = model.parts["layer"], model.parts["head"]
+    attn = layer.self_attn
+    batch, tokens, width = x.shape
+    context = head_outputs(model, x) * gate[None, :, None, None]
+    attended = F.linear(
+        context.transpose(1, 2).reshape(batch, tokens, width), attn.out_proj.weight, attn.out_proj.bias
+    )
+    h = layer.norm1(x + attended)
+    h = layer.norm2(h + layer.linear2(F.relu(layer.linear1(h))))
+    return head(h.mean(1))
+
+
+def test_head_importance_is_the_loss_gradient_of_a_head_gate():
+    from pyprune.pruning.attention import expose_unit_inputs, find_units
+
+    model = HeadClassifier().eval()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(N_EXAMPLES, 5, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (N_EXAMPLES,), generator=g)
+    ones = torch.ones(2, dtype=torch.float64)
+    torch.testing.assert_close(gated_forward(model, x, ones), model(x), rtol=1e-12, atol=1e-12)
+    # Reference: per example, d loss / d gate (Michel et al. 2019), |.| averaged over examples; Taylor averages the
+    # product over the 5 positions instead of summing it.
+    gates = []
+    for b in range(N_EXAMPLES):
+        gate = ones.clone().requires_grad_()
+        F.cross_entropy(gated_forward(model, x[b : b + 1], gate), y[b : b + 1]).backward()
+        gates.append(gate.grad)
+    expected = torch.stack(gates).abs().mean(0) / 5
+
+    expose_unit_inputs(model)
+    (spec,) = find_units(model)
+    taylor = Taylor(model)
+    assert taylor.unit_names == ["parts.layer.self_attn"]
+    feed(taylor, model, x, y, (3, 5))
+    assert_close64(taylor.raw_scores(spec.name), expected)
+    assert_close64(taylor.unit_scores(spec), expected / expected.norm())
+    assert no_hooks(model)
+
+
+def test_unexposed_multihead_attention_and_flops_penalty_refuse_head_scores():
+    from pyprune.pruning.attention import find_units
+
+    model = HeadClassifier().eval()
+    x = torch.randn(4, 5, 8, dtype=torch.float64)
+    y = torch.zeros(4, dtype=torch.long)
+    (spec,) = find_units(model)
+    taylor = Taylor(model)
+    feed(taylor, model, x, y, (4,))  # nn.MultiheadAttention never calls out_proj as a module
+    with pytest.raises(RuntimeError, match=r"no gradient recorded for layer 'parts\.layer\.self_attn'"):
+        taylor.unit_scores(spec)
+    with pytest.raises(ValueError, match=r"flops_lambda: .*'parts\.layer\.self_attn' is scored by heads"):
+        Taylor(model, flops_lambda=1e-3).unit_scores(spec)
+    assert Taylor(model, heads=False).unit_scores(spec) is None

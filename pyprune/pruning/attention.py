@@ -76,6 +76,12 @@ class UnitSpec:
     def granularity(self) -> str:
         return "units" if self.kind == "gpt2_mlp" else "heads"
 
+    @property
+    def writer_batch_dim(self) -> int:
+        """Batch dim of the ``writer``'s input: 1 for ``nn.MultiheadAttention`` (its out_proj reads
+        ``(L, N, num_heads * head_dim)``, sequence first), 0 otherwise; the units' columns are always last."""
+        return 1 if self.kind == "mha" else 0
+
     def rows(self, reader: str, units: torch.Tensor) -> torch.Tensor:
         """Output rows of projection ``reader`` that belong to ``units`` (int64, sorted)."""
         rows = [
@@ -248,6 +254,26 @@ class _RowView(nn.Module):
         self.bias = bias
 
 
+def expose_unit_inputs(model: nn.Module) -> None:
+    """Make every ``nn.MultiheadAttention`` of ``model`` whose heads pyprune removes call its ``out_proj`` as a
+    module, so that hooks on ``out_proj`` see the concatenated heads ``(L, N, num_heads * head_dim)``.
+
+    ``nn.MultiheadAttention`` hands ``out_proj.weight`` to a functional kernel, so no hook on ``out_proj`` ever
+    fires; each such layer becomes a :class:`PrunedMultiheadAttention` with all its heads (same parameters, same
+    function). Meant for a working copy that a data-driven criterion observes; ``model`` is modified in place.
+    """
+    for spec in find_units(model):
+        if spec.kind == "mha":
+            _as_pruned_attention(model.get_submodule(spec.name))
+
+
+def _as_pruned_attention(module: nn.MultiheadAttention) -> None:
+    module.__class__ = PrunedMultiheadAttention
+    # nn.TransformerEncoderLayer's inference fast path hands in_proj_weight to a fused kernel that requires
+    # 3 * embed_dim rows; it is skipped for attention without a fused same-width in_proj, which this is now.
+    module._qkv_same_embed_dim = False
+
+
 def reader_module(model: nn.Module, spec: UnitSpec, reader: str) -> nn.Module:
     """The module a channel criterion scores for ``reader``: the layer itself when it is an ``nn.Linear``,
     otherwise a Linear-shaped view (MHA ``in_proj_weight``, HF Conv1D's transposed weight)."""
@@ -265,12 +291,30 @@ def unit_scores(
     criterion: ChannelCriterion,
     reduce: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """float64 ``(num_units,)`` scores: the criterion's channel scores of every row a unit owns, reduced.
+    """float64 ``(num_units,)`` scores of ``spec``'s heads (or MLP units).
+
+    The criterion's own :meth:`~pyprune.pruning.criteria.base.ChannelCriterion.unit_scores` when it measures units
+    directly (Taylor's head importance, Michel et al. 2019); otherwise its channel scores of every q/k/v row a
+    unit owns, reduced by ``reduce`` (how ``l1_filter`` scores a head: ``group_reduction`` over its rows).
 
     Raises:
-        ValueError: the criterion cannot score one of the projections (e.g. a data-driven criterion that never
-            observed a Conv1D or an ``in_proj_weight``); the message names the layer.
+        ValueError: the criterion cannot score the units or one of the projections (e.g. a data-driven criterion
+            that never observed a Conv1D or an ``in_proj_weight``); the message names the layer.
     """
+    try:
+        direct = criterion.unit_scores(spec)
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise ValueError(
+            f"model: {criterion!r} cannot score the {spec.granularity} of {spec.name!r} "
+            f"({type(error).__name__}: {error}); pass attention='skip' to leave attention layers untouched"
+        ) from error
+    if direct is not None:
+        if tuple(direct.shape) != (spec.num_units,):
+            raise ValueError(
+                f"model: {criterion!r} returned {tuple(direct.shape)} scores for the {spec.num_units} "
+                f"{spec.granularity} of {spec.name!r}"
+            )
+        return direct.detach().double().cpu()
     per_reader = {}
     for reader in spec.readers:
         module = reader_module(model, spec, reader)
@@ -345,11 +389,8 @@ def remove_units(model: nn.Module, spec: UnitSpec, removed: torch.Tensor) -> Non
         module.num_heads = kept_units
         module.attn_dim = kept_units * spec.head_dim
     elif spec.kind == "mha":
-        module.__class__ = PrunedMultiheadAttention
+        _as_pruned_attention(module)
         module.num_heads = kept_units
-        # nn.TransformerEncoderLayer's inference fast path hands in_proj_weight to a fused kernel that requires
-        # 3 * embed_dim rows; it is skipped for attention without a fused same-width in_proj, which this is now.
-        module._qkv_same_embed_dim = False
     elif spec.kind == "gpt2":
         module.num_heads = kept_units
         module.split_size = kept_units * spec.head_dim

@@ -34,7 +34,7 @@ from pyprune.distributed import planning_model
 from pyprune.pruning.apply import describe_input
 from pyprune.pruning.criteria.magnitude import FilterNorm, Magnitude, RandomChannels, RandomWeights
 from pyprune.pruning.layers import check_materialised
-from pyprune.pruning.plan import PruningPlan, check_untied
+from pyprune.pruning.plan import PruningPlan, check_output_kept, check_untied
 from pyprune.pruning.selection import Amount, plan_structured, plan_unstructured
 
 LossFn = Callable[..., torch.Tensor]
@@ -466,6 +466,11 @@ def plan(
             records parameter and FLOP counts).
         data, loss_fn: training batches and loss for data-driven methods.
         **options: passed to the method's planner (e.g. ``scope="global"``, ``ignored_layers=[...]``).
+
+    Raises:
+        ValueError: besides bad arguments, a plan that prunes a parameter shared by several modules, or a structured
+            plan that removes or masks output channels of the output layer (an explicit ``ignored_layers`` replaces
+            the default, which is the output layer; list it there too), naming the layer.
     """
     chosen = get_method(method)
     # A DDP wrapper plans as its module; under torchrun every rank must hold the same model and seed.
@@ -489,8 +494,9 @@ def plan(
         if culprit is None:
             raise
         raise culprit from error
-    # A plan that would untie shared parameters is refused before anyone applies it.
+    # A plan that would untie shared parameters, or cut the model's outputs, is refused before anyone applies it.
     check_untied(result, model)
+    check_output_kept(result, model)
     return result
 
 

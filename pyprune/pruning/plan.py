@@ -26,6 +26,7 @@ from torch import nn
 from pyprune.distributed import unwrap_model
 from pyprune.pruning.apply import apply_plan
 from pyprune.pruning.fingerprint import Fingerprint
+from pyprune.pruning.layers import output_layer_name
 
 PLAN_FORMAT = "pyprune-plan/1"
 
@@ -34,7 +35,7 @@ MAX_RESCALE = 1e9
 ``1 / p_min``, and probabilities below float32's epsilon are dropped, so real factors are below about 1e7; larger
 ones (or 1e308) can only come from a corrupt or hostile file and would overflow float32 weights."""
 
-Granularity = Literal["weights", "channels"]
+Granularity = Literal["weights", "channels", "heads", "units"]
 ApplyMode = Literal["mask", "remove"]
 
 
@@ -45,9 +46,11 @@ class LayerPlan:
     Attributes:
         name: qualified module name (``model.named_modules()``); for structured plans, the root of its
             dependency group.
-        granularity: ``"weights"`` (``removed`` are flat indices into ``weight``) or ``"channels"`` (output
-            channels of ``weight``, dim 0).
-        size: number of weights or channels before pruning.
+        granularity: ``"weights"`` (``removed`` are flat indices into ``weight``), ``"channels"`` (output
+            channels of ``weight``, dim 0), ``"heads"`` (attention heads, or key/value groups under grouped-query
+            attention, of the attention module ``name``) or ``"units"`` (hidden units of the MLP ``name``); see
+            :mod:`pyprune.pruning.attention`.
+        size: number of weights, channels, heads or units before pruning.
         removed: sorted int64 indices.
         coupled: other modules whose channels are removed with the root's (BatchNorm, consumers' inputs,
             layers tied by residual additions); informational.
@@ -203,7 +206,8 @@ class PruningPlan:
 
     @property
     def structured(self) -> bool:
-        return any(layer.granularity == "channels" for layer in self.layers)
+        """True when the plan removes or masks whole structures: channels, attention heads or MLP units."""
+        return any(layer.granularity != "weights" for layer in self.layers)
 
     @property
     def num_removed(self) -> int:
@@ -230,6 +234,7 @@ class PruningPlan:
         A DistributedDataParallel wrapper is pruned through its module; re-wrap the model afterwards when the plan
         removes channels (DDP keeps references to the replaced parameters)."""
         check_untied(self, unwrap_model(model))
+        check_output_kept(self, unwrap_model(model))
         apply_plan(self, unwrap_model(model))
         return model
 
@@ -357,8 +362,37 @@ def check_untied(plan: PruningPlan, model: nn.Module) -> None:
                 )
 
 
+def check_output_kept(plan: PruningPlan, model: nn.Module) -> None:
+    """Refuse a structured plan that removes or masks output channels of the model's output layer.
+
+    The output layer (the last Linear/ConvNd in definition order, see
+    :func:`pyprune.pruning.layers.output_layer_name`) produces the model's outputs (classes, vocabulary):
+    removing its channels changes the output's width, which :func:`~pyprune.pruning.apply.apply_plan`'s forward
+    check would refuse after the fact, and masking them silences outputs. Planners leave it out by default; an
+    explicit ``ignored_layers`` replaces that default, so a caller who lists other layers there must list the
+    output layer too, as with Torch-Pruning's ``ignored_layers=[model.fc]``. Refused here rather than added
+    silently, so that the plan never differs from the ``ignored_layers`` it records.
+
+    Raises:
+        ValueError: naming ``ignored_layers``, the layer and the channel counts.
+    """
+    touched = [layer for layer in plan.layers if layer.granularity == "channels" and layer.num_removed]
+    if not touched:
+        return
+    output = output_layer_name(model)
+    for layer in touched:
+        if layer.name == output:
+            verb = "removes" if plan.mode == "remove" else "masks"
+            raise ValueError(
+                f"ignored_layers: the plan {verb} {layer.num_removed} of the {layer.size} output channels of "
+                f"{output!r}, the model's output layer, which would change the model's outputs. An explicit "
+                f"ignored_layers replaces the default one (the output layer): add {output!r} to it."
+            )
+
+
 def format_plan(plan: PruningPlan) -> str:
-    """The plan as an aligned text table: layer, kind, before, after, % removed, params, FLOPs."""
+    """The plan as an aligned text table: layer, kind, before, after, % removed, params, FLOPs; then one line
+    naming the layers the plan leaves untouched and why (``plan.options["untouched"]``), when it lists any."""
     header = ["layer", "kind", "before", "after", "removed", "params", "FLOPs"]
     rows = [
         [
@@ -394,7 +428,24 @@ def format_plan(plan: PruningPlan) -> str:
         )
 
     title = f"PruningPlan: {plan.method}, mode={plan.mode}, {len(plan.layers)} layer(s)"
-    return "\n".join([title, line(header), line("-" * w for w in widths), *map(line, rows)])
+    lines = [title, line(header), line("-" * w for w in widths), *map(line, rows)]
+    untouched = plan.options.get("untouched")
+    if untouched:
+        lines.append(_untouched_line(untouched))
+    return "\n".join(lines)
+
+
+UNTOUCHED_SHOWN = 4
+"""Layers :func:`format_plan` names on its ``untouched:`` line; the rest are counted (all are in the options)."""
+
+
+def _untouched_line(untouched: dict[str, str]) -> str:
+    """``untouched: fc (output layer ...), ...``: the layers the plan leaves as they are, and why."""
+    shown = [f"{name} ({reason})" for name, reason in list(untouched.items())[:UNTOUCHED_SHOWN]]
+    more = len(untouched) - len(shown)
+    if more:
+        shown.append(f"... {more} more in plan.options['untouched']")
+    return "untouched: " + ", ".join(shown)
 
 
 def _before_after(before: int | None, after: int | None) -> str:

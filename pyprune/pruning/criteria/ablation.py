@@ -21,15 +21,18 @@ representation is linear in the ablated unit there): no extra forward pass at al
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
 from pyprune.activations import eval_mode, first_tensor, model_device
 from pyprune.distributed import ablation_totals
+from pyprune.pruning.attention import UnitSpec, expose_unit_inputs
 from pyprune.pruning.criteria.base import PRUNABLE_TYPES, ChannelCriterion
 from pyprune.pruning.criteria.cka_damage import CKADamage
 from pyprune.pruning.criteria.scored_layers import channel_dim
@@ -91,9 +94,87 @@ def ablation_damage(
         damage[criterion.removal_order(layer)] = 1.0 - criterion.trajectory(layer)
         return damage
 
-    loss_fn = loss_fn or nn.functional.cross_entropy
-    channels = module.weight.shape[0]
     bias = module.bias.detach() if module.bias is not None else None
+
+    def ablate(candidates: list[int]) -> RemovableHandle:
+        return module.register_forward_hook(_stacked_ablation(candidates, bias, module, layer))
+
+    return _damage(
+        model,
+        modules,
+        data,
+        int(module.weight.shape[0]),
+        ablate,
+        layer,
+        measure,
+        at,
+        loss_fn,
+        max_batches,
+        progress,
+    )
+
+
+@torch.no_grad()
+def unit_ablation_damage(
+    model: nn.Module,
+    spec: UnitSpec,
+    data: Iterable[Any] | torch.Tensor,
+    *,
+    measure: Measure = "loss",
+    at: str | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    max_batches: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Damage of ablating each attention head (or MLP unit) of ``spec``: float64 ``(spec.num_units,)``.
+
+    A head is ablated by zeroing its ``unit_width`` columns at the input of the projection that reads the heads
+    (``spec.writer``): the state removing it leaves the model in, Michel et al.'s (2019) head masking. Measures
+    and arguments as in :func:`ablation_damage`. An ``nn.MultiheadAttention`` must call its ``out_proj`` as a
+    module (:func:`pyprune.pruning.attention.expose_unit_inputs`).
+
+    Raises:
+        ValueError: as :func:`ablation_damage`, and when the writer never ran as a module on the data.
+    """
+    check_materialised(model)
+    if measure not in ("cka", "loss", "mse"):
+        raise ValueError(f"measure: expected 'cka', 'loss' or 'mse', got {measure!r}")
+    modules = dict(model.named_modules())
+    if at is not None and at not in modules:
+        raise ValueError(f"at: {at!r} is not a module of {type(model).__name__}")
+    writer = model.get_submodule(spec.writer)
+    calls = [0]
+
+    def ablate(candidates: list[int]) -> RemovableHandle:
+        return writer.register_forward_pre_hook(_stacked_unit_ablation(candidates, spec, calls))
+
+    damage = _damage(
+        model, modules, data, spec.num_units, ablate, spec.name, measure, at, loss_fn, max_batches, progress
+    )
+    if not calls[0]:
+        raise ValueError(
+            f"model: {spec.writer!r} never ran as a module, so the {spec.granularity} of {spec.name!r} cannot be "
+            "ablated there (an nn.MultiheadAttention needs pyprune.pruning.attention.expose_unit_inputs first)"
+        )
+    return damage
+
+
+def _damage(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    data: Iterable[Any] | torch.Tensor,
+    channels: int,
+    ablate: Callable[[list[int]], RemovableHandle],
+    layer: str,
+    measure: Measure,
+    at: str | None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    max_batches: int | None,
+    progress: bool,
+) -> torch.Tensor:
+    """float64 ``(channels,)`` mean damage over ``data`` of the ablations that ``ablate(candidates)`` installs (a
+    hook ablating candidate ``candidates[i]`` in stacked copy ``i``), measured as ``measure`` says."""
+    loss_fn = loss_fn or nn.functional.cross_entropy
     device = model_device(model)
     batches = [(data,)] if isinstance(data, torch.Tensor) else data
     totals = torch.zeros(channels, dtype=torch.float64)
@@ -133,7 +214,7 @@ def ablation_damage(
             for start in range(0, channels, chunk):
                 candidates = list(range(start, min(start + chunk, channels)))
                 stacked = inputs.repeat(len(candidates), *([1] * (inputs.ndim - 1)))
-                hook = module.register_forward_hook(_stacked_ablation(candidates, bias, module, layer))
+                hook = ablate(candidates)
                 try:
                     out, seen_at = _forward(model, modules, stacked, at if measure == "cka" else None)
                 finally:
@@ -197,6 +278,32 @@ def _stacked_ablation(candidates: list[int], bias: torch.Tensor | None, module: 
     return hook
 
 
+def _stacked_unit_ablation(candidates: list[int], spec: UnitSpec, calls: list[int]):
+    """Forward pre-hook on ``spec.writer`` for a forward pass on ``len(candidates)`` stacked copies of the batch:
+    in copy ``i`` of the writer's input, the columns of unit ``candidates[i]`` are zeroed; counts its calls."""
+    copies, width = len(candidates), spec.num_units * spec.unit_width
+
+    def hook(mod: nn.Module, args: Any) -> tuple[Any, ...]:
+        x = args[0]
+        dim = spec.writer_batch_dim
+        if x.ndim < 2 or x.shape[dim] % copies or x.shape[-1] != width:
+            raise ValueError(
+                f"model: {spec.writer!r} read shape {tuple(x.shape)} in a forward pass on {copies} stacked copies "
+                f"of the batch; ablating the {spec.granularity} of {spec.name!r} needs the batch along dim {dim} and "
+                f"{width} columns last"
+            )
+        calls[0] += 1
+        keep = torch.ones(copies, spec.num_units, dtype=x.dtype, device=x.device)
+        keep[torch.arange(copies), torch.tensor(candidates)] = 0
+        # (copies, units) -> one row per example of every copy, one column per input column of the writer.
+        rows = keep.repeat_interleave(x.shape[dim] // copies, 0).repeat_interleave(spec.unit_width, 1)
+        shape = [1] * x.ndim
+        shape[dim], shape[-1] = rows.shape
+        return (x * rows.reshape(shape), *args[1:])
+
+    return hook
+
+
 def _linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     """Biased linear CKA of ``(n, d1)`` and ``(n, d2)`` float64 matrices (feature space or sample space, whichever
     is smaller); 0 when either side is constant."""
@@ -251,6 +358,21 @@ class AblationDamage(ChannelCriterion):
             )
         return self._cache[name]
 
+    def unit_scores(self, spec: UnitSpec) -> torch.Tensor:
+        """Damage of ablating each head (unit) of ``spec``, by :func:`unit_ablation_damage` over the data."""
+        if spec.name not in self._cache:
+            self._cache[spec.name] = unit_ablation_damage(
+                self.model,
+                spec,
+                self.data,
+                measure=self.measure,
+                at=self.at,
+                loss_fn=self.loss_fn,
+                max_batches=self.max_batches,
+                progress=self.progress,
+            )
+        return self._cache[spec.name]
+
     def __repr__(self) -> str:
         return f"AblationDamage(measure={self.measure!r}, at={self.at!r})"
 
@@ -270,9 +392,17 @@ def plan_oracle(
 ) -> PruningPlan:
     """The ``"oracle"`` method: score channels by :class:`AblationDamage` over ``data``, then
     :func:`~pyprune.pruning.selection.plan_structured` them (the output layer is left out unless
-    ``ignored_layers`` says otherwise)."""
+    ``ignored_layers`` says otherwise). Attention heads (and GPT-2 MLP units) are scored by ablating each one
+    (Michel et al. 2019) unless ``attention="skip"``."""
     options.setdefault("ignored_layers", [output_layer_name(model)])
+    scored = model
+    if options.get("attention", "heads") == "heads" and any(
+        isinstance(m, nn.MultiheadAttention) for m in model.modules()
+    ):
+        # Its heads are ablated at out_proj's input, which only a copy that calls out_proj as a module exposes.
+        scored = copy.deepcopy(model)
+        expose_unit_inputs(scored)
     criterion = AblationDamage(
-        model, data, measure=measure, at=at, loss_fn=loss_fn, max_batches=max_batches, progress=progress
+        scored, data, measure=measure, at=at, loss_fn=loss_fn, max_batches=max_batches, progress=progress
     )
     return plan_structured(model, amount, example_input, criterion=criterion, method="oracle", **options)

@@ -15,10 +15,13 @@ Scores are computed from the *effective* weight ``module.weight``, so a layer th
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from pyprune.pruning.attention import UnitSpec
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -58,3 +61,9 @@ class ChannelCriterion(Criterion):
                 (dim 1) that earlier layers already remove; Li et al.'s "greedy" mode ignores those kernels.
         """
         raise NotImplementedError
+
+    def unit_scores(self, spec: UnitSpec) -> torch.Tensor | None:
+        """Importance of the attention heads (or MLP units) ``spec`` describes, measured on the units themselves:
+        float tensor ``(spec.num_units,)``; or None (the default) when the criterion scores them through their
+        projections' rows, which :func:`pyprune.pruning.attention.unit_scores` then reduces per unit."""
+        return None

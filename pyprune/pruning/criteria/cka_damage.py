@@ -37,6 +37,14 @@ Where the representation is observed (``point``): the layer's own output (cka-pr
 is passed over), or a ``{layer: module name}`` dict. A module observed must map channel ``c`` to channel ``c``
 (BatchNorm, elementwise activations), so that a removed channel is still a constant there.
 
+**Attention heads and MLP units** (:mod:`pyprune.pruning.attention`) are scored as units on the representation
+the heads write together: the input of the projection that reads them (``out_proj``, ``proj``, ``c_proj``,
+``o_proj``), where head ``h`` owns ``unit_width`` columns ``J_h``. Removing a head zeroes its columns, so the
+closed form above holds with ``M`` summed over head blocks, ``M_heads[u, v] = sum over a in J_u, b in J_v of
+M[a, b]``: single-removal and greedy orders of whole heads (Michel et al. 2019 prune heads; CKA is the damage
+measure here). Linear kernel only: with the RBF kernel heads are scored through their q/k/v rows, as by
+:func:`pyprune.pruning.attention.unit_scores`'s default.
+
 Statistics are taken in eval mode without gradients, by hooks (:meth:`CKADamage.accumulate_over`), once for all
 layers: as in cka-prune, layer ``l + 1``'s scores ignore what is removed from layer ``l`` in the same pass; the
 iterative protocol (re-measure, prune 20% of what remains, retrain) is :func:`pyprune.schedules.cascade` or
@@ -45,6 +53,7 @@ iterative protocol (re-measure, prune 20% of what remains, retrain) is :func:`py
 
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 import numbers
@@ -61,6 +70,7 @@ from pyprune.activations import eval_mode, model_device
 from pyprune.distributed import CKATotals, cka_totals
 from pyprune.ops import gram_hsic_terms
 from pyprune.ops.cka_damage import greedy_removal_order, rbf_candidate_scan
+from pyprune.pruning.attention import UnitSpec, expose_unit_inputs, find_units
 from pyprune.pruning.criteria.base import PRUNABLE_TYPES, ChannelCriterion
 from pyprune.pruning.criteria.scored_layers import channel_dim, resolve_points, resolve_scored_layers
 from pyprune.pruning.layers import output_layer_name
@@ -104,7 +114,8 @@ class CKADamage(ChannelCriterion):
 
     Args:
         model: the model; its Linear/ConvNd layers are scored (``layers`` narrows them).
-        layers: names, a type, or a predicate (as :func:`pyprune.capture` takes); default every Linear/ConvNd.
+        layers: names, a type, or a predicate (as :func:`pyprune.capture` takes); default every Linear/ConvNd;
+            an empty list scores heads (units) only.
         point: ``None`` (each layer's own output), ``"post"``, or ``{layer name: module name}`` (module docstring).
         kernel: ``"linear"`` or ``"rbf"``.
         greedy: the greedy set procedure (True) or single-removal ranking (False).
@@ -116,6 +127,10 @@ class CKADamage(ChannelCriterion):
             RBF); later batches are ignored. The channels representation uses every sample.
         scope: ``"layer"`` ranks within each layer; ``"global"`` makes scores comparable across layers
             (single: by damage ``1 - CKA``; greedy: per-layer greedy sequences merged by marginal damage).
+        heads: with the linear kernel, also score the heads (units) of every attention layer and GPT-2 MLP that
+            :func:`pyprune.pruning.attention.find_units` recognises (module docstring); read with
+            :meth:`unit_scores`. An ``nn.MultiheadAttention`` is observed only once
+            :func:`pyprune.pruning.attention.expose_unit_inputs` made it call its ``out_proj``.
     """
 
     name = "cka_damage"
@@ -134,6 +149,7 @@ class CKADamage(ChannelCriterion):
         bandwidth: Bandwidth = "fixed",
         max_samples: int = 1024,
         scope: Literal["layer", "global"] = "layer",
+        heads: bool = True,
     ) -> None:
         if kernel not in ("linear", "rbf"):
             raise ValueError(f"kernel: expected 'linear' or 'rbf', got {kernel!r}")
@@ -156,12 +172,26 @@ class CKADamage(ChannelCriterion):
         )
         self.representation: Representation = "flatten" if kernel == "rbf" else representation
         self.max_samples, self.scope = max_samples, scope
-        self._layers = resolve_scored_layers(model, layers)
+        # An empty list scores no layer: a model whose only Linear is its output (GPT-2) still has heads to score.
+        empty = isinstance(layers, list | tuple) and not layers
+        self._layers = {} if empty else resolve_scored_layers(model, layers)
         if point == "post":
             point = _post_activation_points(model, self._layers)
         elif isinstance(point, str):
             raise ValueError(f"point: expected None, 'post' or a dict {{layer: module}}, got {point!r}")
         self._points = resolve_points(model, self._layers, point)
+        # The RBF candidate scan removes single channels, not column blocks: with it, heads are scored as other
+        # criteria score them, through their q/k/v rows.
+        scored_units = find_units(model) if heads and kernel == "linear" else []
+        self._units: dict[str, UnitSpec] = {spec.name: spec for spec in scored_units}
+        # Width of each observed representation: a layer's channels, or the columns all of a spec's units write.
+        self._widths = {name: int(layer.weight.shape[0]) for name, layer in self._layers.items()}
+        self._widths.update({name: s.num_units * s.unit_width for name, s in self._units.items()})
+        if not self._widths:
+            raise ValueError(
+                "layers: nothing to score: an empty list, and no attention heads scored instead (none recognised, "
+                "heads=False, or kernel='rbf', which scores heads through their q/k/v Linear layers)"
+            )
         self._active = False
         self.reset()
 
@@ -171,6 +201,11 @@ class CKADamage(ChannelCriterion):
     def layer_names(self) -> list[str]:
         """Names of the scored layers, in model order."""
         return list(self._layers)
+
+    @property
+    def unit_names(self) -> list[str]:
+        """The attention layers (and GPT-2 MLPs) whose heads (units) are scored, in model order."""
+        return list(self._units)
 
     def reset(self) -> None:
         """Forget all statistics and cached orders."""
@@ -227,6 +262,19 @@ class CKADamage(ChannelCriterion):
             )
         self._observe(name, output)
 
+    def _on_unit(self, name: str, writer: nn.Module, args: Any) -> None:
+        spec = self._units[name]
+        z = args[0] if args else None
+        width = self._widths[name]
+        if not isinstance(z, torch.Tensor) or z.ndim < 2 or z.shape[-1] != width:
+            found = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(
+                f"model: {spec.writer!r} reads {found}; expected the {spec.num_units} {spec.granularity} of "
+                f"{name!r} as {width} columns in the last dim, after a batch dim"
+            )
+        # Batch first, channels (the units' columns) last.
+        self._record(name, z.movedim(spec.writer_batch_dim, 0), z.ndim - 1)
+
     def _observe(self, name: str, z: Any) -> None:
         layer = self._layers[name]
         if not isinstance(z, torch.Tensor):
@@ -238,6 +286,11 @@ class CKADamage(ChannelCriterion):
                 f"point: the representation observed for {name!r} has shape {tuple(z.shape)}; expected "
                 f"{channels} channels at dim 1 (or last for Linear)"
             )
+        self._record(name, z, dim)
+
+    def _record(self, name: str, z: torch.Tensor, dim: int) -> None:
+        """Add ``z`` (batch along dim 0, the ``self._widths[name]`` channels along ``dim``) to the statistics."""
+        channels = self._widths[name]
         z = z.detach()
         batch = z.shape[0]
         not_finite = ValueError(f"layer {name!r}: the observed representation contains NaN or inf")
@@ -284,27 +337,35 @@ class CKADamage(ChannelCriterion):
         """The statistics over every rank of torch.distributed (this rank's alone otherwise), reduced once after
         each change: ranks must read scores in lockstep, as the planner does on every rank."""
         if self._over_ranks is None:
-            channels = {name: int(layer.weight.shape[0]) for name, layer in self._layers.items()}
             samples = None if self.representation == "channels" else self._samples
-            self._over_ranks = cka_totals(channels, self._moments, samples, self.max_samples)
+            self._over_ranks = cka_totals(self._widths, self._moments, samples, self.max_samples)
         return self._over_ranks
 
     # -- scores -----------------------------------------------------------------------------------------------
 
     def interaction(self, name: str) -> torch.Tensor:
-        """``M`` of layer ``name`` (linear kernel): ``(C, C)`` float64, see the module docstring."""
+        """``M`` of layer ``name`` (linear kernel): ``(C, C)`` float64, see the module docstring; for an attention
+        layer (MLP) in :attr:`unit_names`, ``(num_units, num_units)`` summed over the units' column blocks."""
         self._check_ready(name)
         if self.representation == "channels":
             outer, total, rows = self._totals().moments[name]
             mean = total / rows
             covariance = outer - rows * torch.outer(mean, mean)
-            return covariance * covariance
-        return _flatten_interaction(torch.cat(self._totals().samples[name]))
+            m = covariance * covariance
+        else:
+            m = _flatten_interaction(torch.cat(self._totals().samples[name]))
+        spec = self._units.get(name)
+        if spec is None:
+            return m
+        units, width = spec.num_units, spec.unit_width
+        return m.reshape(units, width, units, width).sum(dim=(1, 3))
 
     def active(self, name: str) -> torch.Tensor:
         """Bool ``(C,)``: channels whose weights are not all zero (a zero row was pruned before, as cka-prune
-        decides)."""
+        decides); every unit of an attention layer (MLP) in :attr:`unit_names` (removed ones are gone)."""
         self._check_name(name)
+        if name in self._units:
+            return torch.ones(self._units[name].num_units, dtype=torch.bool)
         weight = self._layers[name].weight.detach()
         return weight.flatten(1).ne(0).any(dim=1).cpu()
 
@@ -333,8 +394,23 @@ class CKADamage(ChannelCriterion):
         """Importance ``(C,)``: lower is removed first. Already-pruned channels score -1, then removal positions
         (per layer, or in the merged global order with ``scope="global"``)."""
         self._check_name(name)
-        channels = self._layers[name].weight.shape[0]
-        importance = torch.full((channels,), -1.0, dtype=torch.float64)
+        return self._importance(name, int(self._layers[name].weight.shape[0]))
+
+    def unit_scores(self, spec: UnitSpec) -> torch.Tensor | None:
+        """Importance ``(num_units,)`` of the heads (units) of ``spec``, lower removed first, as :meth:`scores`
+        ranks channels; None when this criterion does not score that layer's units (``heads=False``, or the RBF
+        kernel, whose heads are scored through their q/k/v rows).
+
+        Raises:
+            ValueError: too few samples recorded (an ``nn.MultiheadAttention`` not exposed by
+                :func:`pyprune.pruning.attention.expose_unit_inputs`).
+        """
+        if spec.name not in self._units:
+            return None
+        return self._importance(spec.name, spec.num_units)
+
+    def _importance(self, name: str, size: int) -> torch.Tensor:
+        importance = torch.full((size,), -1.0, dtype=torch.float64)
         if self.scope == "global":
             ranks = self._global_ranks()[name]
         else:
@@ -374,13 +450,13 @@ class CKADamage(ChannelCriterion):
 
     def _global_ranks(self) -> dict[str, torch.Tensor]:
         if self._global_rank is None:
-            sequences = {name: self._order(name) for name in self._layers}
+            sequences = {name: self._order(name) for name in self._widths}
             self._global_rank = _merge(sequences, by_marginal=self.greedy)
         return self._global_rank
 
     def _check_name(self, name: str) -> None:
-        if name not in self._layers:
-            raise ValueError(f"name: {name!r} is not a scored layer; scored: {list(self._layers)}")
+        if name not in self._widths:
+            raise ValueError(f"name: {name!r} is not a scored layer; scored: {list(self._widths)}")
 
     def _check_ready(self, name: str) -> None:
         self._check_name(name)
@@ -416,6 +492,9 @@ class _Accumulating:
             if name in criterion._points:
                 point = criterion.model.get_submodule(criterion._points[name])
                 self.handles.append(point.register_forward_hook(partial(criterion._on_point, name)))
+        for name, spec in criterion._units.items():
+            writer = criterion.model.get_submodule(spec.writer)
+            self.handles.append(writer.register_forward_pre_hook(partial(criterion._on_unit, name)))
         return criterion
 
     def __exit__(self, *exc: object) -> None:
@@ -629,10 +708,17 @@ def plan_cka_damage(
 
     ``amount``: fraction of channels to remove per layer (or of all, ``scope="global"``); with ``stop_cka``
     each layer instead loses channels while its CKA stays above ``stop_cka`` (pass ``amount=0``; ``amount``
-    then caps nothing and is ignored)."""
+    then caps nothing and is ignored). Attention heads (and GPT-2 MLP units) are scored as units (see
+    :class:`CKADamage`) unless ``attention="skip"``."""
     if procedure not in ("single", "greedy"):
         raise ValueError(f"procedure: expected 'single' or 'greedy', got {procedure!r}")
     greedy = procedure == "greedy"
+    heads = options.get("attention", "heads") == "heads"
+    scored_model = model
+    if heads and any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        # Its heads are observed at out_proj's input, which only a copy that calls out_proj as a module exposes.
+        scored_model = copy.deepcopy(model)
+        expose_unit_inputs(scored_model)
     ignored = options.get("ignored_layers")
     if layers is None and ignored is None:
         output = output_layer_name(model)
@@ -640,7 +726,7 @@ def plan_cka_damage(
             name for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES) and name != output
         ]
     criterion = CKADamage(
-        model,
+        scored_model,
         layers,
         point=point,
         kernel=kernel,
@@ -650,6 +736,7 @@ def plan_cka_damage(
         bandwidth=bandwidth,
         max_samples=max_samples,
         scope=scope,
+        heads=heads,
     )
     if layers is not None and ignored is None:
         # plan_structured plans every prunable layer that is not ignored: leave out those not scored.
@@ -667,8 +754,8 @@ def plan_cka_damage(
         # amount counts the channels gone after the plan, already-pruned ones (ranked first) included.
         amount = {
             name: (criterion.removals_above(name, stop_cka) + int((~criterion.active(name)).sum()))
-            / criterion._layers[name].weight.shape[0]
-            for name in criterion.layer_names
+            / criterion.active(name).numel()
+            for name in [*criterion.layer_names, *criterion.unit_names]
             if name not in skip
         }
         amount = {name: min(value, 1 - 1e-9) for name, value in amount.items()}

@@ -14,6 +14,17 @@ implementation's exactly)::
 
     θ_c = | Σ over batches of mean over (b, m) of z_c · ∂L/∂z_c | / num_batches                  ("signed_sum_then_abs")
 
+**Attention heads and MLP units** (:mod:`pyprune.pruning.attention`) are scored as units, by Michel et al.'s head
+importance (NeurIPS 2019): the derivative of the loss with respect to a gate ``ξ_h`` multiplying head ``h``'s
+output, observed at the input of the projection that reads the heads (``out_proj``, ``proj``, ``c_proj``,
+``o_proj``), where head ``h`` owns ``unit_width`` consecutive columns ``J_h``. Per example, ``∂ℓ/∂ξ_h`` is the sum
+over positions and ``J_h`` of ``z · ∂ℓ/∂z``; with positions averaged, as for channels::
+
+    θ_h = mean over examples x of | mean over positions m of Σ_{j in J_h} z_j(x, m) · ∂L/∂z_j(x, m) |
+
+(``"signed_sum_then_abs"`` likewise), normalised over the heads of one layer. Under grouped-query attention a unit
+is a key/value group with its query heads; a GPT-2 MLP's unit is one hidden unit after the activation.
+
 :meth:`Taylor.scores` divides each layer's θ by its L2 norm, then subtracts ``flops_lambda · FLOPs per channel /
 flops_unit`` (Molchanov et al. 2017: normalise first, then penalise; the paper uses λ = 1e-3 with FLOPs in
 units of 1e6).
@@ -72,6 +83,7 @@ from tqdm.auto import tqdm
 
 from pyprune.activations import LayerSelector, call_model, model_device, to_device
 from pyprune.distributed import TaylorTotals, taylor_totals
+from pyprune.pruning.attention import UnitSpec, expose_unit_inputs, find_units
 from pyprune.pruning.criteria.base import ChannelCriterion
 from pyprune.pruning.criteria.scored_layers import (
     channel_dim,
@@ -104,6 +116,10 @@ class Taylor(ChannelCriterion):
         flops_lambda: λ >= 0 of the FLOPs penalty subtracted in :meth:`scores` (paper: 1e-3).
         flops_unit: FLOPs per unit of the penalty (paper: 1e6, i.e. MFLOPs).
         loss_reduction: how the loss reduces over the batch dim 0: ``"mean"`` or ``"sum"``.
+        heads: also score every attention layer and GPT-2 MLP that :func:`pyprune.pruning.attention.find_units`
+            recognises, by unit (module docstring); read with :meth:`unit_scores`. An ``nn.MultiheadAttention``
+            is observed only once :func:`pyprune.pruning.attention.expose_unit_inputs` made it call its
+            ``out_proj`` (the ``"taylor"`` method does this on its working copy).
 
     Raises:
         ValueError: an unknown layer or point name (with close matches), an unknown option value.
@@ -124,6 +140,7 @@ class Taylor(ChannelCriterion):
         flops_lambda: float = 0.0,
         flops_unit: float = 1e6,
         loss_reduction: LossReduction = "mean",
+        heads: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -143,7 +160,12 @@ class Taylor(ChannelCriterion):
         self.loss_reduction: LossReduction = loss_reduction
         self._layers = resolve_scored_layers(model, layers)
         self._points = resolve_points(model, self._layers, point)
-        # Per layer: float64 (C,) sums of per-example |mean z·g| (paper) or of per-batch signed means.
+        self._units: dict[str, UnitSpec] = {spec.name: spec for spec in find_units(model)} if heads else {}
+        self._scored: dict[str, nn.Module] = {
+            **self._layers,
+            **{name: _units_stand_in(spec.num_units) for name, spec in self._units.items()},
+        }
+        # Per layer (or attention layer / MLP of units): float64 (C,) sums of per-example |mean z·g| (paper) or of per-batch signed means.
         self._sums: dict[str, torch.Tensor] = {}
         self._examples: dict[str, int] = {}
         self._batches: dict[str, int] = {}
@@ -163,6 +185,11 @@ class Taylor(ChannelCriterion):
     def layer_names(self) -> list[str]:
         """The scored layers, in the order selected."""
         return list(self._layers)
+
+    @property
+    def unit_names(self) -> list[str]:
+        """The attention layers (and GPT-2 MLPs) whose heads (units) are scored, in ``named_modules`` order."""
+        return list(self._units)
 
     @property
     def num_examples(self) -> int:
@@ -206,6 +233,9 @@ class Taylor(ChannelCriterion):
                 if name in self._points:
                     point_module = self.model.get_submodule(self._points[name])
                     handles.append(point_module.register_forward_hook(partial(self._on_point, name)))
+            for name, spec in self._units.items():
+                writer = self.model.get_submodule(spec.writer)
+                handles.append(writer.register_forward_pre_hook(partial(self._on_unit, name)))
             yield self
             if self._observed and not self._received:
                 warnings.warn(
@@ -279,10 +309,11 @@ class Taylor(ChannelCriterion):
         return self
 
     def raw_scores(self, name: str) -> torch.Tensor:
-        """Un-normalised float64 θ ``(C_out,)`` of layer ``name`` on the CPU, without the FLOPs penalty.
+        """Un-normalised float64 θ ``(C_out,)`` of layer ``name`` (``(num_units,)`` of an attention layer or MLP
+        in :attr:`unit_names`) on the CPU, without the FLOPs penalty.
 
         Raises:
-            ValueError: ``name`` is not a scored layer.
+            ValueError: ``name`` is neither a scored layer nor a scored attention layer / MLP.
             RuntimeError: no gradient has been recorded for it yet.
         """
         self._check_name(name)
@@ -307,7 +338,7 @@ class Taylor(ChannelCriterion):
         each change: ranks must read scores in lockstep, as the planner does on every rank."""
         if self._over_ranks is None:
             self._over_ranks = taylor_totals(
-                self._layers, self._sums, self._examples, self._batches, self._positions
+                self._scored, self._sums, self._examples, self._batches, self._positions
             )
         return self._over_ranks
 
@@ -331,12 +362,40 @@ class Taylor(ChannelCriterion):
                 f"module: {name!r} has {channels} output channels but its Taylor scores have {theta.numel()}; "
                 "was it pruned since? call reset() and accumulate again"
             )
+        theta = self._normalised(theta)
+        if self.flops_lambda:
+            theta = theta - self.flops_lambda * self.flops_per_channel(name) / self.flops_unit
+        return theta
+
+    def unit_scores(self, spec: UnitSpec) -> torch.Tensor | None:
+        """float64 ``(num_units,)`` head (unit) importance of ``spec.name`` on the CPU, L2-normalised over its
+        units (Michel et al. 2019, module docstring); None when this criterion does not score that layer's units.
+
+        Raises:
+            RuntimeError: nothing recorded for it yet (an ``nn.MultiheadAttention`` not exposed by
+                :func:`pyprune.pruning.attention.expose_unit_inputs`), or it has another number of units now.
+            ValueError: ``flops_lambda`` > 0: the FLOPs penalty is defined per channel, not per head.
+        """
+        if spec.name not in self._units:
+            return None
+        if self.flops_lambda:
+            raise ValueError(
+                f"flops_lambda: the FLOPs penalty is defined per channel; {spec.name!r} is scored by "
+                f"{spec.granularity} (use flops_lambda=0, or attention='skip' to leave attention layers as they are)"
+            )
+        theta = self.raw_scores(spec.name)
+        if theta.numel() != spec.num_units:
+            raise RuntimeError(
+                f"spec: {spec.name!r} has {spec.num_units} {spec.granularity} but its Taylor scores have "
+                f"{theta.numel()}; was it pruned since? call reset() and accumulate again"
+            )
+        return self._normalised(theta)
+
+    def _normalised(self, theta: torch.Tensor) -> torch.Tensor:
         if self.normalize:
             norm = torch.linalg.vector_norm(theta)
             if norm > 0:
                 theta = theta / norm
-        if self.flops_lambda:
-            theta = theta - self.flops_lambda * self.flops_per_channel(name) / self.flops_unit
         return theta
 
     def flops_per_channel(self, name: str) -> int:
@@ -379,10 +438,10 @@ class Taylor(ChannelCriterion):
         )
 
     def _check_name(self, name: str) -> None:
-        if name not in self._layers:
+        if name not in self._scored:
             raise ValueError(
                 f"name: {name!r} is not a layer scored by this Taylor criterion"
-                f"{close_matches_hint(name, list(self._layers))}"
+                f"{close_matches_hint(name, list(self._scored))}"
             )
 
     def _on_layer(self, name: str, layer: nn.Module, args: Any, output: Any) -> None:
@@ -412,6 +471,22 @@ class Taylor(ChannelCriterion):
                 f"point: the output of {where} has shape {tuple(z.shape)}; expected {channels} channels "
                 f"({type(layer).__name__} {name!r} has {channels} outputs) in its {expected}"
             )
+        self._watch(z, partial(self._add, name, dim=dim))
+
+    def _on_unit(self, name: str, writer: nn.Module, args: Any) -> None:
+        spec = self._units[name]
+        z = args[0] if args else None
+        width = spec.num_units * spec.unit_width
+        if not isinstance(z, torch.Tensor) or z.ndim == 0 or z.shape[-1] != width:
+            found = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(
+                f"model: {spec.writer!r} reads {found}; expected the {spec.num_units} {spec.granularity} of "
+                f"{name!r} as {width} columns in the last dim (was it pruned since? build a new Taylor)"
+            )
+        self._watch(z, partial(self._add_units, name))
+
+    def _watch(self, z: torch.Tensor, add: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
+        """Call ``add(copy of z, dL/dz)`` once z's gradient arrives (nothing when z needs no gradient)."""
         if not z.requires_grad:
             return
         self._observed += 1
@@ -428,7 +503,7 @@ class Taylor(ChannelCriterion):
             # with z, and accumulate() removes the hooks still pending on exit.
             self._pending.pop(key, None)
             self._received += 1
-            self._add(name, value, grad, dim)
+            add(value, grad)
 
         self._pending[key] = z.register_hook(on_grad)
 
@@ -438,7 +513,21 @@ class Taylor(ChannelCriterion):
         work = torch.float64 if z.dtype == torch.float64 else torch.float32
         product = (z.to(work) * grad.to(work)).movedim(dim, -1)
         batch = product.shape[0] if batched else 1
-        per_example = product.reshape(batch, -1, product.shape[-1]).mean(1).double()  # (B, C)
+        self._accumulate(name, product.reshape(batch, -1, product.shape[-1]).mean(1).double())  # (B, C)
+
+    def _add_units(self, name: str, z: torch.Tensor, grad: torch.Tensor) -> None:
+        spec = self._units[name]
+        work = torch.float64 if z.dtype == torch.float64 else torch.float32
+        product = z.to(work) * grad.to(work)
+        product = product.movedim(spec.writer_batch_dim, 0) if product.ndim >= 2 else product[None]
+        batch = product.shape[0]
+        # (B, positions, units, unit_width): each unit's gate derivative per position, averaged over positions.
+        gates = product.reshape(batch, -1, spec.num_units, spec.unit_width).sum(-1).mean(1)
+        self._accumulate(name, gates.double())
+
+    def _accumulate(self, name: str, per_example: torch.Tensor) -> None:
+        """Add one batch's float64 ``(B, C)`` per-example products (means over positions) of ``name``."""
+        batch = per_example.shape[0]
         if self.loss_reduction == "mean":
             per_example = per_example * batch
         contribution = per_example.abs().sum(0) if self.reduction == "paper" else per_example.mean(0)
@@ -456,6 +545,14 @@ class Taylor(ChannelCriterion):
         self._examples[name] += batch
         self._batches[name] += 1
         self._over_ranks = None
+
+
+def _units_stand_in(num_units: int) -> nn.Module:
+    """A module whose ``weight.shape[0]`` is ``num_units``: :func:`pyprune.distributed.taylor_totals` sizes the
+    zeros of a rank that saw no gradient by a scored layer's weight."""
+    stand_in = nn.Module()
+    stand_in.weight = torch.empty(num_units, 0)
+    return stand_in
 
 
 def _positions(output: torch.Tensor, layer: nn.Module) -> int:
@@ -508,12 +605,17 @@ def plan_taylor(
     """The ``"taylor"`` method: score channels by :class:`Taylor` over ``data`` (``loss_fn`` default cross-entropy),
     then :func:`~pyprune.pruning.selection.plan_structured` them, ranked globally unless ``scope`` says otherwise.
 
-    Options named in :data:`TAYLOR_OPTIONS` configure the criterion; the others go to the planner.
+    Options named in :data:`TAYLOR_OPTIONS` configure the criterion; the others go to the planner. Attention heads
+    (and GPT-2 MLP units) are scored as units (Michel et al. 2019) unless ``attention="skip"``.
     """
     options.setdefault("scope", "global")
     taylor_options = {key: options.pop(key) for key in TAYLOR_OPTIONS if key in options}
     # Scores come from forward/backward passes of a copy: train-mode BatchNorm would update the model's statistics.
-    criterion = Taylor(copy.deepcopy(model), **taylor_options)
+    work = copy.deepcopy(model)
+    heads = options.get("attention", "heads") == "heads"
+    if heads:
+        expose_unit_inputs(work)
+    criterion = Taylor(work, heads=heads, **taylor_options)
     criterion.accumulate_over(
         data, loss_fn or nn.functional.cross_entropy, max_batches=max_batches, progress=progress
     )

@@ -6,19 +6,28 @@ is (1) run on them while hooks accumulate the statistics of its prunable layers'
 and (3) run again, pruned, to give the next block its inputs. Every block therefore sees the already-pruned
 earlier blocks. Memory: the hidden states of the calibration set, one copy of one block, and per layer a
 ``(in, in)`` float64 Gram matrix (SparseGPT) or an ``(in,)`` vector (Wanda). The model itself is never modified.
+
+A model without such a list (a CNN) is calibrated as one block, one layer at a time (:func:`run_layers`): the
+layers in the order the forward pass first calls them, each pruned before the next one's statistics are taken,
+as SparseGPT prunes a block's layers sequentially. A ``Conv2d``'s input rows are its unfolded patches
+``(C_in * kh * kw)`` (each output value is the filter row's dot product with one patch), so Wanda's
+``||X_j||`` and SparseGPT's ``X^T X`` are over patches.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from pyprune.activations import call_model, eval_mode
+from pyprune.pruning.attention import expose_unit_inputs
 
 
 class _ReachedBlock(Exception):
@@ -35,9 +44,24 @@ def is_prunable_linear(module: nn.Module) -> bool:
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """The layer's (effective, possibly masked) weight as ``(out, in)``: a view, transposed for ``Conv1D``."""
+    """The layer's (effective, possibly masked) weight as ``(out, in)``: transposed for ``Conv1D``, flattened to
+    ``(out, C_in/groups * prod(kernel))`` for a ConvNd (a view, except for a non-contiguous conv weight)."""
     weight = module.weight.detach()
-    return weight.t() if is_conv1d(module) else weight
+    return weight.t() if is_conv1d(module) else weight.flatten(1)
+
+
+def uncalibrated_reason(module: nn.Module) -> str | None:
+    """Why :func:`run_layers` cannot take ``module``'s input statistics (None when it can): Linear, ``Conv1D``
+    and ungrouped, zero-padded ``Conv2d`` layers are calibrated."""
+    if is_prunable_linear(module):
+        return None
+    if not isinstance(module, nn.Conv2d):
+        return f"{type(module).__name__}: Wanda/SparseGPT input statistics are taken for Linear and Conv2d layers"
+    if module.groups != 1:
+        return f"grouped convolution (groups={module.groups}): its input statistics differ per group"
+    if module.padding_mode != "zeros":
+        return f"padding_mode={module.padding_mode!r}: its patches are not zero-padded"
+    return None
 
 
 def find_blocks(model: nn.Module, blocks: str | None = None) -> tuple[str, nn.Module]:
@@ -225,10 +249,12 @@ def run_blocks(
     container_name, container = find_blocks(model, blocks)
     items = first_block_inputs(model, container[0], data, max_batches)
     bar = _progress(len(container), description, progress)
-    for index, original in enumerate(container):
+    # Child names, not indices: torchvision's nn.Sequential of blocks names them ("encoder_layer_0").
+    for index, (child, original) in enumerate(container.named_children()):
         block = copy.deepcopy(original)
         block.eval()
-        run = BlockRun(index, f"{container_name}.{index}", block, collect_stats(block, items, gram))
+        expose_unit_inputs(block)  # an nn.MultiheadAttention's out_proj then runs as a module, hooks and all
+        run = BlockRun(index, f"{container_name}.{child}", block, collect_stats(block, items, gram))
         on_block(run)
         with torch.no_grad():
             items = [item.with_hidden(call_block(block, item)) for item in items]
@@ -272,7 +298,94 @@ def collect_stats(block: nn.Module, items: list[BlockInput], gram: bool) -> dict
     return stats
 
 
-def _progress(total: int, description: str, enabled: bool) -> Any:
+def layer_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``(rows, in)`` input rows of a calibrated layer (see :func:`uncalibrated_reason`) from its input ``x``:
+    the positions of a Linear's ``(..., in)`` input, or a ``Conv2d``'s unfolded ``(C_in * kh * kw)`` patches."""
+    if not isinstance(module, nn.Conv2d):
+        return x.reshape(-1, x.shape[-1])
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    padding = module.padding
+    if isinstance(padding, str):  # "valid" or "same" (stride 1): PyTorch puts the odd pixel on the right
+        total = (
+            [0, 0]
+            if padding == "valid"
+            else [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size, strict=True)]
+        )
+        x = F.pad(x, [total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2])
+        padding = (0, 0)
+    patches = F.unfold(x, module.kernel_size, module.dilation, padding, module.stride)  # (N, C*kh*kw, L)
+    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+
+def run_layers(
+    model: nn.Module,
+    data: Iterable[Any],
+    names: list[str],
+    on_layer: Callable[[str, nn.Module, InputStats], None],
+    *,
+    gram: bool = False,
+    max_batches: int | None = None,
+    progress: bool = True,
+    description: str = "calibrating",
+) -> None:
+    """The whole model as one block, calibrated layer by layer (module docstring).
+
+    Args:
+        model: the model; not modified (a copy runs).
+        data: calibration batches, as :func:`first_block_inputs` takes them.
+        names: the layers to calibrate (each passes :func:`uncalibrated_reason`).
+        on_layer: ``on_layer(name, layer of the copy, its InputStats)`` in forward order; it may modify the
+            layer in place, and later layers' statistics see the change.
+        gram: also accumulate ``X^T X``.
+
+    Raises:
+        ValueError: no batch, or a layer of ``names`` that the forward pass never calls.
+    """
+    work = copy.deepcopy(model).eval()
+    expose_unit_inputs(work)  # an nn.MultiheadAttention's out_proj then runs as a module, hooks and all
+    batches = [model_inputs(batch) for batch in itertools.islice(data, max_batches)]
+    if not batches:
+        raise ValueError("data: no calibration batch was given")
+    order: list[str] = []
+    handles = [
+        work.get_submodule(name).register_forward_pre_hook(
+            lambda module, args, name=name: order.append(name) if name not in order else None
+        )
+        for name in names
+    ]
+    try:
+        with torch.no_grad():
+            _call_without_cache(work, batches[0])
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [name for name in names if name not in order]
+    if missing:
+        raise ValueError(f"data: layers {missing[:5]} were never called during calibration")
+    bar = _progress(len(order), description, progress, "layer")
+    for name in order:
+        module = work.get_submodule(name)
+        width, device = weight_matrix(module).shape[1], module.weight.device
+        stats = InputStats(
+            torch.zeros(width, dtype=torch.float64, device=device),
+            torch.zeros(width, width, dtype=torch.float64, device=device) if gram else None,
+        )
+        handle = module.register_forward_pre_hook(
+            lambda m, args, stats=stats: stats.add(layer_rows(m, args[0].detach()))
+        )
+        try:
+            with torch.no_grad():
+                for inputs in batches:
+                    _call_without_cache(work, inputs)
+        finally:
+            handle.remove()
+        on_layer(name, module, stats)
+        bar.update(1)
+    bar.close()
+
+
+def _progress(total: int, description: str, enabled: bool, unit: str = "block") -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=description, unit="block", disable=not enabled, leave=False)
+    return tqdm(total=total, desc=description, unit=unit, disable=not enabled, leave=False)

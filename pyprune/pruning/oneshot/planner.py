@@ -15,13 +15,16 @@ from torch import nn
 
 from pyprune.ops.checks import check_n_m
 from pyprune.pruning.fingerprint import model_fingerprint
-from pyprune.pruning.layers import select_layers
+from pyprune.pruning.layers import output_layer_name, select_layers, weight_layers
 from pyprune.pruning.oneshot.calibration import (
     BlockRun,
+    InputStats,
     find_blocks,
     is_conv1d,
     is_prunable_linear,
     run_blocks,
+    run_layers,
+    uncalibrated_reason,
     weight_matrix,
 )
 from pyprune.pruning.oneshot.owl import (
@@ -71,8 +74,11 @@ def plan_oneshot(
         owl: outlier-weighed block sparsities (Yin et al. 2023); with ``n_m``, a mixed ``n_l:m`` per block.
         owl_threshold, owl_lambda: OWL's ``M`` and ``lambda``.
         blocks: name of the ``ModuleList`` of blocks; default found automatically (see
-            :func:`~pyprune.pruning.oneshot.calibration.find_blocks`). Magnitude on a model without such a list
-            prunes every Linear/ConvNd but the output layer instead (``ConvNd`` weights flattened to rows).
+            :func:`~pyprune.pruning.oneshot.calibration.find_blocks`). On a model without such a list (or whose
+            list holds no Linear layer, e.g. a ResNet's stages) every Linear/ConvNd but the output layer is pruned
+            instead (``ConvNd`` weights flattened to rows); Wanda and SparseGPT then calibrate the whole model as
+            one block, layer by layer in forward order (:func:`~pyprune.pruning.oneshot.calibration.run_layers`),
+            and leave the layers they cannot take statistics of (grouped convolutions, Conv1d/Conv3d) as they are.
         max_batches: use at most this many calibration batches.
         block_size, damping: SparseGPT's lazy-update block (columns) and relative Hessian damping.
         progress: tqdm bars over the blocks.
@@ -80,11 +86,12 @@ def plan_oneshot(
         measure: with ``example_input``, measure the plan on a copy.
 
     Returns:
-        a ``mode="mask"`` plan; ``plan.options`` records the method, pattern, per-block sparsities and the
-        number of calibration tokens.
+        a ``mode="mask"`` plan; ``plan.options`` records the method, pattern, per-block sparsities, the number
+        of calibration tokens (rows: tokens, or conv patches) and ``untouched``: ``{layer: why}`` for every weight
+        layer the plan leaves dense.
 
     Raises:
-        NotImplementedError: Wanda or SparseGPT on a model without a list of identical blocks (pass ``blocks``).
+        ValueError: bad arguments; OWL on a model without a list of blocks (its sparsities are per block).
     """
     if method not in SCORES:
         raise ValueError(f"method: expected one of {SCORES}, got {method!r}")
@@ -102,7 +109,9 @@ def plan_oneshot(
     needs_data = method != "magnitude" or owl
     if needs_data and data is None:
         raise ValueError(f"data: {method}{' with OWL' if owl else ''} needs calibration batches (data=...)")
-    layers = _layers(model, blocks, method)
+    layers, found = _layers(model, blocks, method, owl)
+    # Plain magnitude needs no calibration: it reads the blocks' layers without running the blocks.
+    container = found if method != "magnitude" or owl or blocks is not None else None
     for name, module in layers:
         if hasattr(module, "weight_mask"):
             raise ValueError(
@@ -116,9 +125,6 @@ def plan_oneshot(
             raise ValueError(
                 f"n_m: layer {name!r} has {weight_matrix(module).shape[1]} inputs, not a multiple of {n_m[1]}"
             )
-    container = (
-        None if method == "magnitude" and not owl and blocks is None else find_blocks(model, blocks)[0]
-    )
 
     block_sparsity: dict[int, float] = {}
     block_n: dict[int, int] = {}
@@ -162,44 +168,59 @@ def plan_oneshot(
     tokens = [0]
     if method == "magnitude":
         for name, module in layers:
-            sparsity, nm = pattern(_block_index(name, container))
+            sparsity, nm = pattern(_block_index(model, name, container))
             w = weight_matrix(module)
             removed[name] = select_by_score(w.reshape(w.shape[0], -1), None, sparsity, nm).reshape(w.shape)
     else:
 
+        def prune_layer(name: str, module: nn.Module, stats: InputStats, block_index: int | None) -> None:
+            sparsity, nm = pattern(block_index)
+            tokens[0] = max(tokens[0], stats.tokens)
+            w = weight_matrix(module)
+            if method == "wanda":
+                mask = select_by_score(w, stats.norms, sparsity, nm)
+                updated = _module_layout(module, w.masked_fill(mask, 0))
+            else:
+                mask, updated64 = sparsegpt(
+                    w, stats.gram, stats.tokens, sparsity, nm, block_size=block_size, damping=damping
+                )
+                new_weights[name] = _module_layout(module, updated64)
+                updated = new_weights[name].to(w.dtype)
+            with torch.no_grad():
+                module.weight.copy_(updated)  # the copy's outputs feed the next layers
+            removed[name] = mask
+
         def prune_block(run: BlockRun) -> None:
-            sparsity, nm = pattern(run.index)
             for rel, module in run.block.named_modules():
                 if not is_prunable_linear(module):
                     continue
                 stats = run.stats.get(rel)
                 if stats is None:
                     raise ValueError(f"data: layer {run.name}.{rel} was never called during calibration")
-                tokens[0] = max(tokens[0], stats.tokens)
-                w = weight_matrix(module)
-                if method == "wanda":
-                    mask = select_by_score(w, stats.norms, sparsity, nm)
-                    updated = w.masked_fill(mask, 0)
-                else:
-                    mask, updated64 = sparsegpt(
-                        w, stats.gram, stats.tokens, sparsity, nm, block_size=block_size, damping=damping
-                    )
-                    updated = updated64.to(w.dtype)
-                    new_weights[f"{run.name}.{rel}"] = _module_layout(module, updated64)
-                with torch.no_grad():
-                    weight_matrix(module).copy_(updated)  # the copy's outputs feed the next block
-                removed[f"{run.name}.{rel}"] = mask
+                prune_layer(f"{run.name}.{rel}", module, stats, run.index)
 
-        run_blocks(
-            model,
-            data,
-            prune_block,
-            blocks=blocks,
-            gram=method == "sparsegpt",
-            max_batches=max_batches,
-            progress=progress,
-            description=method,
-        )
+        if container is None:
+            run_layers(
+                model,
+                data,
+                [name for name, _ in layers],
+                lambda name, module, stats: prune_layer(name, module, stats, None),
+                gram=method == "sparsegpt",
+                max_batches=max_batches,
+                progress=progress,
+                description=method,
+            )
+        else:
+            run_blocks(
+                model,
+                data,
+                prune_block,
+                blocks=container,
+                gram=method == "sparsegpt",
+                max_batches=max_batches,
+                progress=progress,
+                description=method,
+            )
 
     plan = PruningPlan(
         method=method,
@@ -220,6 +241,7 @@ def plan_oneshot(
             "block_n": [block_n[i] for i in sorted(block_n)] if block_n else None,
             "blocks": container,
             "calibration_tokens": tokens[0] if needs_data else None,
+            "untouched": _untouched(model, layers, found),
         },
         weights=new_weights,
     )
@@ -228,30 +250,64 @@ def plan_oneshot(
     return plan
 
 
-def _layers(model: nn.Module, blocks: str | None, method: str) -> list[tuple[str, nn.Module]]:
+def _layers(
+    model: nn.Module, blocks: str | None, method: str, owl: bool
+) -> tuple[list[tuple[str, nn.Module]], str | None]:
+    """The layers to prune and the name of the blocks' container they are in (None: the whole model is one block)."""
     try:
         name, container = find_blocks(model, blocks)
+        found = [
+            (f"{name}.{rel}", module)
+            for rel, module in container.named_modules()
+            if is_prunable_linear(module)
+        ]
+        if not found:
+            raise ValueError(f"blocks: {name!r} contains no Linear or Conv1D layer to prune")
     except ValueError as error:
         if blocks is not None:
             raise
-        if method != "magnitude":
-            # Calibration runs block by block; a model without a list of identical blocks is not covered yet.
-            raise NotImplementedError(f"{method} on {type(model).__name__}: {error}") from error
-        return select_layers(model, None, None)
-    found = [
-        (f"{name}.{rel}", module) for rel, module in container.named_modules() if is_prunable_linear(module)
-    ]
-    if not found:
-        if blocks is None and method == "magnitude":
-            return select_layers(model, None, None)
-        raise ValueError(f"blocks: {name!r} contains no Linear or Conv1D layer to prune")
-    return found
+        if owl:
+            raise ValueError(
+                f"owl: its sparsities are per block and {type(model).__name__} has no list of identical blocks "
+                f"holding Linear layers ({error}); pass blocks='<name of the ModuleList>' or leave owl off"
+            ) from error
+        selected = select_layers(model, None, None)
+        if method == "magnitude":
+            return selected, None
+        return [(n, m) for n, m in selected if uncalibrated_reason(m) is None], None
+    return found, name
 
 
-def _block_index(name: str, container: str | None) -> int | None:
+def _untouched(
+    model: nn.Module, layers: list[tuple[str, nn.Module]], container: str | None
+) -> dict[str, str]:
+    """``{layer: why}`` for every weight layer of ``model`` that the plan leaves dense."""
+    pruned = {name for name, _ in layers}
+    output = output_layer_name(model)
+    untouched = {}
+    for name in weight_layers(model):
+        if name in pruned:
+            continue
+        module = model.get_submodule(name)
+        if container is not None and not name.startswith(container + "."):
+            untouched[name] = (
+                f"outside the blocks {container!r} (embeddings and head stay dense, as in Wanda/SparseGPT)"
+            )
+        elif name == output:
+            untouched[name] = "output layer (left out by default)"
+        else:
+            untouched[name] = (
+                uncalibrated_reason(module) or f"{type(module).__name__}: not a layer one-shot pruning masks"
+            )
+    return untouched
+
+
+def _block_index(model: nn.Module, name: str, container: str | None) -> int | None:
+    """Position of the block holding layer ``name`` in ``container`` (None outside it, or without one)."""
     if container is None or not name.startswith(container + "."):
         return None
-    return int(name[len(container) + 1 :].split(".", 1)[0])
+    child = name[len(container) + 1 :].split(".", 1)[0]
+    return [n for n, _ in model.get_submodule(container).named_children()].index(child)
 
 
 def _module_layout(module: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
