@@ -60,7 +60,7 @@ if case in ("cka_linear", "cka_rbf"):
 elif case == "minibatch_cka":
     batches = [[torch.randn(256, w, generator=g) for w in (512, 256, 128)] for _ in range(8)]
     def run():
-        m = pyprune.MinibatchCKA(3, 3)
+        m = pyprune.MinibatchCKA()
         for b in batches:
             m.update(b, b)
         return m.compute()
