@@ -130,6 +130,21 @@ def time_case(tree: Path, case: str, repeats: int) -> float:
     return json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
 
 
+def commit_of(tree: Path) -> str:
+    """The checkout's commit (with ``+dirty`` when it has uncommitted changes), or "unknown" outside git."""
+    head = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    if head.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(
+        ["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+    )
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def parse_args(argv: list[str] | None = None) -> Any:
     parser = benchmark_parser(__doc__.splitlines()[0], "three cases, one round")
     parser.add_argument("--before", type=Path, default=None, help="checkout timed as 'before' (required)")
@@ -148,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--before: expected the path of the checkout to compare with")
     started = time.perf_counter()
     machine = machine_info()
+    commits = {"before": commit_of(args.before), "after": commit_of(args.after)}
     rows, records = [], []
     for case in QUICK_CASES if args.quick else CASES:
         best = {"before": float("inf"), "after": float("inf")}
@@ -179,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
             "",
             format_machine(machine),
             "",
-            f"before: `{args.before}`; after: `{args.after}`. Best of {args.rounds} fresh interpreters per tree "
+            f"before: `{args.before}` (commit {commits['before']}); after: `{args.after}` (commit "
+            f"{commits['after']}). Best of {args.rounds} fresh interpreters per tree "
             f"(alternating) x {args.repeats} timed calls after a warm-up, `OMP_NUM_THREADS=1`.",
             "",
             markdown_table(["case", "before", "after", "after / before", "other processes (cores)"], rows),
@@ -187,7 +204,13 @@ def main(argv: list[str] | None = None) -> None:
             summary,
         ]
     )
-    payload = {"machine": machine, "label": args.label, "rounds": args.rounds, "cases": records}
+    payload = {
+        "machine": machine,
+        "label": args.label,
+        "commits": commits,
+        "rounds": args.rounds,
+        "cases": records,
+    }
     publish(args, f"ab_{args.label}", payload, markdown, started=started)
 
 
