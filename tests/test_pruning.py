@@ -481,7 +481,7 @@ def test_failure_part_way_through_structured_removal_restores_the_model(monkeypa
     x = torch.randn(2, 3, 8, 8)
     plan = plan_structured(model, 0.5, x)
     snapshot = state_snapshot(model)
-    original = tp.Group.prune
+    original = tp.Dependency.__call__
     calls = {"n": 0}
 
     def flaky(self, *args, **kwargs):
@@ -490,7 +490,7 @@ def test_failure_part_way_through_structured_removal_restores_the_model(monkeypa
             raise RuntimeError("boom")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(tp.Group, "prune", flaky)
+    monkeypatch.setattr(tp.Dependency, "__call__", flaky)
     with pytest.raises(RuntimeError, match="boom"):
         plan.apply(model)
     assert_unchanged(model, snapshot)

@@ -22,7 +22,7 @@ import itertools
 import math
 import numbers
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from pyprune.pruning.groups import (
     consumer_inputs,
     group_reducer,
     group_scores,
+    index_mappings_fixed,
     out_members,
     prunable_groups,
     prunes,
@@ -60,6 +61,9 @@ from pyprune.pruning.layers import (
     weight_layers,
 )
 from pyprune.pruning.plan import ApplyMode, LayerPlan, PruningPlan, check_untied
+
+if TYPE_CHECKING:
+    from pyprune.measure import ModelCount
 
 Scope = Literal["layer", "global"]
 Amount = float | Mapping[str, float]
@@ -244,7 +248,7 @@ def plan_structured(
         projections = [*projection_names(units), *unsupported]
         untouched.update(unsupported)
         try:
-            graph = trace(work, example_input)
+            graph = trace(work, example_input, count=measure)
         except ValueError as error:
             if not units or "example_input" in str(error).split(":")[0]:
                 raise
@@ -315,7 +319,8 @@ def plan_structured(
         # Layers whose output width changes; consumers that only lose inputs are listed as untouched.
         covered = {*roots, *(m for g in groups for m in out_members(g, names))}
         covered |= {n for spec in units for n in [*spec.readers, spec.writer]}
-        untouched = _untouched(work, graph, names, covered, untouched, ignored, default_ignored, blocked)
+        with index_mappings_fixed(graph):
+            untouched = _untouched(work, graph, names, covered, untouched, ignored, default_ignored, blocked)
     elif mode == "remove":
         covered = {n for c in coupled for n in c}
         for name in weight_layers(work):
@@ -354,8 +359,10 @@ def plan_structured(
     if example_input is not None and measure:
         if mode == "remove":
             # The working copy and its graph are at hand: pruning them costs no copy and no second trace.
+            # Counted before pruning: the traced pass was the copy's counting pass.
+            before = graph.pyprune_count
             apply_traced(plan, work, graph)
-            measure_plan(plan, model, example_input, pruned=work)
+            measure_plan(plan, model, example_input, pruned=work, before=before)
         else:
             measure_plan(plan, model, example_input)
     return plan
@@ -453,14 +460,15 @@ def _untouched_mask(
     return untouched
 
 
-def trace(work: nn.Module, example_input: Any) -> Any:
-    """Torch-Pruning's dependency graph of ``work``, a copy of the user's model (a failure puts it in eval mode).
+def trace(work: nn.Module, example_input: Any, *, count: bool = False) -> Any:
+    """Torch-Pruning's dependency graph of ``work``, a copy of the user's model (a failure puts it in eval mode);
+    with ``count``, also its parameter and FLOP counts (see :func:`~pyprune.pruning.groups.build_dependency_graph`).
 
     When tracing fails, a plain forward pass tells a wrong ``example_input`` (the model itself rejects it) from a
     model that Torch-Pruning cannot trace, and the error names the culprit.
     """
     try:
-        return build_dependency_graph(work, example_input)
+        return build_dependency_graph(work, example_input, count=count)
     except ValueError as error:
         try:
             with torch.no_grad():
@@ -586,17 +594,23 @@ def _coupled_names(group: Any, names: Mapping[nn.Module, str], root: str) -> tup
 
 
 def measure_plan(
-    plan: PruningPlan, model: nn.Module, example_input: torch.Tensor, pruned: nn.Module | None = None
+    plan: PruningPlan,
+    model: nn.Module,
+    example_input: torch.Tensor,
+    pruned: nn.Module | None = None,
+    before: ModelCount | None = None,
 ) -> None:
     """Fill the plan's parameter and FLOP counts by applying it to a copy of ``model``.
 
     ``pruned``: a copy of ``model`` with the plan already applied (the structured planner passes its traced
     working copy, pruned through the graph it already built, which saves a deep copy and a second trace).
+    ``before``: ``count(model, example_input)`` when already known (the structured planner counts its trace).
     """
-    from pyprune.measure import count
+    from pyprune.measure import count, count_resized
 
     try:
-        before = count(model, example_input)
+        if before is None:
+            before = count(model, example_input)
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
         raise ValueError(
             f"example_input: the model fails on it ({describe_input(example_input)}): {type(error).__name__}: "
@@ -607,7 +621,8 @@ def measure_plan(
         plan.apply(pruned)
     if is_hf_model(pruned):
         plan.options["hf_config"] = getattr(pruned, CONFIG_NOTE_ATTRIBUTE, None) or "rewritten"
-    after = count(pruned, example_input)
+    # Channel removal and masks scale a plain Linear/ConvNd's FLOPs with its weight: no forward pass needed then.
+    after = count_resized(before, model, pruned) or count(pruned, example_input)
     plan.totals = {
         "params": [before.params, after.params],
         "nonzero_params": [before.nonzero_params, after.nonzero_params],
