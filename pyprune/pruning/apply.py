@@ -5,7 +5,9 @@
   or folded with ``prune.remove`` / :func:`make_permanent`.
 * ``mode="remove"``: Torch-Pruning's dependency graph, traced on a zero input of the plan's ``input_shape``,
   removes each group's channels physically (BatchNorm, consumers' inputs, residual partners, flatten -> linear
-  column blocks).
+  column blocks), as :class:`ChannelCut` s of named tensors. The planner already traced the model and computed
+  them; it remembers them with the plan, so applying it to the planned model, or another instance of that
+  architecture, traces nothing.
 
 * heads / units (``LayerPlan`` granularity ``"heads"`` or ``"units"``): attention heads (KV groups under
   grouped-query attention) and GPT-2 MLP units are sliced out by :mod:`pyprune.pruning.attention`, which also

@@ -641,7 +641,11 @@ def measure_plan(
             f"{error}"
         ) from error
     if pruned is None:
-        pruned = copy.deepcopy(model)
+        # Masks and cuts replace tensors rather than write into them, so the copy can share the model's; a plan
+        # with new or rescaled weights writes them in place and gets a full copy.
+        writes = bool(plan.weights or plan.rescale)
+        shared = {} if writes else {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+        pruned = copy.deepcopy(model, shared)
         plan.apply(pruned)
     if is_hf_model(pruned):
         plan.options["hf_config"] = getattr(pruned, CONFIG_NOTE_ATTRIBUTE, None) or "rewritten"
