@@ -233,26 +233,32 @@ def run_torch_pruning(name: str, counts: bool = True) -> dict[str, Any]:
     return row
 
 
-def run_global_magnitude_vs_torch(name: str) -> dict[str, Any]:
-    """magnitude_global (plan + apply, measure=False like torch) vs torch.nn.utils.prune.global_unstructured."""
-    model = _build(name)
-    layers = [module for _, module in select_layers(model, None, None)]
-    start = time.perf_counter()
-    torch_prune.global_unstructured(
-        [(m, "weight") for m in layers], pruning_method=torch_prune.L1Unstructured, amount=AMOUNT
-    )
-    torch_s = time.perf_counter() - start
-    torch_masks = [m.weight_mask.clone() for m in layers]
-    model = _build(name)
-    start = time.perf_counter()
-    pyprune.prune(model, "magnitude_global", AMOUNT)
-    ours_s = time.perf_counter() - start
-    ours = [m.weight_mask for _, m in select_layers(model, None, None)]
+def run_global_magnitude_vs_torch(name: str, repeats: int = 1) -> dict[str, Any]:
+    """magnitude_global (plan + apply, measure=False like torch) vs torch.nn.utils.prune.global_unstructured; the
+    median of ``repeats`` runs of each, alternating, each on a freshly built model."""
+    torch_times, our_times = [], []
+    for _ in range(repeats):
+        model = _build(name)
+        layers = [module for _, module in select_layers(model, None, None)]
+        start = time.perf_counter()
+        torch_prune.global_unstructured(
+            [(m, "weight") for m in layers], pruning_method=torch_prune.L1Unstructured, amount=AMOUNT
+        )
+        torch_times.append(time.perf_counter() - start)
+        torch_masks = [m.weight_mask for m in layers]
+        model = _build(name)
+        start = time.perf_counter()
+        pyprune.prune(model, "magnitude_global", AMOUNT)
+        our_times.append(time.perf_counter() - start)
+        ours = [m.weight_mask for _, m in select_layers(model, None, None)]
+    torch_s, ours_s = statistics.median(torch_times), statistics.median(our_times)
     return {
         "model": name,
         "torch_s": torch_s,
         "pyprune_s": ours_s,
         "ratio": ours_s / torch_s,
+        "torch_times_s": torch_times,
+        "pyprune_times_s": our_times,
         "same_masks": all(torch.equal(a, b) for a, b in zip(torch_masks, ours, strict=True)),
     }
 
@@ -369,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(repeated(lambda last, n=name: run_torch_pruning(n, last), repeats))
         print(rows[-1], flush=True)
         if "magnitude_global" in methods:
-            magnitude.append(run_global_magnitude_vs_torch(name))
+            magnitude.append(run_global_magnitude_vs_torch(name, repeats))
             print(magnitude[-1], flush=True)
         payload = {"machine": info, "amount": AMOUNT, "models": models, "rows": rows, "magnitude": magnitude}
         # After every model, so that a long run that is stopped still leaves its table.
