@@ -8,8 +8,9 @@ of ``l1_filter``; ``num_heads`` configured for timm attention as its README does
 ``step()``; and ``magnitude_global`` against ``torch.nn.utils.prune.global_unstructured`` with L1 magnitude on
 the same layers (identical masks by construction: both take the globally smallest ``|w|``).
 
-Models are randomly initialised (nothing downloaded). Inputs: 224 px images (batch 1 for planning), 64 tokens
-for the Hugging Face decoders. The machine is shared: every row records the average number of cores other
+Models are randomly initialised (nothing downloaded); one untimed run of each library on resnet18 comes first,
+and each time is the median of ``--repeats`` runs (3), each on a freshly built model. Inputs: 224 px images (batch 1
+for planning), 64 tokens for the Hugging Face decoders. The machine is shared: every row records the average number of cores other
 processes kept busy while it ran (``other_cores``), and torch runs with the intra-op threads it was given.
 
 Run ``python benchmarks/bench_models.py`` (tens of minutes on 2 cores) -> ``benchmarks/results/models_cpu.{json,md}``;
@@ -135,19 +136,19 @@ def _latency_ratio(dense: nn.Module, pruned: nn.Module, inputs: Any, rounds: int
     return statistics.median(times[0]) / statistics.median(times[1])
 
 
-def run_pyprune(name: str, method: str, rounds: int) -> dict[str, Any]:
+def run_pyprune(name: str, method: str, rounds: int, latency: bool = True) -> dict[str, Any]:
     inputs = MODELS[name][1]
     model = _build(name)
     row: dict[str, Any] = {"model": name, "method": method, "library": "pyprune"}
+    dense, example = copy.deepcopy(model), inputs(1)  # untimed: the latency reference and the input
     with OtherCpuLoad() as load:
         start = time.perf_counter()
         try:
-            plan = pyprune.plan(model, method, AMOUNT, example_input=inputs(1))
+            plan = pyprune.plan(model, method, AMOUNT, example_input=example)
         except (ValueError, TypeError) as error:
             row.update(status="refused", reason=str(error)[:300], plan_s=time.perf_counter() - start)
             return row
         planned = time.perf_counter()
-        dense = copy.deepcopy(model)
         plan.apply(model)
         done = time.perf_counter()
     row.update(
@@ -161,10 +162,26 @@ def run_pyprune(name: str, method: str, rounds: int) -> dict[str, Any]:
         untouched=len(plan.options.get("untouched", {})),
         hf_config=plan.options.get("hf_config"),
     )
-    if plan.mode == "remove":
+    if plan.mode == "remove" and latency:
         for batch in (1, 8):
             row[f"speedup_b{batch}"] = _latency_ratio(dense, model, inputs(batch), rounds)
     return row
+
+
+def repeated(run: Callable[[bool], dict[str, Any]], repeats: int) -> dict[str, Any]:
+    """The row of the run with the median time of ``repeats`` runs (each on a freshly built model), with every
+    run's time in ``times_s``; ``run(last)`` measures latencies and counts only in the last run."""
+    rows = [run(i == repeats - 1) for i in range(repeats)]
+
+    def seconds(row: dict[str, Any]) -> float:
+        return row.get("total_s", row.get("plan_s"))
+
+    chosen = dict(sorted(rows, key=seconds)[len(rows) // 2])
+    chosen.update(
+        {key: value for key, value in rows[-1].items() if key not in chosen or key.startswith("speedup")}
+    )
+    chosen["times_s"] = [seconds(row) for row in rows]
+    return chosen
 
 
 def _num_heads(model: nn.Module) -> dict[nn.Module, int]:
@@ -172,7 +189,7 @@ def _num_heads(model: nn.Module) -> dict[nn.Module, int]:
     return {m.qkv: m.num_heads for m in model.modules() if hasattr(m, "qkv") and hasattr(m, "num_heads")}
 
 
-def run_torch_pruning(name: str) -> dict[str, Any]:
+def run_torch_pruning(name: str, counts: bool = True) -> dict[str, Any]:
     inputs = MODELS[name][1]
     model = _build(name)
     row: dict[str, Any] = {
@@ -208,32 +225,40 @@ def run_torch_pruning(name: str) -> dict[str, Any]:
             return row
         row.update(status="ok", total_s=time.perf_counter() - start)
     row["other_cores"] = load.cores
+    if not counts:
+        return row
     before = pyprune.count(_build(name), example)
     after = pyprune.count(model, example)
     row.update(params=[before.params, after.params], flops=[before.flops, after.flops])
     return row
 
 
-def run_global_magnitude_vs_torch(name: str) -> dict[str, Any]:
-    """magnitude_global (plan + apply, measure=False like torch) vs torch.nn.utils.prune.global_unstructured."""
-    model = _build(name)
-    layers = [module for _, module in select_layers(model, None, None)]
-    start = time.perf_counter()
-    torch_prune.global_unstructured(
-        [(m, "weight") for m in layers], pruning_method=torch_prune.L1Unstructured, amount=AMOUNT
-    )
-    torch_s = time.perf_counter() - start
-    torch_masks = [m.weight_mask.clone() for m in layers]
-    model = _build(name)
-    start = time.perf_counter()
-    pyprune.prune(model, "magnitude_global", AMOUNT)
-    ours_s = time.perf_counter() - start
-    ours = [m.weight_mask for _, m in select_layers(model, None, None)]
+def run_global_magnitude_vs_torch(name: str, repeats: int = 1) -> dict[str, Any]:
+    """magnitude_global (plan + apply, measure=False like torch) vs torch.nn.utils.prune.global_unstructured; the
+    median of ``repeats`` runs of each, alternating, each on a freshly built model."""
+    torch_times, our_times = [], []
+    for _ in range(repeats):
+        model = _build(name)
+        layers = [module for _, module in select_layers(model, None, None)]
+        start = time.perf_counter()
+        torch_prune.global_unstructured(
+            [(m, "weight") for m in layers], pruning_method=torch_prune.L1Unstructured, amount=AMOUNT
+        )
+        torch_times.append(time.perf_counter() - start)
+        torch_masks = [m.weight_mask for m in layers]
+        model = _build(name)
+        start = time.perf_counter()
+        pyprune.prune(model, "magnitude_global", AMOUNT)
+        our_times.append(time.perf_counter() - start)
+        ours = [m.weight_mask for _, m in select_layers(model, None, None)]
+    torch_s, ours_s = statistics.median(torch_times), statistics.median(our_times)
     return {
         "model": name,
         "torch_s": torch_s,
         "pyprune_s": ours_s,
         "ratio": ours_s / torch_s,
+        "torch_times_s": torch_times,
+        "pyprune_times_s": our_times,
         "same_masks": all(torch.equal(a, b) for a, b in zip(torch_masks, ours, strict=True)),
     }
 
@@ -311,29 +336,46 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds", type=int, default=None, help="latency rounds per model (default 10, quick 3)"
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed plan + apply runs per row, the median reported (default 3, quick 1)",
+    )
     return parse(parser, argv)
+
+
+def warm_up() -> None:
+    """One untimed plan + apply and one MetaPruner run on a small model, so that the first timed row pays no
+    one-off costs (lazy imports, first dispatch of each operator) that the rows after it do not."""
+    for run in (lambda: run_pyprune("tv_resnet18", "l1_filter", 1), lambda: run_torch_pruning("tv_resnet18")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    warm_up()
     models = args.models or (QUICK_MODELS if args.quick else ORDER + [m for m in MODELS if m not in ORDER])
     methods = args.methods or (QUICK_METHODS if args.quick else METHODS)
     rounds = args.rounds or (3 if args.quick else 10)
+    repeats = args.repeats or (1 if args.quick else 3)
     info = machine_info()
     rows, magnitude = [], []
     for name in models:
         for method in methods:
             try:
-                rows.append(run_pyprune(name, method, rounds))
+                rows.append(repeated(lambda last, n=name, m=method: run_pyprune(n, m, rounds, last), repeats))
             except Exception as error:  # never expected: the row says so instead of stopping the table
                 traceback.print_exc()
                 rows.append({"model": name, "method": method, "library": "pyprune", "status": "error",
                              "reason": f"{type(error).__name__}: {error}"[:300]})  # fmt: skip
             print(rows[-1], flush=True)
-        rows.append(run_torch_pruning(name))
+        rows.append(repeated(lambda last, n=name: run_torch_pruning(n, last), repeats))
         print(rows[-1], flush=True)
         if "magnitude_global" in methods:
-            magnitude.append(run_global_magnitude_vs_torch(name))
+            magnitude.append(run_global_magnitude_vs_torch(name, repeats))
             print(magnitude[-1], flush=True)
         payload = {"machine": info, "amount": AMOUNT, "models": models, "rows": rows, "magnitude": magnitude}
         # After every model, so that a long run that is stopped still leaves its table.

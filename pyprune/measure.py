@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,6 +194,14 @@ def count(
     """
     _check_model(model)
     inputs = example_input if isinstance(example_input, Mapping) else _as_inputs(example_input)
+    with counting_flops() as flop_counter, eval_mode(model), torch.no_grad():
+        call_model(model, inputs)
+    return count_from(model, flop_counter)
+
+
+@contextmanager
+def counting_flops() -> Iterator[FlopCounterMode]:
+    """A ``FlopCounterMode`` counting every operation run in the block the way :func:`count` counts them."""
     flop_counter = FlopCounterMode(display=False)
     # nn.MultiheadAttention's (and nn.TransformerEncoderLayer's) inference fast path runs one fused native op
     # that FlopCounterMode does not know (it counted 0 FLOPs for torchvision's vit_b_16 attention): count the
@@ -200,10 +209,15 @@ def count(
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with eval_mode(model), torch.no_grad(), flop_counter:
-            call_model(model, inputs)
+        with flop_counter:
+            yield flop_counter
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def count_from(model: nn.Module, flop_counter: FlopCounterMode) -> ModelCount:
+    """:func:`count`'s result for ``model`` from a counter that saw exactly one forward pass of it on the input
+    (:func:`counting_flops`), e.g. the pass that traced it for structured pruning."""
     flops = flop_counter.get_total_flops()
     return ModelCount(
         params=sum(p.numel() for p in model.parameters()),
@@ -211,6 +225,41 @@ def count(
         flops=flops,
         macs=flops // 2,
         per_module_flops=_own_flops(model, flop_counter.get_flop_counts(), flops),
+    )
+
+
+PROPORTIONAL_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+"""Modules whose FLOPs, as ``FlopCounterMode`` counts them, are ``2 x output positions x weight.numel()``."""
+
+
+def count_resized(before: ModelCount, model: nn.Module, resized: nn.Module) -> ModelCount | None:
+    """:func:`count` of ``resized`` without a forward pass, or None when it cannot be derived exactly.
+
+    ``resized`` is ``model`` with channels removed or weights masked (same module names, same input, same
+    spatial and sequence sizes) and ``before`` is ``count(model, x)``. A plain ``nn.Linear`` or ``nn.ConvNd``
+    does ``2 x positions x weight.numel()`` FLOPs, where channel removal leaves ``positions`` (batch times output
+    pixels or tokens) unchanged, so its FLOPs scale exactly with its weight's size. When every module that did
+    FLOPs in ``before`` is one of those exact types (not a subclass, whose ``forward`` may do more), every count
+    follows; otherwise (attention, a model's own matmuls) None, and a forward pass is needed.
+    """
+    modules = dict(model.named_modules())
+    after_modules = dict(resized.named_modules())
+    per_module = {}
+    for name, flops in before.per_module_flops.items():
+        module, after = modules.get(name), after_modules.get(name)
+        if type(module) not in PROPORTIONAL_TYPES or type(after) is not type(module):
+            return None
+        numel = module.weight.numel()
+        if flops % numel:
+            return None
+        per_module[name] = flops // numel * after.weight.numel()
+    flops = sum(per_module.values())
+    return ModelCount(
+        params=sum(p.numel() for p in resized.parameters()),
+        nonzero_params=_count_nonzero_params(resized),
+        flops=flops,
+        macs=flops // 2,
+        per_module_flops={name: f for name, f in per_module.items() if f},
     )
 
 

@@ -5,7 +5,9 @@
   or folded with ``prune.remove`` / :func:`make_permanent`.
 * ``mode="remove"``: Torch-Pruning's dependency graph, traced on a zero input of the plan's ``input_shape``,
   removes each group's channels physically (BatchNorm, consumers' inputs, residual partners, flatten -> linear
-  column blocks).
+  column blocks), as :class:`ChannelCut` s of named tensors. The planner already traced the model and computed
+  them; it remembers them with the plan, so applying it to the planned model, or another instance of that
+  architecture, traces nothing.
 
 * heads / units (``LayerPlan`` granularity ``"heads"`` or ``"units"``): attention heads (KV groups under
   grouped-query attention) and GPT-2 MLP units are sliced out by :mod:`pyprune.pruning.attention`, which also
@@ -25,8 +27,10 @@ so that :func:`pyprune.load_pruned` can replay it on a fresh instance of the arc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,7 +40,7 @@ from torch.nn.utils import prune
 from pyprune.activations import call_model, eval_mode
 from pyprune.pruning.attention import find_units, is_hf_model, remove_units, rewrite_hf_config, unit_spec
 from pyprune.pruning.fingerprint import check_fingerprint
-from pyprune.pruning.groups import build_dependency_graph, output_tensors
+from pyprune.pruning.groups import build_dependency_graph, index_mappings_fixed, output_tensors
 
 if TYPE_CHECKING:
     # Names for annotations only: plan.py imports this module (PruningPlan.apply), not the other way round.
@@ -249,41 +253,141 @@ def _apply_mask(layer: LayerPlan, module: nn.Module) -> None:
         prune.custom_from_mask(module, "bias", layer.keep_mask(bias.shape).to(bias.device))
 
 
-def apply_traced(plan: PruningPlan, model: nn.Module, graph: Any) -> None:
-    """Prune ``model`` by a ``mode="remove"`` plan through Torch-Pruning's ``graph`` of it, already built (the
+@dataclass(frozen=True)
+class ChannelCut:
+    """One tensor cut of a ``mode="remove"`` plan: a Torch-Pruning handler (a pruner's ``prune_out_channels`` /
+    ``prune_in_channels``) applied along ``dim`` to the module named ``target`` (a bare ``nn.Parameter``'s name
+    when ``parameter``), removing ``idxs`` (indices in the unpruned model)."""
+
+    target: str
+    parameter: bool
+    handler: Callable[..., Any]
+    dim: int
+    idxs: tuple[int, ...]
+
+
+def channel_cuts(plan: PruningPlan, model: nn.Module, graph: Any) -> list[ChannelCut]:
+    """Every tensor cut that ``plan``'s channel layers make in ``model``, from Torch-Pruning's ``graph`` of it.
+
+    All groups are built in the unpruned model's coordinates and each tensor is cut once by the union of what the
+    groups take from it. Pruning group by group, as Torch-Pruning's ``Group.prune`` does, leaves the same tensors
+    but must recompute the whole graph's index mappings before each group (offsets behind a concatenation shift
+    as earlier groups shrink its inputs): on densenet121 that was 120 full recomputations. The checks are
+    Torch-Pruning's (``check_pruning_group``) on cumulative counts, so a plan fails where pruning group by group
+    would have failed.
+    """
+    import torch_pruning as tp
+
+    layers = [layer for layer in plan.layers if layer.granularity not in UNIT_GRANULARITIES]
+    for layer in layers:
+        if layer.granularity != "channels":
+            raise ValueError(
+                f"plan: layer {layer.name!r} has weight granularity but the plan removes channels"
+            )
+    modules = dict(model.named_modules())
+    with index_mappings_fixed(graph):
+        groups = [
+            (layer, graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels,
+                                            idxs=layer.removed.tolist()))
+            for layer in layers
+            if layer.num_removed
+            for module in [modules[layer.name]]
+        ]  # fmt: skip
+    # (target node, handler) -> [dependency, channels to remove, channels before]
+    unions: dict[tuple[Any, Any], list[Any]] = {}
+    for layer, group in groups:
+        for dep, idxs in group:
+            key = (dep.target, dep.handler)
+            if key not in unions:
+                size = None
+                if graph.is_out_channel_pruning_fn(dep.handler):
+                    size = graph.get_out_channels(dep.target.module)
+                elif graph.is_in_channel_pruning_fn(dep.handler):
+                    size = graph.get_in_channels(dep.target.module)
+                unions[key] = [dep, set(), size]
+            union = unions[key]
+            union[1].update(idxs)
+            if union[2] is not None and union[2] <= len(union[1]):
+                raise ValueError(
+                    f"plan: removing channels {layer.removed.tolist()} of {layer.name!r} is not valid"
+                )
+    names = {module: name for name, module in modules.items()}
+    parameters = {id(p): name for name, p in model.named_parameters()}
+    cuts = []
+    for dep, idxs, _ in unions.values():
+        parameter = dep.target.type == tp.ops.OPTYPE.PARAMETER
+        # Torch-Pruning's graph also holds stand-ins for functional operations (concatenations, additions); their
+        # handlers only keep that graph's own offsets up to date, which nothing reads once the cuts are made.
+        if idxs and (parameter or dep.target.module in names):
+            target = parameters[id(dep.target.module)] if parameter else names[dep.target.module]
+            cuts.append(
+                ChannelCut(target, parameter, dep.handler, dep.target.pruning_dim, tuple(sorted(idxs)))
+            )
+    return cuts
+
+
+def remember_cuts(plan: PruningPlan, model: nn.Module, cuts: list[ChannelCut]) -> None:
+    """Keep ``cuts`` (from :func:`channel_cuts`) for applying ``plan`` to a model built like ``model`` later, so
+    that applying needs no second trace; forgotten when the plan is garbage-collected."""
+    key = id(plan)
+    if key not in _REMEMBERED_CUTS:
+        weakref.finalize(plan, _REMEMBERED_CUTS.pop, key, None)
+    _REMEMBERED_CUTS[key] = (_cut_key(plan, model), cuts)
+
+
+_REMEMBERED_CUTS: dict[int, tuple[Any, list[ChannelCut]]] = {}
+
+
+def _cut_key(plan: PruningPlan, model: nn.Module) -> tuple[Any, ...]:
+    """What the cuts depend on: the plan's decisions and input, and the model's module names and classes (its
+    parameter shapes are checked against the plan's fingerprint before anything is applied)."""
+    layers = tuple(
+        (layer.name, layer.granularity, layer.size, tuple(layer.removed.tolist())) for layer in plan.layers
+    )
+    structure = tuple((name, type(module)) for name, module in model.named_modules())
+    return layers, repr(plan.options.get("input_spec")), plan.input_shape, structure
+
+
+def apply_traced(plan: PruningPlan, model: nn.Module, cuts: list[ChannelCut]) -> None:
+    """Prune ``model`` by a ``mode="remove"`` plan through its :func:`channel_cuts`, already computed (the
     planner's working copy); no checks, no verification, no history: the caller owns that copy."""
-    _remove_channels(plan, model, dict(model.named_modules()), graph)
+    _remove_channels(plan, model, dict(model.named_modules()), cuts)
 
 
 def _remove_channels(
-    plan: PruningPlan, model: nn.Module, modules: dict[str, nn.Module], graph: Any = None
+    plan: PruningPlan, model: nn.Module, modules: dict[str, nn.Module], cuts: list[ChannelCut] | None = None
 ) -> None:
     channels = [layer for layer in plan.layers if layer.granularity not in UNIT_GRANULARITIES]
     units = [layer for layer in plan.layers if layer.granularity in UNIT_GRANULARITIES]
     if any(layer.num_removed for layer in channels):
-        # Traced before the heads go: head removal is local to an attention layer, the groups never contain it.
-        if graph is None:
-            graph = build_dependency_graph(model, plan_example_input(plan, model))
-        for layer in channels:
-            if layer.granularity != "channels":
-                raise ValueError(
-                    f"plan: layer {layer.name!r} has weight granularity but the plan removes channels"
+        if cuts is None:
+            remembered = _REMEMBERED_CUTS.get(id(plan))
+            if remembered is not None and remembered[0] == _cut_key(plan, model):
+                cuts = remembered[1]
+            else:
+                # Traced before the heads go: head removal is local to an attention layer, the groups never
+                # contain it.
+                cuts = channel_cuts(
+                    plan, model, build_dependency_graph(model, plan_example_input(plan, model))
                 )
-            if not layer.num_removed:
-                continue
-            module = modules[layer.name]
-            prune_out = graph.get_pruner_of_module(module).prune_out_channels
-            group = graph.get_pruning_group(module, prune_out, idxs=layer.removed.tolist())
-            if not graph.check_pruning_group(group):
-                raise ValueError(
-                    f"plan: removing channels {layer.removed.tolist()} of {layer.name!r} is not valid"
-                )
-            group.prune()
+        _cut(model, modules, cuts)
     for layer in units:
         remove_units(model, unit_spec(layer.name, modules[layer.name]), layer.removed)
     if is_hf_model(model):
         note = rewrite_hf_config(model, find_units(model))
         object.__setattr__(model, CONFIG_NOTE_ATTRIBUTE, note)
+
+
+def _cut(model: nn.Module, modules: dict[str, nn.Module], cuts: list[ChannelCut]) -> None:
+    for cut in cuts:
+        # What Torch-Pruning's Dependency.__call__ does: the pruner singletons take their dim as an attribute.
+        cut.handler.__self__.pruning_dim = cut.dim
+        if not cut.parameter:
+            cut.handler(modules[cut.target], list(cut.idxs))
+            continue
+        # A bare nn.Parameter (a ViT's class token) is pruned into a new Parameter, set where the old one was.
+        owner, _, attribute = cut.target.rpartition(".")
+        setattr(modules[owner], attribute, cut.handler(model.get_parameter(cut.target), list(cut.idxs)))
 
 
 def plan_example_input(plan: PruningPlan, model: nn.Module) -> Any:

@@ -11,8 +11,9 @@ Counts round half up (``floor(amount * n + 0.5)``). Ranking is by ascending scor
 gone *after* the plan, counting weights already masked by an earlier ``torch.nn.utils.prune`` mask: those are
 always kept masked and ranked first.
 
-The model is never modified: structured planning traces and measures a deep copy. Which layers are candidates is
-:mod:`pyprune.pruning.layers`'s business; which channels are tied together, :mod:`pyprune.pruning.groups`'s.
+The model is never modified: structured planning traces and measures a copy of its module tree (sharing its
+tensors, which nothing there writes into). Which layers are candidates is :mod:`pyprune.pruning.layers`'s business;
+which channels are tied together, :mod:`pyprune.pruning.groups`'s.
 """
 
 from __future__ import annotations
@@ -22,14 +23,21 @@ import itertools
 import math
 import numbers
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from pyprune.activations import call_model
-from pyprune.pruning.apply import CONFIG_NOTE_ATTRIBUTE, UNIT_GRANULARITIES, apply_traced, describe_input
+from pyprune.pruning.apply import (
+    CONFIG_NOTE_ATTRIBUTE,
+    UNIT_GRANULARITIES,
+    apply_traced,
+    channel_cuts,
+    describe_input,
+    remember_cuts,
+)
 from pyprune.pruning.attention import (
     UnitSpec,
     find_units,
@@ -47,6 +55,7 @@ from pyprune.pruning.groups import (
     consumer_inputs,
     group_reducer,
     group_scores,
+    index_mappings_fixed,
     out_members,
     prunable_groups,
     prunes,
@@ -60,6 +69,9 @@ from pyprune.pruning.layers import (
     weight_layers,
 )
 from pyprune.pruning.plan import ApplyMode, LayerPlan, PruningPlan, check_untied
+
+if TYPE_CHECKING:
+    from pyprune.measure import ModelCount
 
 Scope = Literal["layer", "global"]
 Amount = float | Mapping[str, float]
@@ -227,7 +239,10 @@ def plan_structured(
         raise ValueError("example_input: required with mode='remove' (Torch-Pruning traces the model on it)")
     check_materialised(model)
 
-    work = copy.deepcopy(model)
+    # A copy of the module tree sharing the model's tensors: tracing, scoring and Torch-Pruning's cuts never write
+    # into a tensor (a cut replaces it), and copying the weights too was a tenth of planning resnet50.
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    work = copy.deepcopy(model, shared)
     names = {module: name for name, module in work.named_modules()}
     ignored = (
         resolve_layer_refs(work, ignored_layers, "ignored_layers") if ignored_layers is not None else None
@@ -244,7 +259,7 @@ def plan_structured(
         projections = [*projection_names(units), *unsupported]
         untouched.update(unsupported)
         try:
-            graph = trace(work, example_input)
+            graph = trace(work, example_input, count=measure)
         except ValueError as error:
             if not units or "example_input" in str(error).split(":")[0]:
                 raise
@@ -315,7 +330,8 @@ def plan_structured(
         # Layers whose output width changes; consumers that only lose inputs are listed as untouched.
         covered = {*roots, *(m for g in groups for m in out_members(g, names))}
         covered |= {n for spec in units for n in [*spec.readers, spec.writer]}
-        untouched = _untouched(work, graph, names, covered, untouched, ignored, default_ignored, blocked)
+        with index_mappings_fixed(graph):
+            untouched = _untouched(work, graph, names, covered, untouched, ignored, default_ignored, blocked)
     elif mode == "remove":
         covered = {n for c in coupled for n in c}
         for name in weight_layers(work):
@@ -351,11 +367,26 @@ def plan_structured(
     if graph is not None and graph.pyprune_output_shapes is not None:
         plan.options["output_shapes"] = [list(shape) for shape in graph.pyprune_output_shapes]
     check_untied(plan, model)
-    if example_input is not None and measure:
+    measuring = example_input is not None and measure
+    cuts = []
+    if graph is not None and any(
+        layer.num_removed for layer in plan.layers if layer.granularity == "channels"
+    ):
+        try:
+            cuts = channel_cuts(plan, work, graph)
+        except ValueError:
+            if measuring:
+                raise
+            cuts = None  # measure=False plans are not checked here: applying the plan tells, as before
+        if cuts is not None:
+            # Applying the plan to the model (or another instance of its architecture) needs no second trace.
+            remember_cuts(plan, work, cuts)
+    if measuring:
         if mode == "remove":
-            # The working copy and its graph are at hand: pruning them costs no copy and no second trace.
-            apply_traced(plan, work, graph)
-            measure_plan(plan, model, example_input, pruned=work)
+            # The working copy's traced pass was its counting pass; pruning it by the cuts costs no second trace.
+            before = None if graph is None else graph.pyprune_count
+            apply_traced(plan, work, cuts)
+            measure_plan(plan, model, example_input, pruned=work, before=before)
         else:
             measure_plan(plan, model, example_input)
     return plan
@@ -453,14 +484,15 @@ def _untouched_mask(
     return untouched
 
 
-def trace(work: nn.Module, example_input: Any) -> Any:
-    """Torch-Pruning's dependency graph of ``work``, a copy of the user's model (a failure puts it in eval mode).
+def trace(work: nn.Module, example_input: Any, *, count: bool = False) -> Any:
+    """Torch-Pruning's dependency graph of ``work``, a copy of the user's model (a failure puts it in eval mode);
+    with ``count``, also its parameter and FLOP counts (see :func:`~pyprune.pruning.groups.build_dependency_graph`).
 
     When tracing fails, a plain forward pass tells a wrong ``example_input`` (the model itself rejects it) from a
     model that Torch-Pruning cannot trace, and the error names the culprit.
     """
     try:
-        return build_dependency_graph(work, example_input)
+        return build_dependency_graph(work, example_input, count=count)
     except ValueError as error:
         try:
             with torch.no_grad():
@@ -586,28 +618,39 @@ def _coupled_names(group: Any, names: Mapping[nn.Module, str], root: str) -> tup
 
 
 def measure_plan(
-    plan: PruningPlan, model: nn.Module, example_input: torch.Tensor, pruned: nn.Module | None = None
+    plan: PruningPlan,
+    model: nn.Module,
+    example_input: torch.Tensor,
+    pruned: nn.Module | None = None,
+    before: ModelCount | None = None,
 ) -> None:
     """Fill the plan's parameter and FLOP counts by applying it to a copy of ``model``.
 
     ``pruned``: a copy of ``model`` with the plan already applied (the structured planner passes its traced
     working copy, pruned through the graph it already built, which saves a deep copy and a second trace).
+    ``before``: ``count(model, example_input)`` when already known (the structured planner counts its trace).
     """
-    from pyprune.measure import count
+    from pyprune.measure import count, count_resized
 
     try:
-        before = count(model, example_input)
+        if before is None:
+            before = count(model, example_input)
     except (RuntimeError, TypeError, ValueError, IndexError) as error:
         raise ValueError(
             f"example_input: the model fails on it ({describe_input(example_input)}): {type(error).__name__}: "
             f"{error}"
         ) from error
     if pruned is None:
-        pruned = copy.deepcopy(model)
+        # Masks and cuts replace tensors rather than write into them, so the copy can share the model's; a plan
+        # with new or rescaled weights writes them in place and gets a full copy.
+        writes = bool(plan.weights or plan.rescale)
+        shared = {} if writes else {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+        pruned = copy.deepcopy(model, shared)
         plan.apply(pruned)
     if is_hf_model(pruned):
         plan.options["hf_config"] = getattr(pruned, CONFIG_NOTE_ATTRIBUTE, None) or "rewritten"
-    after = count(pruned, example_input)
+    # Channel removal and masks scale a plain Linear/ConvNd's FLOPs with its weight: no forward pass needed then.
+    after = count_resized(before, model, pruned) or count(pruned, example_input)
     plan.totals = {
         "params": [before.params, after.params],
         "nonzero_params": [before.nonzero_params, after.nonzero_params],

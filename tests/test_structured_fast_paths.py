@@ -1,0 +1,154 @@
+"""The shortcuts of structured planning and applying give exactly what the long way gives: the counted trace equals
+``pyprune.count``, FLOPs derived from weight sizes equal a counted forward pass, tensor cuts equal Torch-Pruning's
+group-by-group pruning, and remembered cuts equal a fresh trace."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch_pruning as tp
+from torch import nn
+
+import pyprune
+from pyprune.measure import count, count_resized
+from pyprune.pruning import apply as apply_module
+from pyprune.pruning.groups import build_dependency_graph
+
+
+class DenseBlock(nn.Module):
+    """Two layers whose outputs are concatenated with the input, as in a DenseNet: groups behind a concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = nn.Sequential(nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1))
+        self.b = nn.Sequential(nn.BatchNorm2d(14), nn.ReLU(), nn.Conv2d(14, 6, 3, padding=1))
+        self.norm = nn.BatchNorm2d(20)
+        self.head = nn.Linear(20, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.cat([x, self.a(x)], 1)
+        x = torch.cat([x, self.b(x)], 1)
+        return self.head(torch.relu(self.norm(x)).mean((2, 3)))
+
+
+class OwnMatmul(nn.Module):
+    """A model whose root does FLOPs of its own: they cannot be derived from its layers' weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.fc2 = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        return self.fc2(torch.softmax(h @ h.T, -1) @ h)
+
+
+def dense_block() -> nn.Module:
+    torch.manual_seed(0)
+    model = DenseBlock().eval()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    return model
+
+
+X = torch.randn(2, 3, 8, 8)
+
+
+@pytest.mark.parametrize("inputs", ["tensor", "tuple", "dict"])
+def test_counted_trace_equals_count(inputs):
+    class Keyword(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = dense_block()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    model = Keyword().eval()
+    example = {"tensor": X, "tuple": (X,), "dict": {"x": X}}[inputs]
+    graph = build_dependency_graph(model, example, count=True)
+    assert graph.pyprune_count == count(model, example)
+
+
+def test_counted_trace_declines_a_model_with_frozen_parameters():
+    model = dense_block()
+    model.stem.weight.requires_grad_(False)
+    assert build_dependency_graph(model, X, count=True).pyprune_count is None
+
+
+@pytest.mark.parametrize("mode", ["remove", "mask"])
+def test_flops_from_weight_sizes_equal_a_counted_forward(mode):
+    model = dense_block()
+    plan = pyprune.plan(model, "l1_filter", 0.5, example_input=X, mode=mode, measure=False)
+    pruned = plan.apply(copy.deepcopy(model))
+    derived = count_resized(count(model, X), model, pruned)
+    assert derived == count(pruned, X)
+
+
+def test_flops_are_not_derived_where_a_module_computes_on_its_own():
+    model = OwnMatmul()
+    x = torch.randn(3, 6)
+    plan = pyprune.plan(model, "l1_filter", 0.5, example_input=x, measure=False)
+    assert count_resized(count(model, x), model, plan.apply(copy.deepcopy(model))) is None
+    # The plan's table then comes from a forward pass, and still matches one.
+    plan = pyprune.plan(model, "l1_filter", 0.5, example_input=x)
+    pruned = plan.apply(copy.deepcopy(model))
+    assert plan.totals["flops"] == [count(model, x).flops, count(pruned, x).flops]
+
+
+def test_cuts_equal_torch_prunings_group_by_group_pruning():
+    model = dense_block()
+    plan = pyprune.plan(model, "l1_filter", 0.5, example_input=X)
+    reference = copy.deepcopy(model)
+    graph = tp.DependencyGraph().build_dependency(reference, example_inputs=X)
+    for layer in plan.layers:
+        module = reference.get_submodule(layer.name)
+        pruning_fn = graph.get_pruner_of_module(module).prune_out_channels
+        graph.get_pruning_group(module, pruning_fn, layer.removed.tolist()).prune()
+    plan.apply(model)
+    assert model.state_dict().keys() == reference.state_dict().keys()
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert repr(model) == repr(reference)
+
+
+def test_applying_uses_the_remembered_cuts_and_traces_an_edited_plan(monkeypatch):
+    model = dense_block()
+    plan = pyprune.plan(model, "l1_filter", 0.5, example_input=X)
+    expected = plan.apply(
+        copy.deepcopy(dense_block())
+    )  # another instance of the architecture: no trace either
+    traces = []
+    original = apply_module.build_dependency_graph
+    monkeypatch.setattr(
+        apply_module, "build_dependency_graph", lambda *a, **k: traces.append(1) or original(*a, **k)
+    )
+    plan.apply(model)
+    assert traces == []
+    for key, value in expected.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    edited = copy.deepcopy(plan)
+    edited.layers[0].removed = edited.layers[0].removed[:1]
+    edited.apply(dense_block())
+    assert traces == [1]
+
+
+def test_planning_leaves_the_models_tensors_as_they_were():
+    model = dense_block()
+    before = {
+        name: (t, t.clone())
+        for name, t in {**dict(model.named_parameters()), **dict(model.named_buffers())}.items()
+    }
+    pyprune.plan(model, "l1_filter", 0.5, example_input=X)
+    after = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    assert after.keys() == before.keys()
+    for name, (tensor, values) in before.items():
+        assert after[name] is tensor, name
+        assert torch.equal(tensor, values), name
