@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+from hypothesis import settings
 
 
 def _declare_torchvision_ops() -> None:
@@ -23,3 +26,9 @@ def _declare_torchvision_ops() -> None:
 
 
 _declare_torchvision_ops()
+
+# CI draws the same hypothesis examples on every run, so a red build can be reproduced and a green one is not luck;
+# local runs keep drawing new examples (and remember failing ones in .hypothesis/).
+if os.environ.get("CI"):
+    settings.register_profile("ci", derandomize=True)
+    settings.load_profile("ci")

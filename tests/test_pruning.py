@@ -114,8 +114,18 @@ def test_ties_are_broken_by_index():
 def test_global_magnitude_exact_total_and_single_threshold(amount, seed):
     torch.manual_seed(seed)
     model = models.mlp([7, 13, 9, 4])
+    weights = [model.get_submodule(n).weight.detach().abs().flatten() for n in ("fc1", "fc2")]
+    total = sum(w.numel() for w in weights)
+    # Independently of the planner: the globally smallest floor(amount * total + 0.5) magnitudes. If they cover
+    # a whole layer, the plan must refuse rather than empty it.
+    smallest = torch.cat(weights).argsort(stable=True)[: math.floor(amount * total + 0.5)]
+    if (smallest < weights[0].numel()).sum() == weights[0].numel() or (
+        smallest >= weights[0].numel()
+    ).sum() == weights[1].numel():
+        with pytest.raises(ValueError, match="would remove every weight"):
+            plan_unstructured(model, amount, scope="global")
+        return
     plan = plan_unstructured(model, amount, scope="global")
-    total = sum(model.get_submodule(n).weight.numel() for n in ("fc1", "fc2"))
     assert plan.num_removed == math.floor(amount * total + 0.5)
     kept_min = min(
         model.get_submodule(layer.name)
