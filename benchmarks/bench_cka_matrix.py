@@ -897,6 +897,7 @@ def pytorch_cka_notes(by_key: dict[tuple, dict[str, Any]]) -> list[str]:
     for (n, kernel, impl), peer in by_key.items():
         ours = by_key.get((n, kernel, "pyprune-unbiased"))
         gemm = by_key.get((n, kernel, "gemm-floor"))
+        syrk = by_key.get((n, kernel, "syrk-floor"))
         if impl != "pytorch-cka" or ours is None or gemm is None:
             continue
         ratio = peer["median_s"] / ours["median_s"]
@@ -914,6 +915,15 @@ def pytorch_cka_notes(by_key: dict[tuple, dict[str, Any]]) -> list[str]:
             f"{ours['median_s'] / gemm['median_s']:.2f}×. pyprune forms each Gram with BLAS syrk (half the "
             "multiply-adds of the GEMM), so its floor is about 0.5× the GEMM floor and about 2× (plus the peer's "
             "own HSIC work) is the most it can lead a GEMM-bound peer by; machine load slows both alike."
+            + (
+                f" Measured here: pyprune's Gram products alone (syrk floor) take {fmt_seconds(syrk['median_s'])} s "
+                f"({syrk['median_s'] / gemm['median_s']:.2f}× the GEMM floor), {syrk['median_s'] / ours['median_s']:.0%}"
+                f" of its time; the rest is memory-bound passes over the activations (checks, peak, centring) and the"
+                f" fused HSIC pass. A pyprune that did nothing but its products would lead by "
+                f"{peer['median_s'] / syrk['median_s']:.2f}×."
+                if syrk is not None
+                else ""
+            )
         )
     return notes
 
