@@ -200,8 +200,8 @@ def gemm_floor(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> None:
 
 def syrk_floor(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> None:
     """pyprune's own floor: only the Gram products as :func:`pyprune.cka_matrix` forms them (lower triangles by
-    ``syrk``, :func:`pyprune.ops.linear_grams`), of the layers as given (no centring, no HSIC pass)."""
-    from pyprune.ops import linear_grams
+    ``syrk``, :func:`pyprune.ops.gram.linear_grams`), of the layers as given (no centring, no HSIC pass)."""
+    from pyprune.ops.gram import linear_grams
 
     for layers in (xs, ys):
         out = torch.empty(len(layers), layers[0].shape[0], layers[0].shape[0], device=layers[0].device)

@@ -406,7 +406,7 @@ def test_rbf_argument_errors_match():
 def test_linear_grams_match_one_layer_at_a_time(dtype, threads, widths):
     """Several layers at once (one BLAS thread each, own buffers) or one at a time ("one-wide-layer": no
     balanced split): the same bits as linear_gram layer by layer."""
-    from pyprune.ops import linear_gram, linear_grams
+    from pyprune.ops.gram import linear_gram, linear_grams
 
     gen = torch.Generator().manual_seed(len(widths) * 10 + threads)
     layers = [torch.randn(37, p, generator=gen, dtype=torch.float64).to(dtype) for p in widths]

@@ -7,9 +7,9 @@ ops), and one module per op. Dependency direction: ``csrc`` kernels <- ``pyprune
 <- pruners <- CLI; nothing in ``pyprune.ops`` imports from the rest of pyprune.
 """
 
-from pyprune.ops.gram import linear_gram, linear_grams
+from pyprune.ops.gram import linear_gram
 from pyprune.ops.gram_hsic import gram_hsic_terms
 from pyprune.ops.permutation_hsic import permutation_hsic
 from pyprune.ops.rbf_gram import rbf_from_linear_gram
 
-__all__ = ["gram_hsic_terms", "linear_gram", "linear_grams", "permutation_hsic", "rbf_from_linear_gram"]
+__all__ = ["gram_hsic_terms", "linear_gram", "permutation_hsic", "rbf_from_linear_gram"]

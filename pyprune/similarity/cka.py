@@ -38,7 +38,7 @@ wide layers with many samples this is within 2x of the floor of one covariance p
 (measured by ``benchmarks/bench_cka_memory.py``: three float32 layers of 20,000 x 2,048 needed 1.7 GiB
 extra when every layer was centred and concatenated first, 0.17 GiB now). ``cka`` on one pair holds three
 ``p x p`` covariances. The ``"gram"`` method keeps one ``n x n`` Gram per layer (the fused pass reads all Grams at
-once) plus one centred layer per thread (:func:`pyprune.ops.linear_grams` forms several Grams at once).
+once) plus one centred layer per thread (:func:`pyprune.ops.gram.linear_grams` forms several Grams at once).
 
 Degenerate inputs: a layer whose samples are all identical (zero variance) has no defined CKA; pyprune
 returns 0 for every pair involving it. With ``unbiased=True`` a non-constant layer can still get a
@@ -57,7 +57,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from pyprune.ops import gram_hsic_terms, linear_grams, rbf_from_linear_gram
+from pyprune.ops import gram_hsic_terms, rbf_from_linear_gram
+from pyprune.ops.gram import linear_grams
 from pyprune.ops.rbf_gram import WIDE_RBF_THRESHOLD, rbf_deviation_from_linear_gram
 from pyprune.similarity._inputs import (
     Flatten,
