@@ -196,3 +196,13 @@ def unbiased_cka_reference(xs, ys, batch_size: int | None = None) -> torch.Tenso
 def gemm_floor(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> None:
     for x in (*xs, *ys):
         torch.mm(x, x.T)
+
+
+def syrk_floor(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> None:
+    """pyprune's own floor: only the Gram products as :func:`pyprune.cka_matrix` forms them (lower triangles by
+    ``syrk``, :func:`pyprune.ops.gram.linear_grams`), of the layers as given (no centring, no HSIC pass)."""
+    from pyprune.ops.gram import linear_grams
+
+    for layers in (xs, ys):
+        out = torch.empty(len(layers), layers[0].shape[0], layers[0].shape[0], device=layers[0].device)
+        linear_grams(layers, lambda k, _buffer, layers=layers: layers[k], out)

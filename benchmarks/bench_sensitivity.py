@@ -13,6 +13,8 @@ Implementations, each folding the whole set S (|S| examples, one call) into fres
 1. ``pyprune``: ``pyprune.ops.sensitivity.sensitivity_update`` (backend "auto"): the denominators z+ and z- by one
    torch convolution of ``[W+; W-]`` per block of examples, then the C++ kernel (no ``(|S|, J, P)`` patches).
 2. ``pyprune kernel only``: the C++ kernel alone, given z for the whole set (its own extra memory, z excluded).
+   ``z products only``: the denominators alone (``denominators``: one conv/linear of ``[W+; W-]``, twice the
+   multiply-adds of the layer's GEMM), which bound the whole update from below.
 3. ``chunked torch``: the plain-torch reference ``sensitivity_update_reference`` with a filter chunk sized so
    that one ``(|S|, chunk, J, P)`` block holds at most 2^24 entries; it still forms the ``(|S|, J, P)`` patches.
 4. ``broadcast torch``: the same reference with every filter at once, where its estimated peak (6 blocks of
@@ -65,17 +67,18 @@ from _runner import (
 from _sensitivity_layers import describe, doubled, kernel_only, linear_layer, resnet_layers
 
 from pyprune.ops.backend import cpu_kernels
-from pyprune.ops.sensitivity import sensitivity_update, sensitivity_update_reference
+from pyprune.ops.sensitivity import denominators, sensitivity_update, sensitivity_update_reference
 
 GOAL_GEMM_RATIO = 3.0
 MIN_JUDGED_GEMM_S = 1e-3
 CHUNK_ENTRIES = 1 << 24
 BROADCAST_BLOCKS = 6  # live (|S|, F, J, P) temporaries of the broadcast reference, for its memory estimate
 MEMORY_SIZES = (64, 128, 256)
-VARIANTS = ("pyprune", "kernel", "chunked", "broadcast", "gemm")
+VARIANTS = ("pyprune", "kernel", "z", "chunked", "broadcast", "gemm")
 LABELS = {
     "pyprune": "pyprune `sensitivity_update` (z + kernel)",
     "kernel": "pyprune kernel only (z given)",
+    "z": "z products only ([W+; W-] A)",
     "chunked": "chunked torch (reference, filter chunk)",
     "broadcast": "broadcast torch (reference, all filters)",
     "gemm": "GEMM (|S| P x J) @ (J x F)",
@@ -138,6 +141,9 @@ def measure_layer(
     record(
         "kernel",
         time_call(kernel_only(weight, inputs, geometry, fresh), warmup=1, repeats=repeats, memory=True),
+    )
+    record(
+        "z", time_call(lambda: denominators(weight, inputs, geometry), warmup=1, repeats=repeats, memory=True)
     )
     record("gemm", time_call(_gemm(b * P, J, F), warmup=1, repeats=repeats, memory=True))
 
@@ -222,6 +228,7 @@ def goal_lines(payload: dict[str, Any]) -> list[str]:
             else ""
         )
     )
+    lines += bound_lines(payload, by, size)
     for layer in payload["layers"]:
         if not layer["memory_sweep"]:
             continue
@@ -243,6 +250,45 @@ def goal_lines(payload: dict[str, Any]) -> list[str]:
                 )
                 + " MiB)"
             )
+    return lines
+
+
+def bound_lines(payload: dict[str, Any], by: dict[tuple, dict[str, Any]], size: int) -> list[str]:
+    """What bounds the whole update, per layer whose GEMM is judged and over the network: the update split
+    into the z products, the kernel and the rest (splitting W, scaling, value checks), each over the GEMM."""
+    totals = payload["network_totals"]
+    cases = [
+        (layer["name"], {v: by.get((layer["name"], size, v)) for v in ("pyprune", "kernel", "z", "gemm")})
+        for layer in payload["layers"]
+    ]
+    cases = [
+        (name, {v: rec["median_s"] for v, rec in recs.items()})
+        for name, recs in cases
+        if all(rec and "median_s" in rec for rec in recs.values())
+        and recs["gemm"]["median_s"] >= MIN_JUDGED_GEMM_S
+    ]
+    if all(totals.get(v) for v in ("pyprune", "kernel", "z", "gemm")):
+        cases.append(("ResNet-56 total", {v: totals[v] for v in ("pyprune", "kernel", "z", "gemm")}))
+    lines = []
+    for name, t in cases:
+        if not name.startswith("Linear") and name != "ResNet-56 total":
+            continue
+        z, kernel, gemm = t["z"] / t["gemm"], t["kernel"] / t["gemm"], t["gemm"]
+        rest = (t["pyprune"] - t["z"] - t["kernel"]) / gemm
+        left = GOAL_GEMM_RATIO - z
+        lines.append(
+            f"- What bounds the whole update ({name}): the z products alone (one product of [W+; W-], twice the "
+            f"GEMM's multiply-adds) take {z:.2f}× the GEMM, so {GOAL_GEMM_RATIO:.0f}× leaves {left:.2f}× for the "
+            f"kernel and the rest; the kernel takes {kernel:.2f}× and the rest (splitting W, per-example scaling, "
+            f"value checks) {rest:.2f}×. The kernel does one multiply and one max per (weight, example, position) "
+            "where the GEMM does one fused multiply-add, and it reads and writes both F x J maxima: "
+            + (
+                f"within {GOAL_GEMM_RATIO:.0f}× overall it would have to run at {left / max(kernel, 1e-12):.0%} of "
+                "its present time with nothing else left."
+                if left > 0
+                else f"the z products alone already exceed {GOAL_GEMM_RATIO:.0f}×."
+            )
+        )
     return lines
 
 

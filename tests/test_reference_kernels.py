@@ -395,3 +395,37 @@ def test_rbf_degenerate_median_raises_same_error(dtype):
 
 def test_rbf_argument_errors_match():
     assert rbf_argument_errors("cpu") == rbf_argument_errors("reference")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    ("threads", "widths"),
+    [(1, [40, 9, 23, 5]), (2, [40, 9, 23, 5, 31]), (3, [17, 17, 17]), (2, [60, 3])],
+    ids=["one-thread", "two-threads", "three-threads", "one-wide-layer"],
+)
+def test_linear_grams_match_one_layer_at_a_time(dtype, threads, widths):
+    """Several layers at once (one BLAS thread each, own buffers) or one at a time ("one-wide-layer": no
+    balanced split): the same bits as linear_gram layer by layer."""
+    from pyprune.ops.gram import linear_gram, linear_grams
+
+    gen = torch.Generator().manual_seed(len(widths) * 10 + threads)
+    layers = [torch.randn(37, p, generator=gen, dtype=torch.float64).to(dtype) for p in widths]
+    out = torch.full((len(layers), 37, 37), float("nan"), dtype=dtype)
+    buffers = {}
+
+    def prepare(k, buffer):
+        buffers.setdefault(buffer.data_ptr(), set()).add(k)
+        assert buffer.dtype == dtype
+        assert buffer.numel() >= layers[k].numel()
+        return torch.mul(layers[k], 2, out=buffer[: layers[k].numel()].view(layers[k].shape))
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        linear_grams(layers, prepare, out)
+    finally:
+        torch.set_num_threads(previous)
+    assert sorted(k for ks in buffers.values() for k in ks) == list(range(len(layers)))
+    for k, x in enumerate(layers):
+        want = linear_gram(2 * x).tril()
+        torch.testing.assert_close(out[k].tril(), want, rtol=0, atol=0)

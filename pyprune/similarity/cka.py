@@ -37,8 +37,8 @@ covariance of all layers side by side, never a centred copy of a whole layer. Fo
 wide layers with many samples this is within 2x of the floor of one covariance plus one centred layer
 (measured by ``benchmarks/bench_cka_memory.py``: three float32 layers of 20,000 x 2,048 needed 1.7 GiB
 extra when every layer was centred and concatenated first, 0.17 GiB now). ``cka`` on one pair holds three
-``p x p`` covariances. The ``"gram"`` method keeps one ``n x n`` Gram per layer plus one centred layer (the fused pass reads all
-Grams at once).
+``p x p`` covariances. The ``"gram"`` method keeps one ``n x n`` Gram per layer (the fused pass reads all Grams at
+once) plus one centred layer per thread (:func:`pyprune.ops.gram.linear_grams` forms several Grams at once).
 
 Degenerate inputs: a layer whose samples are all identical (zero variance) has no defined CKA; pyprune
 returns 0 for every pair involving it. With ``unbiased=True`` a non-constant layer can still get a
@@ -57,7 +57,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from pyprune.ops import gram_hsic_terms, linear_gram, rbf_from_linear_gram
+from pyprune.ops import gram_hsic_terms, rbf_from_linear_gram
+from pyprune.ops.gram import linear_grams
 from pyprune.ops.rbf_gram import WIDE_RBF_THRESHOLD, rbf_deviation_from_linear_gram
 from pyprune.similarity._inputs import (
     Flatten,
@@ -365,14 +366,17 @@ def _grams(
     """Gram (kernel) matrices of the rescaled, centred layers and the log2 of each one's scale factor."""
     n, device = xs[0].shape[0], xs[0].device
     stack = torch.empty(len(xs), n, n, dtype=dtype, device=device)
-    # One scratch buffer for every layer's centred copy: fresh multi-megabyte allocations are page-faulted in
-    # on every call, which costs a third of a GEMM-bound heatmap at n = 1024.
-    scratch = torch.empty(n * max(x.shape[1] for x in xs), dtype=dtype, device=device)
-    log2_scales = []
-    for gram, x in zip(stack, xs, strict=True):
-        exponent = _scaling_exponent(x)
-        linear_gram(_scaled_centred(x, exponent, dtype, out=scratch[: x.numel()].view(x.shape)), out=gram)
-        log2_scales.append(2.0 * exponent)
+    exponents = [0] * len(xs)
+
+    def centred(k: int, buffer: torch.Tensor) -> torch.Tensor:
+        # The centred copy goes into a buffer reused across layers: fresh multi-megabyte allocations are
+        # page-faulted in on every call, which costs a third of a GEMM-bound heatmap at n = 1024.
+        x = xs[k]
+        exponents[k] = _scaling_exponent(x)
+        return _scaled_centred(x, exponents[k], dtype, out=buffer[: x.numel()].view(x.shape))
+
+    linear_grams(xs, centred, stack)
+    log2_scales = [2.0 * e for e in exponents]
     # A separate loop, not one per layer: BLAS workers keep spinning for a while after each syrk and would
     # compete with the RBF kernel's threads for the same cores.
     if kernel == "rbf":
