@@ -13,7 +13,6 @@ dict (``nn.LSTM``, ``nn.MultiheadAttention``, ...) it is the first tensor found 
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pyprune.arguments import close_matches_hint
 from pyprune.similarity._inputs import FLATTEN_MODES, Flatten, flatten_activations
 
 LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | type | tuple[type, ...]
@@ -80,8 +80,7 @@ def _select_by_name(model: nn.Module, layers: Any) -> list[tuple[str, nn.Module]
         valid = [n for n in modules if n]
         hints = []
         for name in unknown:
-            close = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
-            hints.append(f"{name!r} (did you mean {', '.join(map(repr, close))}?)" if close else repr(name))
+            hints.append(repr(name) + close_matches_hint(name, valid))
         raise ValueError(
             f"layers: unknown module name(s) in {type(model).__name__}: {'; '.join(hints)}. "
             f"Valid names (from model.named_modules()) include {_short_list(valid)}"

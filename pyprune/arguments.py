@@ -21,8 +21,12 @@ def check_positive_int(value: object, name: str) -> None:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
 
+def close_matches_hint(name: object, valid: list[str]) -> str:
+    """`` (did you mean 'a', 'b'?)`` for the entries of ``valid`` close to ``name``; empty when none is."""
+    close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
 def unknown_name_message(argument: str, name: str, known: list[str]) -> str:
     """The error message for a ``name`` that is not one of ``known``, suggesting close matches."""
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-    return f"{argument}: unknown name {name!r}{hint}; expected one of {', '.join(map(repr, known))}"
+    return f"{argument}: unknown name {name!r}{close_matches_hint(name, known)}; expected one of {', '.join(map(repr, known))}"

@@ -7,7 +7,6 @@ dim of an observed output holds the channels.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from pyprune.activations import LayerSelector, resolve_layers
+from pyprune.arguments import close_matches_hint
 from pyprune.pruning.criteria.base import PRUNABLE_TYPES
 
 
@@ -60,12 +60,6 @@ def resolve_points(model: nn.Module, layers: Mapping[str, nn.Module], point: Any
         if module_name != layer_name:
             resolved[layer_name] = module_name
     return resolved
-
-
-def close_matches_hint(name: Any, valid: list[str]) -> str:
-    """`` (did you mean 'a', 'b'?)`` for the entries of ``valid`` close to ``name``; empty when none is."""
-    close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
 
 
 def channel_dim(z: torch.Tensor, layer: nn.Module) -> int | None:

@@ -82,15 +82,11 @@ from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
 from pyprune.activations import LayerSelector, call_model, model_device, to_device
+from pyprune.arguments import close_matches_hint
 from pyprune.distributed import TaylorTotals, taylor_totals
 from pyprune.pruning.attention import UnitSpec, expose_unit_inputs, find_units
 from pyprune.pruning.criteria.base import ChannelCriterion
-from pyprune.pruning.criteria.scored_layers import (
-    channel_dim,
-    close_matches_hint,
-    resolve_points,
-    resolve_scored_layers,
-)
+from pyprune.pruning.criteria.scored_layers import channel_dim, resolve_points, resolve_scored_layers
 from pyprune.pruning.plan import PruningPlan
 from pyprune.pruning.selection import plan_structured
 
