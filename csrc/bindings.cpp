@@ -345,7 +345,7 @@ void check_sensitivity_values(const py::array& weight, const py::array& inputs) 
 void sensitivity_update(py::array weight, py::array inputs, py::array z, py::array s_mean, py::array s_max,
                         const std::vector<int64_t>& kernel_size, const std::vector<int64_t>& stride,
                         const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation, int num_threads,
-                        bool check_values) {
+                        bool check_values, bool relative_threshold) {
   if (!is_float(weight, 4) && !is_float(weight, 8))
     throw py::type_error("weight: expected float32 or float64, got " + std::string(py::str(weight.dtype())));
   if (weight.ndim() != 2)
@@ -421,12 +421,12 @@ void sensitivity_update(py::array weight, py::array inputs, py::array z, py::arr
     pyprune::sensitivity_update<double>(
         static_cast<const double*>(weight.data()), filters, columns, static_cast<const double*>(inputs.data()), batch,
         height, width, window, static_cast<const double*>(z.data()), static_cast<double*>(s_mean.mutable_data()),
-        static_cast<double*>(s_max.mutable_data()), num_threads);
+        static_cast<double*>(s_max.mutable_data()), num_threads, relative_threshold);
   else
     pyprune::sensitivity_update<float>(
         static_cast<const float*>(weight.data()), filters, columns, static_cast<const float*>(inputs.data()), batch,
         height, width, window, static_cast<const float*>(z.data()), static_cast<float*>(s_mean.mutable_data()),
-        static_cast<float*>(s_max.mutable_data()), num_threads);
+        static_cast<float*>(s_max.mutable_data()), num_threads, relative_threshold);
 }
 
 py::array_t<uint8_t> nm_select(const py::array& weight, const std::optional<py::array>& norms, int64_t k, int64_t n,
@@ -541,13 +541,17 @@ Returns a dict of float64 arrays (m,): cross, self_sq, row_sq, total.)doc");
         py::arg("s_mean"), py::arg("s_max"), py::arg("kernel_size") = std::vector<int64_t>{},
         py::arg("stride") = std::vector<int64_t>{}, py::arg("padding") = std::vector<int64_t>{},
         py::arg("dilation") = std::vector<int64_t>{}, py::arg("num_threads") = 1, py::arg("check_values") = true,
+        py::arg("relative_threshold") = false,
         R"doc(Fold one batch into the running sensitivity maxima s_mean and s_max, in place (see
 pyprune.ops.sensitivity.sensitivity_update_reference).
 
 weight (F, J) float32 or float64; inputs (batch, J / (kh kw), H, W) for a conv or (batch, J) for a Linear
 (kernel_size, stride, padding, dilation all empty), finite and >= 0; z (batch, 2, F, P): z[:, 0] = W+ A and
 z[:, 1] = W- A; s_mean, s_max (F, J). One dtype, all contiguous. check_values=False skips the finite and
-non-negative scan of weight and inputs (for a caller that ran check_sensitivity_values on the whole batch). Arithmetic is in that dtype: a float32 sum
+non-negative scan of weight and inputs (for a caller that ran check_sensitivity_values on the whole batch).
+relative_threshold=True computes as if each example's inputs and z were first divided by its power of two
+2^floor(log2 max |z(x)|) (1 where z(x) is 0): the threshold becomes relative and no other bit changes
+(pyprune.ops.sensitivity.denominator_scale); no copy is made for it. Arithmetic is in that dtype: a float32 sum
 over the P positions is two-level (chunks of about 64 positions, then the chunk sums), within about 5e-7 relative
 of a float64 sum of the same float32 data (benchmarks/bench_sensitivity.py measures it).)doc");
   m.def("check_sensitivity_values", &check_sensitivity_values, py::arg("weight"), py::arg("inputs"),
