@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/cka_damage.h"
+#include "cpu/column_stats.h"
 #include "cpu/gram_hsic.h"
 #include "cpu/nm_select.h"
 #include "cpu/permutation_hsic.h"
@@ -429,6 +430,32 @@ void sensitivity_update(py::array weight, py::array inputs, py::array z, py::arr
         static_cast<float*>(s_max.mutable_data()), num_threads, relative_threshold);
 }
 
+py::tuple column_stats(const py::array& x, int num_threads) {
+  const bool is_double = is_float(x, 8);
+  if (!is_double && !is_float(x, 4))
+    throw py::type_error("x: expected float32 or float64, got " + std::string(py::str(x.dtype())));
+  if (x.ndim() != 2 || x.shape(0) < 1 || x.shape(1) < 1)
+    throw py::value_error("x: expected a non-empty 2-D (rows, cols) matrix, got shape " + shape_string(x));
+  check_num_threads(num_threads);
+  const int64_t rows = x.shape(0), cols = x.shape(1), ld = row_stride(x, "x");
+  py::array_t<double> sums(cols);
+  double* out = sums.mutable_data();
+  double low, high;
+  {
+    py::gil_scoped_release release;
+    if (is_double) {
+      pyprune::column_stats<double>(static_cast<const double*>(x.data()), rows, cols, ld, out, &low, &high,
+                                    num_threads);
+    } else {
+      float lo, hi;
+      pyprune::column_stats<float>(static_cast<const float*>(x.data()), rows, cols, ld, out, &lo, &hi, num_threads);
+      low = lo;
+      high = hi;
+    }
+  }
+  return py::make_tuple(sums, low, high);
+}
+
 py::array_t<uint8_t> nm_select(const py::array& weight, const std::optional<py::array>& norms, int64_t k, int64_t n,
                                int64_t m, int num_threads) {
   const bool is_f64 = is_float(weight, 8);
@@ -557,6 +584,10 @@ of a float64 sum of the same float32 data (benchmarks/bench_sensitivity.py measu
   m.def("check_sensitivity_values", &check_sensitivity_values, py::arg("weight"), py::arg("inputs"),
         R"doc(The value rules of sensitivity_update in one pass without the GIL: weight finite, inputs finite and >= 0
 (weight float32 or float64, inputs of its dtype, both contiguous). Raises ValueError naming the argument.)doc");
+  m.def("column_stats", &column_stats, py::arg("x"), py::arg("num_threads") = 1,
+        R"doc(One pass over x (rows, cols) float32 or float64 (rows contiguous, at least one row and column): returns
+(sums, low, high), the float64 column sums (cols,) and the smallest and largest non-NaN entries as floats. Each
+column is summed in row order whatever num_threads is; a NaN skips the extremes and makes its column's sum NaN.)doc");
   m.def("nm_select", &nm_select, py::arg("weight"), py::arg("norms"), py::arg("k") = 0, py::arg("n") = 0,
         py::arg("m") = 0, py::arg("num_threads") = 1,
         R"doc(Per-row lowest-k (m == 0) or N:M (keep n of every m columns) selection of |W_ij| * norms_j, ties to the
