@@ -587,7 +587,8 @@ of a float64 sum of the same float32 data (benchmarks/bench_sensitivity.py measu
   m.def("column_stats", &column_stats, py::arg("x"), py::arg("num_threads") = 1,
         R"doc(One pass over x (rows, cols) float32 or float64 (rows contiguous, at least one row and column): returns
 (sums, low, high), the float64 column sums (cols,) and the smallest and largest non-NaN entries as floats. Each
-column is summed in row order whatever num_threads is; a NaN skips the extremes and makes its column's sum NaN.)doc");
+column is summed in the same order whatever num_threads is (4 rows at a time, s += (x0 + x1) + (x2 + x3), then the
+last rows one by one); a NaN skips the extremes and makes its column's sum NaN.)doc");
   m.def("nm_select", &nm_select, py::arg("weight"), py::arg("norms"), py::arg("k") = 0, py::arg("n") = 0,
         py::arg("m") = 0, py::arg("num_threads") = 1,
         R"doc(Per-row lowest-k (m == 0) or N:M (keep n of every m columns) selection of |W_ij| * norms_j, ties to the

@@ -123,14 +123,18 @@ def test_column_stats_sums_in_row_order_and_finds_the_extremes(
     rows, cols, pad, dtype, exponent, threads, seed
 ):
     # Rows further apart than their length (a column slice), several 512-column blocks, any thread count: the
-    # float64 column sums bit for bit as row-by-row float64 additions, and the extremes exactly.
+    # float64 column sums bit for bit as float64 additions in the documented order, and the extremes exactly.
     gen = torch.Generator().manual_seed(seed)
     wide = torch.randn(rows, cols + pad, generator=gen, dtype=torch.float64).mul(2.0**exponent).to(dtype)
     x = wide[:, :cols]
     sums, low, high = _C.column_stats(x.numpy(), threads)
-    want = torch.zeros(cols, dtype=torch.float64)
-    for row in x:
-        want += row.double()
+    # The documented order: in float64, 4 rows at a time, s += (x0 + x1) + (x2 + x3), then the last rows.
+    want, d = torch.zeros(cols, dtype=torch.float64), x.double()
+    whole = rows - rows % 4
+    for r in range(0, whole, 4):
+        want += (d[r] + d[r + 1]) + (d[r + 2] + d[r + 3])
+    for r in range(whole, rows):
+        want += d[r]
     assert torch.equal(torch.from_numpy(sums), want)
     assert low == float(x.min())
     assert high == float(x.max())

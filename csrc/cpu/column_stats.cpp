@@ -28,7 +28,25 @@ void column_stats(const T* x, int64_t rows, int64_t cols, int64_t ld, double* su
     std::vector<T> lo(static_cast<size_t>(width), lowest), hi(static_cast<size_t>(width), highest);
     T* __restrict__ l = lo.data();
     T* __restrict__ h = hi.data();
-    for (int64_t r = 0; r < rows; ++r) {
+    // 4 rows per sweep: the block's sums and extremes are read and written once per 4 rows (one row at a time, those
+    // loads and stores made the pass 1.2x slower than NumPy's three passes).
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+      const T* __restrict__ r0 = x + r * ld + c0;
+      const T* __restrict__ r1 = r0 + ld;
+      const T* __restrict__ r2 = r1 + ld;
+      const T* __restrict__ r3 = r2 + ld;
+#pragma omp simd
+      for (int64_t c = 0; c < width; ++c) {
+        const T v0 = r0[c], v1 = r1[c], v2 = r2[c], v3 = r3[c];
+        s[c] += (static_cast<double>(v0) + static_cast<double>(v1)) + (static_cast<double>(v2) + static_cast<double>(v3));
+        const T lo01 = v0 < v1 ? v0 : v1, lo23 = v2 < v3 ? v2 : v3, hi01 = v0 > v1 ? v0 : v1, hi23 = v2 > v3 ? v2 : v3;
+        const T lo = lo01 < lo23 ? lo01 : lo23, hi = hi01 > hi23 ? hi01 : hi23;
+        l[c] = lo < l[c] ? lo : l[c];
+        h[c] = hi > h[c] ? hi : h[c];
+      }
+    }
+    for (; r < rows; ++r) {
       const T* __restrict__ row = x + r * ld + c0;
 #pragma omp simd
       for (int64_t c = 0; c < width; ++c) {

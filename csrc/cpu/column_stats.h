@@ -2,8 +2,9 @@
 //
 // CKA's preparation of a layer (n samples x p features) needs its peak |x| (for an exact power-of-two rescaling)
 // and its column means (for centring). Read with NumPy they cost three passes (max, min, mean); this is one.
-// Each column is summed in row order whatever the thread count (threads take blocks of columns), so the sums do not
-// depend on num_threads. NaN is skipped by the minimum and maximum and propagates into its column's sum.
+// Each column is summed in one fixed order whatever the thread count (threads take blocks of columns): in float64,
+// 4 rows at a time, s += (x[r] + x[r+1]) + (x[r+2] + x[r+3]), then the last rows one by one. NaN is skipped by the
+// minimum and maximum and propagates into its column's sum.
 #pragma once
 
 #include <cstdint>

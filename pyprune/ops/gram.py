@@ -198,7 +198,8 @@ def column_stats(x: torch.Tensor) -> tuple[torch.Tensor, float, float]:
 
     On CPU (float32/float64 with contiguous rows) one pass of ``pyprune._C.column_stats`` on one thread, where
     NumPy or torch read the data three times (max, min, mean); CKA's preparation of each layer overlaps another
-    layer's Gram product, so it takes no second core. Each column is summed in row order. Elsewhere torch.
+    layer's Gram product, so it takes no second core. Each column is summed in float64 in a fixed order (see
+    the binding's docstring). Elsewhere torch.
     """
     rows_contiguous = x.shape[1] == 1 or x.stride(1) == 1
     if (
