@@ -298,11 +298,17 @@ def bound_lines(payload: dict[str, Any], by: dict[tuple, dict[str, Any]], size: 
         z, kernel, gemm = t["z"] / t["gemm"], t["kernel"] / t["gemm"], t["gemm"]
         rest = (t["pyprune"] - t["z"] - t["kernel"]) / gemm
         left = GOAL_GEMM_RATIO - z
+        rest_text = (
+            f"the rest (value checks, blocks of examples, calls) {rest:.2f}×"
+            if rest >= 0
+            else f"the rest is not resolved: the two timed apart ({z + kernel:.2f}×) took longer than the whole "
+            f"update ({t['pyprune'] / gemm:.2f}×), timing noise under load"
+        )
         lines.append(
             f"- What bounds the whole update ({name}): the z products alone (one product of [W+; W-], twice the "
             f"GEMM's multiply-adds) take {z:.2f}× the GEMM, so {GOAL_GEMM_RATIO:.0f}× leaves {left:.2f}× for the "
-            f"kernel and the rest; the kernel takes {kernel:.2f}× and the rest (value checks, blocks of examples, "
-            f"calls) {rest:.2f}×. The kernel does one multiply and one max per (weight, example, position) "
+            f"kernel and the rest; the kernel takes {kernel:.2f}× and {rest_text}. The kernel does one multiply "
+            "and one max per (weight, example, position) "
             "where the GEMM does one fused multiply-add, and it reads and writes both F x J maxima: "
             + (
                 f"within {GOAL_GEMM_RATIO:.0f}× overall it would have to run at {left / max(kernel, 1e-12):.0%} of "
