@@ -8,10 +8,13 @@ Layers, all float32 with He-initialised weights:
   ``SensitivityTracker`` does, so it sees 2|S| examples). Each distinct layer is measured once and counted as
   often as it occurs in the network (18 of the 55 convs are ``16 -> 16`` at 32 x 32, for instance).
 
-Implementations, each folding the whole set S (|S| examples, one call) into fresh running maxima:
+Implementations, each folding the whole set S (|S| examples, one call) into running maxima:
 
-1. ``pyprune``: ``pyprune.ops.sensitivity.sensitivity_update`` (backend "auto"): the denominators z+ and z- by one
-   torch convolution of ``[W+; W-]`` per block of examples, then the C++ kernel (no ``(|S|, J, P)`` patches).
+1. ``pyprune``: ``pyprune.ops.sensitivity.sensitivity_update`` (backend "auto") as ``SensitivityTracker`` calls it
+   for each batch: into running maxima that already exist, with the layer's ``[W+; W-]`` formed once
+   (``split=``); the denominators z+ and z- by one torch convolution of ``[W+; W-]`` per block of examples, then
+   the C++ kernel (no ``(|S|, J, P)`` patches). ``pyprune, first call`` adds what a layer's first batch costs on top:
+   forming ``[W+; W-]`` and allocating the two maxima.
 2. ``pyprune kernel only``: the C++ kernel alone, given z for the whole set (its own extra memory, z excluded).
    ``z products only``: the denominators alone (``denominators``: one conv/linear of ``[W+; W-]``, twice the
    multiply-adds of the layer's GEMM), which bound the whole update from below.
@@ -67,16 +70,23 @@ from _runner import (
 from _sensitivity_layers import describe, doubled, kernel_only, linear_layer, resnet_layers
 
 from pyprune.ops.backend import cpu_kernels
-from pyprune.ops.sensitivity import denominators, sensitivity_update, sensitivity_update_reference
+from pyprune.ops.sensitivity import (
+    DENOMINATOR_BUDGET,
+    denominators,
+    sensitivity_update,
+    sensitivity_update_reference,
+    split_weight,
+)
 
 GOAL_GEMM_RATIO = 3.0
 MIN_JUDGED_GEMM_S = 1e-3
 CHUNK_ENTRIES = 1 << 24
 BROADCAST_BLOCKS = 6  # live (|S|, F, J, P) temporaries of the broadcast reference, for its memory estimate
 MEMORY_SIZES = (64, 128, 256)
-VARIANTS = ("pyprune", "kernel", "z", "chunked", "broadcast", "gemm")
+VARIANTS = ("pyprune", "first", "kernel", "z", "chunked", "broadcast", "gemm")
 LABELS = {
     "pyprune": "pyprune `sensitivity_update` (z + kernel)",
+    "first": "pyprune, first call (+ [W+; W-], maxima)",
     "kernel": "pyprune kernel only (z given)",
     "z": "z products only ([W+; W-] A)",
     "chunked": "chunked torch (reference, filter chunk)",
@@ -115,25 +125,35 @@ def measure_layer(
     def fresh() -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros_like(weight), torch.zeros_like(weight)
 
-    state = fresh()
+    # The maxima are a fold: calling again with the same batch leaves them as they are, so every timed call does
+    # the work of a new batch.
+    state, split = fresh(), split_weight(weight)
     out = time_call(
-        lambda: sensitivity_update(weight, inputs, geometry, *fresh()), warmup=1, repeats=repeats, memory=True
-    )
-    sensitivity_update(weight, inputs, geometry, *state)
-    record("pyprune", out)
-
-    # Accumulation precision: the same float32 values in float64 (z, sums and maxima), against the float32 path.
-    weight64, inputs64 = weight.double(), inputs.double()
-    state64 = (torch.zeros_like(weight64), torch.zeros_like(weight64))
-    out = time_call(
-        lambda: sensitivity_update(
-            weight64, inputs64, geometry, torch.zeros_like(weight64), torch.zeros_like(weight64)
-        ),
+        lambda: sensitivity_update(weight, inputs, geometry, *state, split=split),
         warmup=1,
         repeats=repeats,
         memory=True,
     )
-    sensitivity_update(weight64, inputs64, geometry, *state64)
+    record("pyprune", out)
+    record(
+        "first",
+        time_call(
+            lambda: sensitivity_update(weight, inputs, geometry, *fresh()),
+            warmup=1,
+            repeats=repeats,
+            memory=True,
+        ),
+    )
+
+    # Accumulation precision: the same float32 values in float64 (z, sums and maxima), against the float32 path.
+    weight64, inputs64 = weight.double(), inputs.double()
+    state64, split64 = (torch.zeros_like(weight64), torch.zeros_like(weight64)), split_weight(weight64)
+    out = time_call(
+        lambda: sensitivity_update(weight64, inputs64, geometry, *state64, split=split64),
+        warmup=1,
+        repeats=repeats,
+        memory=True,
+    )
     nonzero = state64[0] > 0
     relative = ((state[0].double() - state64[0]).abs() / state64[0].where(nonzero, 1.0))[nonzero]
     record("float64", out, max_rel_diff_mean_vs_float32=float(relative.max()) if relative.numel() else 0.0)
@@ -215,13 +235,15 @@ def goal_lines(payload: dict[str, Any]) -> list[str]:
         v: totals[v] / totals["gemm"] if totals.get(v) and totals.get("gemm") else math.nan for v in judged
     }
     worst = {v: max(judged[v], default=(math.nan, "none")) for v in judged}
-    met = worst["kernel"][0] <= GOAL_GEMM_RATIO and network["kernel"] <= GOAL_GEMM_RATIO
+    met = {v: worst[v][0] <= GOAL_GEMM_RATIO and network[v] <= GOAL_GEMM_RATIO for v in judged}
+    verdict = {v: "MET" if met[v] else "NOT MET" for v in judged}
+    whole_network = "met" if network["pyprune"] <= GOAL_GEMM_RATIO else "not met"
     lines.append(
         f"- Kernel within {GOAL_GEMM_RATIO:.0f}× of the GEMM of the same shape at |S| = {size}: worst layer "
         f"{worst['kernel'][0]:.2f}× ({worst['kernel'][1]}), ResNet-56 total {network['kernel']:.2f}× -> "
-        f"{'MET' if met else 'NOT MET'}. The whole update (the kernel plus the two GEMM-sized products that form z+ "
-        f"and z-): worst layer {worst['pyprune'][0]:.2f}× ({worst['pyprune'][1]}), ResNet-56 total "
-        f"{network['pyprune']:.2f}×."
+        f"{verdict['kernel']}. The whole update within {GOAL_GEMM_RATIO:.0f}× (the kernel plus the two GEMM-sized "
+        f"products that form z+ and z-): worst layer {worst['pyprune'][0]:.2f}× ({worst['pyprune'][1]}), ResNet-56 "
+        f"total {network['pyprune']:.2f}× -> {verdict['pyprune']} (over the network: {whole_network})."
         + (
             f" Not judged (GEMM under {MIN_JUDGED_GEMM_S * 1e3:.0f} ms, fixed per-call costs): {', '.join(small)}."
             if small
@@ -276,11 +298,17 @@ def bound_lines(payload: dict[str, Any], by: dict[tuple, dict[str, Any]], size: 
         z, kernel, gemm = t["z"] / t["gemm"], t["kernel"] / t["gemm"], t["gemm"]
         rest = (t["pyprune"] - t["z"] - t["kernel"]) / gemm
         left = GOAL_GEMM_RATIO - z
+        rest_text = (
+            f"the rest (value checks, blocks of examples, calls) {rest:.2f}×"
+            if rest >= 0
+            else f"the rest is not resolved: the two timed apart ({z + kernel:.2f}×) took longer than the whole "
+            f"update ({t['pyprune'] / gemm:.2f}×), timing noise under load"
+        )
         lines.append(
             f"- What bounds the whole update ({name}): the z products alone (one product of [W+; W-], twice the "
             f"GEMM's multiply-adds) take {z:.2f}× the GEMM, so {GOAL_GEMM_RATIO:.0f}× leaves {left:.2f}× for the "
-            f"kernel and the rest; the kernel takes {kernel:.2f}× and the rest (splitting W, per-example scaling, "
-            f"value checks) {rest:.2f}×. The kernel does one multiply and one max per (weight, example, position) "
+            f"kernel and the rest; the kernel takes {kernel:.2f}× and {rest_text}. The kernel does one multiply "
+            "and one max per (weight, example, position) "
             "where the GEMM does one fused multiply-add, and it reads and writes both F x J maxima: "
             + (
                 f"within {GOAL_GEMM_RATIO:.0f}× overall it would have to run at {left / max(kernel, 1e-12):.0%} of "
@@ -379,11 +407,12 @@ def results_markdown(payload: dict[str, Any]) -> str:
 def build_notes(payload: dict[str, Any]) -> list[str]:
     config = payload["config"]
     notes = [
-        "Each call starts from zero running maxima and folds all |S| examples (the stem: 2|S| after the batch-"
-        "doubling rule); SensitivityTracker makes the same call once per batch of its data.",
+        "Each call folds all |S| examples (the stem: 2|S| after the batch-doubling rule) into running maxima that "
+        "already exist, with the layer's [W+; W-] kept, as SensitivityTracker does for each batch of its data; "
+        "'first call' starts from fresh maxima and forms [W+; W-] (a layer's first batch).",
         "pyprune computes z+ and z- (two GEMM-sized products, as one conv/linear of [W+; W-]) in blocks of at most "
-        "2^21 z entries, so its memory does not grow with |S|; 'kernel only' is the C++ kernel given z for all "
-        "of S (memory: the kernel's own, z excluded).",
+        f"2^{DENOMINATOR_BUDGET.bit_length() - 1} z entries, so its memory does not grow with |S| beyond that; "
+        "'kernel only' is the C++ kernel given z for all of S (memory: the kernel's own, z excluded).",
         f"chunked torch: sensitivity_update_reference with filter_chunk = max(1, 2^24 / (examples J P)); it forms "
         "the (examples, J, P) patches and z in full, so its memory grows with |S|. broadcast torch: filter_chunk = F, "
         f"run only where ~{BROADCAST_BLOCKS} (examples, F, J, P) float32 blocks fit in "

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/cka_damage.h"
+#include "cpu/column_stats.h"
 #include "cpu/gram_hsic.h"
 #include "cpu/nm_select.h"
 #include "cpu/permutation_hsic.h"
@@ -345,7 +346,7 @@ void check_sensitivity_values(const py::array& weight, const py::array& inputs) 
 void sensitivity_update(py::array weight, py::array inputs, py::array z, py::array s_mean, py::array s_max,
                         const std::vector<int64_t>& kernel_size, const std::vector<int64_t>& stride,
                         const std::vector<int64_t>& padding, const std::vector<int64_t>& dilation, int num_threads,
-                        bool check_values) {
+                        bool check_values, bool relative_threshold) {
   if (!is_float(weight, 4) && !is_float(weight, 8))
     throw py::type_error("weight: expected float32 or float64, got " + std::string(py::str(weight.dtype())));
   if (weight.ndim() != 2)
@@ -421,12 +422,38 @@ void sensitivity_update(py::array weight, py::array inputs, py::array z, py::arr
     pyprune::sensitivity_update<double>(
         static_cast<const double*>(weight.data()), filters, columns, static_cast<const double*>(inputs.data()), batch,
         height, width, window, static_cast<const double*>(z.data()), static_cast<double*>(s_mean.mutable_data()),
-        static_cast<double*>(s_max.mutable_data()), num_threads);
+        static_cast<double*>(s_max.mutable_data()), num_threads, relative_threshold);
   else
     pyprune::sensitivity_update<float>(
         static_cast<const float*>(weight.data()), filters, columns, static_cast<const float*>(inputs.data()), batch,
         height, width, window, static_cast<const float*>(z.data()), static_cast<float*>(s_mean.mutable_data()),
-        static_cast<float*>(s_max.mutable_data()), num_threads);
+        static_cast<float*>(s_max.mutable_data()), num_threads, relative_threshold);
+}
+
+py::tuple column_stats(const py::array& x, int num_threads) {
+  const bool is_double = is_float(x, 8);
+  if (!is_double && !is_float(x, 4))
+    throw py::type_error("x: expected float32 or float64, got " + std::string(py::str(x.dtype())));
+  if (x.ndim() != 2 || x.shape(0) < 1 || x.shape(1) < 1)
+    throw py::value_error("x: expected a non-empty 2-D (rows, cols) matrix, got shape " + shape_string(x));
+  check_num_threads(num_threads);
+  const int64_t rows = x.shape(0), cols = x.shape(1), ld = row_stride(x, "x");
+  py::array_t<double> sums(cols);
+  double* out = sums.mutable_data();
+  double low, high;
+  {
+    py::gil_scoped_release release;
+    if (is_double) {
+      pyprune::column_stats<double>(static_cast<const double*>(x.data()), rows, cols, ld, out, &low, &high,
+                                    num_threads);
+    } else {
+      float lo, hi;
+      pyprune::column_stats<float>(static_cast<const float*>(x.data()), rows, cols, ld, out, &lo, &hi, num_threads);
+      low = lo;
+      high = hi;
+    }
+  }
+  return py::make_tuple(sums, low, high);
 }
 
 py::array_t<uint8_t> nm_select(const py::array& weight, const std::optional<py::array>& norms, int64_t k, int64_t n,
@@ -541,18 +568,27 @@ Returns a dict of float64 arrays (m,): cross, self_sq, row_sq, total.)doc");
         py::arg("s_mean"), py::arg("s_max"), py::arg("kernel_size") = std::vector<int64_t>{},
         py::arg("stride") = std::vector<int64_t>{}, py::arg("padding") = std::vector<int64_t>{},
         py::arg("dilation") = std::vector<int64_t>{}, py::arg("num_threads") = 1, py::arg("check_values") = true,
+        py::arg("relative_threshold") = false,
         R"doc(Fold one batch into the running sensitivity maxima s_mean and s_max, in place (see
 pyprune.ops.sensitivity.sensitivity_update_reference).
 
 weight (F, J) float32 or float64; inputs (batch, J / (kh kw), H, W) for a conv or (batch, J) for a Linear
 (kernel_size, stride, padding, dilation all empty), finite and >= 0; z (batch, 2, F, P): z[:, 0] = W+ A and
 z[:, 1] = W- A; s_mean, s_max (F, J). One dtype, all contiguous. check_values=False skips the finite and
-non-negative scan of weight and inputs (for a caller that ran check_sensitivity_values on the whole batch). Arithmetic is in that dtype: a float32 sum
+non-negative scan of weight and inputs (for a caller that ran check_sensitivity_values on the whole batch).
+relative_threshold=True computes as if each example's inputs and z were first divided by its power of two
+2^floor(log2 max |z(x)|) (1 where z(x) is 0): the threshold becomes relative and no other bit changes
+(pyprune.ops.sensitivity.denominator_scale); no copy is made for it. Arithmetic is in that dtype: a float32 sum
 over the P positions is two-level (chunks of about 64 positions, then the chunk sums), within about 5e-7 relative
 of a float64 sum of the same float32 data (benchmarks/bench_sensitivity.py measures it).)doc");
   m.def("check_sensitivity_values", &check_sensitivity_values, py::arg("weight"), py::arg("inputs"),
         R"doc(The value rules of sensitivity_update in one pass without the GIL: weight finite, inputs finite and >= 0
 (weight float32 or float64, inputs of its dtype, both contiguous). Raises ValueError naming the argument.)doc");
+  m.def("column_stats", &column_stats, py::arg("x"), py::arg("num_threads") = 1,
+        R"doc(One pass over x (rows, cols) float32 or float64 (rows contiguous, at least one row and column): returns
+(sums, low, high), the float64 column sums (cols,) and the smallest and largest non-NaN entries as floats. Each
+column is summed in the same order whatever num_threads is (4 rows at a time, s += (x0 + x1) + (x2 + x3), then the
+last rows one by one); a NaN skips the extremes and makes its column's sum NaN.)doc");
   m.def("nm_select", &nm_select, py::arg("weight"), py::arg("norms"), py::arg("k") = 0, py::arg("n") = 0,
         py::arg("m") = 0, py::arg("num_threads") = 1,
         R"doc(Per-row lowest-k (m == 0) or N:M (keep n of every m columns) selection of |W_ij| * norms_j, ties to the

@@ -118,6 +118,18 @@ _CASES = {
             "C.sensitivity_update(np.ones((2, 3)), np.ones((1, 3)), np.ones((1, 2, 2, 2)), np.zeros((2, 3)), np.zeros((2, 3)))",
         ),
     ],
+    "column_stats": [
+        ("0 rows", "C.column_stats(np.ones((0, 3)), 1)"),
+        ("0 columns", "C.column_stats(np.ones((3, 0)), 1)"),
+        ("1-D", "C.column_stats(np.ones(3), 1)"),
+        ("3-D", "C.column_stats(np.ones((2, 2, 2)), 1)"),
+        ("float16", "C.column_stats(np.ones((2, 3), np.float16), 1)"),
+        ("strided columns", "C.column_stats(np.ones((4, 6))[:, ::2], 1)"),
+        ("negative row stride", "C.column_stats(np.ones((4, 3))[::-1], 1)"),
+        ("big-endian", "C.column_stats(np.ones((2, 3), '>f8'), 1)"),
+        ("threads 0", "C.column_stats(np.ones((2, 3)), 0)"),
+        ("threads 2**31-1", "C.column_stats(np.ones((2, 3)), 2**31 - 1)"),
+    ],
     "nm_select": [
         ("k = 2**62", "C.nm_select(np.ones((2, 4)), None, 2**62, 0, 0, 1)"),
         ("k = -1", "C.nm_select(np.ones((2, 4)), None, -1, 0, 0, 1)"),

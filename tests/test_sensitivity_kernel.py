@@ -249,6 +249,132 @@ def test_larger_layers_use_every_tile_path(dtype):
             assert_float32_close(one, want, want64, str(shape))
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    filters=st.integers(1, 11),
+    num_columns=st.integers(1, 300),
+    batch=st.integers(32, 90),
+    zero_fraction=st.sampled_from([0.0, 0.5, 0.95]),
+    threads=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_large_linear_batches_match_reference(filters, num_columns, batch, zero_fraction, threads, seed):
+    # One lane per example (a Linear batch of at least 4 vectors of examples): the kernel groups each tile's columns
+    # by the signs of 4 filters' weights (zero, positive, negative), with short groups, short filter groups and
+    # column tiles of every size; float64 against the reference, float32 against the float64 truth.
+    geometry = Geometry()
+    weight, inputs = make_case(geometry, filters, (num_columns,), batch, seed)
+    gen = torch.Generator().manual_seed(seed)
+    weight[torch.rand(weight.shape, generator=gen, dtype=torch.float64) < zero_fraction] = 0.0
+    state = initial_state(weight, seed)
+    want = updated("reference", weight, inputs, geometry, state)
+    got = updated("cpu", weight, inputs, geometry, state, threads)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=TIGHT)
+    state32 = [s.float() for s in state]
+    got32 = updated("cpu", weight.float(), inputs.float(), geometry, state32, threads)
+    reference32 = updated("reference", weight.float(), inputs.float(), geometry, state32)
+    truth = updated("reference", weight.float().double(), inputs.float().double(), geometry, state)
+    assert_float32_close(got32, reference32, truth, "float32")
+
+
+# Example scales far from 1, down to denominators below the smallest normal number of the dtype.
+EXAMPLE_SCALES = {
+    torch.float32: [1e-40, 1.0, 3e-9, 1e25, 0.0, 7.5],
+    torch.float64: [1e-310, 1.0, 3e-9, 1e200, 0.0, 7.5],
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("geometry", "filters", "shape", "batch"),
+    [
+        (Geometry(), 6, (37,), 6),  # one lane per filter
+        (Geometry(), 6, (37,), 70),  # one lane per example
+        (Geometry((3, 3), (2, 1), (1, 1), (1, 2)), 5, (2, 9, 8), 6),
+    ],
+    ids=["linear-small", "linear-large", "conv"],
+)
+def test_relative_threshold_is_the_scaled_kernel_bit_for_bit(dtype, geometry, filters, shape, batch):
+    # relative_threshold=True scales each example where the kernel reads it: the same bits as the kernel given the
+    # inputs and z divided by denominator_scale (as the CUDA path and the reference do), for any scale.
+    weight, inputs = make_case(geometry, filters, shape, batch, seed=batch, dtype=dtype)
+    scales = torch.tensor(EXAMPLE_SCALES[dtype], dtype=torch.float64).repeat(batch)[:batch]
+    inputs = (inputs.double() * scales.view(-1, *[1] * len(shape))).to(dtype)
+    z = denominators(weight, inputs, geometry)
+    scale = ops.denominator_scale(z)
+    assert (scale != 1).sum() >= 3
+    state = initial_state(weight, batch)
+    pairs = (geometry.kernel_size, geometry.stride, geometry.padding, geometry.dilation)
+    want = [s.clone() for s in state]
+    scaled_inputs = (inputs / scale.view(-1, *[1] * len(shape))).contiguous()
+    _C.sensitivity_update(
+        weight.numpy(),
+        scaled_inputs.numpy(),
+        (z / scale.view(-1, 1, 1, 1)).numpy(),
+        *[s.numpy() for s in want],
+        *pairs,
+        2,
+    )
+    got = [s.clone() for s in state]
+    _C.sensitivity_update(
+        weight.numpy(),
+        inputs.numpy(),
+        z.numpy(),
+        *[s.numpy() for s in got],
+        *pairs,
+        2,
+        relative_threshold=True,
+    )
+    assert torch.equal(got[0], want[0])
+    assert torch.equal(got[1], want[1])
+    assert float(want[1].max()) > 0.1
+    dispatched = [s.clone() for s in state]
+    sensitivity_update(weight, inputs, geometry, *dispatched)
+    assert torch.equal(dispatched[0], want[0])
+    assert torch.equal(dispatched[1], want[1])
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_a_kept_split_changes_nothing(backend):
+    geometry = Geometry((3, 3), (1, 1), (1, 1), (1, 1))
+    weight, inputs = make_case(geometry, 4, (2, 6, 5), batch=7, seed=6)
+    state = initial_state(weight, 6)
+    with use_backend(backend):
+        want = updated("dispatch", weight, inputs, geometry, state)
+        split = ops.split_weight(weight)
+        torch.testing.assert_close(
+            split, torch.cat([weight.clamp_min(0), weight.clamp_max(0)]), rtol=0, atol=0
+        )
+        got = [s.clone() for s in state]
+        sensitivity_update(weight, inputs, geometry, *got, split=split)
+        assert torch.equal(got[0], want[0])
+        assert torch.equal(got[1], want[1])
+        s_mean, s_max = (s.clone() for s in state)
+        with pytest.raises(
+            ValueError, match=r"^split: expected shape \(8, 18\) \(\[W\+; W-\] of the weight\)"
+        ):
+            sensitivity_update(weight, inputs, geometry, s_mean, s_max, split=split[:4])
+        with pytest.raises(TypeError, match=r"^split: expected float64, got float32$"):
+            sensitivity_update(weight, inputs, geometry, s_mean, s_max, split=split.float())
+        with pytest.raises(ValueError, match=r"^split: must be contiguous$"):
+            sensitivity_update(weight, inputs, geometry, s_mean, s_max, split=split.T.contiguous().T)
+        assert torch.equal(s_mean, state[0])
+        assert torch.equal(s_max, state[1])
+
+
+def test_tracker_names_the_layer_whose_input_is_not_finite():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double()
+    with torch.no_grad():
+        model[0].weight.fill_(1e308)  # the second layer's inputs overflow to inf
+    images = torch.ones(2, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^layer '2': inputs: contains NaN or inf$"):
+        SensitivityTracker(model).accumulate_over(images, progress=False)
+    images[0, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"^layer '0': inputs: contains NaN or inf$"):
+        SensitivityTracker(model).accumulate_over(images, progress=False)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
@@ -338,9 +464,9 @@ class _RecordingKernels:
         self.calls.append("scan")
         return _C.check_sensitivity_values(weight, inputs)
 
-    def sensitivity_update(self, *args, check_values=True):
-        self.calls.append(("kernel", check_values))
-        return _C.sensitivity_update(*args, check_values=check_values)
+    def sensitivity_update(self, *args, **kwargs):
+        self.calls.append(("kernel", kwargs.get("check_values", True)))
+        return _C.sensitivity_update(*args, **kwargs)
 
 
 def test_cpu_path_scans_the_values_once_before_any_block(monkeypatch):

@@ -10,10 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyprune import _C, use_backend
 from pyprune.ops import cuda as _cuda
 from pyprune.ops import permutation_hsic
+from pyprune.ops.gram import column_stats
 from pyprune.ops.reference import permutation_hsic_reference
 
 DTYPES = [torch.float32, torch.float64]
@@ -104,3 +107,48 @@ def test_cuda_kernel_matches_exact(dtype, n):
     got = _cuda.permutation_hsic_cuda(a_view.cuda(), b.cuda(), perms.cuda())
     assert got.device.type == "cuda"
     np.testing.assert_allclose(got.cpu().numpy(), want, rtol=0, atol=1e-12 * scale.max())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    cols=st.integers(1, 1100),
+    pad=st.integers(0, 3),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    exponent=st.integers(-60, 60),
+    threads=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_column_stats_sums_in_row_order_and_finds_the_extremes(
+    rows, cols, pad, dtype, exponent, threads, seed
+):
+    # Rows further apart than their length (a column slice), several 512-column blocks, any thread count: the
+    # float64 column sums bit for bit as float64 additions in the documented order, and the extremes exactly.
+    gen = torch.Generator().manual_seed(seed)
+    wide = torch.randn(rows, cols + pad, generator=gen, dtype=torch.float64).mul(2.0**exponent).to(dtype)
+    x = wide[:, :cols]
+    sums, low, high = _C.column_stats(x.numpy(), threads)
+    # The documented order: in float64, 4 rows at a time, s += (x0 + x1) + (x2 + x3), then the last rows.
+    want, d = torch.zeros(cols, dtype=torch.float64), x.double()
+    whole = rows - rows % 4
+    for r in range(0, whole, 4):
+        want += (d[r] + d[r + 1]) + (d[r + 2] + d[r + 3])
+    for r in range(whole, rows):
+        want += d[r]
+    assert torch.equal(torch.from_numpy(sums), want)
+    assert low == float(x.min())
+    assert high == float(x.max())
+    with use_backend("reference"):
+        ref_sums, ref_low, ref_high = column_stats(x)
+    got_sums, got_low, got_high = column_stats(x)
+    torch.testing.assert_close(got_sums, ref_sums, rtol=0, atol=1e-14 * float(x.double().abs().sum()))
+    assert (got_low, got_high) == (ref_low, ref_high)
+
+
+def test_column_stats_skips_nan_in_the_extremes_and_propagates_it_into_the_sums():
+    x = np.arange(12.0).reshape(3, 4)
+    x[1, 2] = np.nan
+    sums, low, high = _C.column_stats(x, 2)
+    assert np.isnan(sums[2])
+    np.testing.assert_array_equal(np.delete(sums, 2), np.delete(np.nansum(x, axis=0), 2))
+    assert (low, high) == (0.0, 11.0)

@@ -8,6 +8,7 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cpu/parallel.h"
@@ -28,8 +29,11 @@
 //
 // Linear: P = 1. With at least 4 blocks of examples, one lane per example again: the inputs and reciprocals of
 // the whole batch are interleaved first (X[j][block][lane], R[row][block][lane]: the size of the inputs and of z),
-// a task is a tile of 16 filters x up to 256 columns x a range of blocks, and each micro-kernel call reduces 4
-// filters x 1 column over the task's blocks (a multiply and a max per vector; lanes reduced once per call). With a
+// a task is a tile of 16 filters x up to 256 columns x a range of blocks. For each group of 4 filters the tile's
+// columns are sorted by the signs of their 4 weights, so that one R row per filter serves 4 columns of a sign
+// pattern: each micro-kernel call reduces 4 filters x 4 columns over the task's blocks (a multiply and a max per
+// vector, 8 vector loads per 16 products where one column at a time took 20), and the 16 accumulators' lanes are
+// reduced together (an in-register transpose). With a
 // smaller batch, one lane per filter: the reciprocals are taken in z's order, a task is V filters x up to 256
 // columns x a range of examples, and each call takes 4 columns over the task's examples (per example: one broadcast
 // input per column, the two reciprocal vectors, a blend by the weights' signs, a multiply and a max).
@@ -115,13 +119,15 @@ struct LinearRun {
   int64_t n, a_step, r_step, r_neg;
 };
 
-// A Linear micro-kernel call with one lane per example (large batches): 4 filters x 1 column over n consecutive
-// blocks of V examples; *maxima[k] rises to the max over them.
+// A Linear micro-kernel call with one lane per example (large batches): 4 filters x 4 columns over n consecutive
+// blocks of V examples. The 4 columns' weights have the same signs in each of the 4 filters, so one R row per filter
+// serves all 4 columns: each vector load feeds 4 products (the GEMM-like register block that a per-column R row
+// choice would prevent). *maxima[kGroup * k + c] rises to the max over the blocks of filter k, column c.
 template <typename T>
 struct BlockRun {
-  const T* x;          // interleaved inputs of this column at the first block
-  const T* r[kGroup];  // interleaved reciprocal rows of the 4 filters (by the weights' signs) at the first block
-  T* maxima[kGroup];   // one scalar each
+  const T* x[kGroup];  // interleaved inputs of the 4 columns at the first block
+  const T* r[kGroup];  // interleaved reciprocal rows of the 4 filters (by the shared signs) at the first block
+  T* maxima[kGroup * kGroup];  // one scalar each
   int64_t n;
 };
 
@@ -234,31 +240,89 @@ __attribute__((always_inline)) inline void linear_run(const LinearRun<T>& run) {
   }
 }
 
-template <typename T, int kBytes>
-__attribute__((always_inline)) inline void blocks_run(const BlockRun<T>& run) {
+// out = max(even, odd) where even (odd) takes lanes [2qB, 2qB + B) ([(2q + 1)B, (2q + 2)B)) of the concatenation u:v
+// for q = 0, 1, ...: each pair of neighbouring blocks of B lanes is folded into one block.
+template <typename Vec, int B, size_t... I>
+__attribute__((always_inline)) inline void fold_blocks(Vec& out, const Vec& u, const Vec& v,
+                                                       std::index_sequence<I...>) {
+  const Vec even = __builtin_shufflevector(u, v, static_cast<int>(I / B * 2 * B + I % B)...);
+  const Vec odd = __builtin_shufflevector(u, v, static_cast<int>(I / B * 2 * B + B + I % B)...);
+  out = even > odd ? even : odd;
+}
+
+// The maxima over the lanes of N vectors of W lanes together (N a multiple of W), in place: after log2 W steps,
+// v[g] holds those of v[g W], ..., v[g W + W - 1], one per lane in order. Each step pairs neighbouring vectors and
+// halves their lanes (2 shuffles and a max per pair): an in-register transpose, 3 N (1 - 1/W) operations instead of
+// 2 N log2 W for one vector at a time.
+template <typename Vec, int W, int N, int B = W / 2>
+__attribute__((always_inline)) inline void lanes_max_together(Vec* v) {
+  if constexpr (B >= 1) {
+    constexpr int kCount = N * 2 * B / W;  // vectors left before this step
+    for (int i = 0; i < kCount / 2; ++i)
+      fold_blocks<Vec, B>(v[i], v[2 * i], v[2 * i + 1], std::make_index_sequence<W>{});
+    lanes_max_together<Vec, W, N, B / 2>(v);
+  }
+}
+
+// Columns per sweep: 4 filters x 4 columns of accumulators with 64-byte registers (32 of them), 4 x 2 with narrower
+// ones (16 registers), so that the accumulators, the 4 R vectors and an input stay in registers.
+template <int kBytes>
+constexpr int block_columns() {
+  return kBytes == 64 ? kGroup : 2;
+}
+
+template <typename T, int kBytes, int kCols>
+__attribute__((always_inline)) inline void blocks_sweep(const BlockRun<T>& run, int64_t pass, int c0) {
   typedef T Sub __attribute__((vector_size(kBytes), aligned(sizeof(T))));
   constexpr int64_t kPasses = kBlockBytes / kBytes;
-  for (int64_t pass = 0; pass < kPasses; ++pass) {
-    const Sub* __restrict__ a = reinterpret_cast<const Sub*>(run.x) + pass;
-    const Sub* __restrict__ q0 = reinterpret_cast<const Sub*>(run.r[0]) + pass;
-    const Sub* __restrict__ q1 = reinterpret_cast<const Sub*>(run.r[1]) + pass;
-    const Sub* __restrict__ q2 = reinterpret_cast<const Sub*>(run.r[2]) + pass;
-    const Sub* __restrict__ q3 = reinterpret_cast<const Sub*>(run.r[3]) + pass;
-    Sub m0 = {}, m1 = {}, m2 = {}, m3 = {};
-    for (int64_t l = 0; l < run.n * kPasses; l += kPasses) {
-      const Sub v = a[l];
-      const Sub t0 = v * q0[l], t1 = v * q1[l], t2 = v * q2[l], t3 = v * q3[l];
-      m0 = m0 > t0 ? m0 : t0;
-      m1 = m1 > t1 ? m1 : t1;
-      m2 = m2 > t2 ? m2 : t2;
-      m3 = m3 > t3 ? m3 : t3;
-    }
-    const Sub m[kGroup] = {m0, m1, m2, m3};
-    for (int k = 0; k < kGroup; ++k) {
-      const T best = lanes_max<T, kBytes>(&m[k]);
-      if (best > *run.maxima[k]) *run.maxima[k] = best;
+  const Sub* __restrict__ q0 = reinterpret_cast<const Sub*>(run.r[0]) + pass;
+  const Sub* __restrict__ q1 = reinterpret_cast<const Sub*>(run.r[1]) + pass;
+  const Sub* __restrict__ q2 = reinterpret_cast<const Sub*>(run.r[2]) + pass;
+  const Sub* __restrict__ q3 = reinterpret_cast<const Sub*>(run.r[3]) + pass;
+  const Sub* __restrict__ a[kCols];
+  Sub m0[kCols], m1[kCols], m2[kCols], m3[kCols];
+#pragma GCC unroll 4
+  for (int c = 0; c < kCols; ++c) {
+    a[c] = reinterpret_cast<const Sub*>(run.x[c0 + c]) + pass;
+    m0[c] = m1[c] = m2[c] = m3[c] = Sub{};
+  }
+  for (int64_t l = 0; l < run.n * kPasses; l += kPasses) {
+    const Sub r0 = q0[l], r1 = q1[l], r2 = q2[l], r3 = q3[l];
+#pragma GCC unroll 4
+    for (int c = 0; c < kCols; ++c) {
+      const Sub v = a[c][l];
+      const Sub t0 = v * r0, t1 = v * r1, t2 = v * r2, t3 = v * r3;
+      m0[c] = m0[c] > t0 ? m0[c] : t0;
+      m1[c] = m1[c] > t1 ? m1[c] : t1;
+      m2[c] = m2[c] > t2 ? m2[c] : t2;
+      m3[c] = m3[c] > t3 ? m3[c] : t3;
     }
   }
+  constexpr int W = kBytes / sizeof(T), N = kGroup * kCols;
+  Sub m[N];
+#pragma GCC unroll 4
+  for (int c = 0; c < kCols; ++c) {
+    m[c] = m0[c];
+    m[kCols + c] = m1[c];
+    m[2 * kCols + c] = m2[c];
+    m[3 * kCols + c] = m3[c];
+  }
+  lanes_max_together<Sub, W, N>(m);
+  T best[N];
+  std::memcpy(best, m, sizeof(best));
+  for (int k = 0; k < kGroup; ++k)
+    for (int c = 0; c < kCols; ++c) {
+      T* out = run.maxima[kGroup * k + c0 + c];
+      if (best[k * kCols + c] > *out) *out = best[k * kCols + c];
+    }
+}
+
+template <typename T, int kBytes>
+__attribute__((always_inline)) inline void blocks_run(const BlockRun<T>& run) {
+  constexpr int64_t kPasses = kBlockBytes / kBytes;
+  constexpr int kCols = block_columns<kBytes>();
+  for (int64_t pass = 0; pass < kPasses; ++pass)
+    for (int c0 = 0; c0 < kGroup; c0 += kCols) blocks_sweep<T, kBytes, kCols>(run, pass, c0);
 }
 
 template <typename T>
@@ -332,27 +396,78 @@ const MicroKernels<T>& micro_kernels() {
 // ------------------------------------------------------------------------------------------------------------
 // Interleaving
 
+// An example's scale (relative threshold): its inputs and denominators are multiplied by 2^k, k = 1 - e where
+// 2^e > max |z(x)| >= 2^(e-1), which is exact and rounds as dividing by the reference's power of two 2^-k does.
+struct Pow2 {
+  int k = 0;
+  double factor = 1;  // 2^k
+};
+
+// v 2^k, correctly rounded: float through double (exact), double directly unless 2^k is not a double (k > 1023,
+// denominators below the smallest normal double).
+template <typename T>
+inline T times(T v, const Pow2& s) {
+  if constexpr (sizeof(T) == sizeof(float))
+    return static_cast<T>(static_cast<double>(v) * s.factor);
+  else
+    return s.k > 1023 ? std::ldexp(v, s.k) : v * s.factor;
+}
+
+// Each example's Pow2 from its 2 F P denominators: the power of two that torch.frexp gives pyprune.ops.sensitivity's
+// denominator_scale (scale 1 where z(x) is 0, 0.5 where it is not finite, as frexp's exponent is 0 there).
+template <typename T>
+std::vector<Pow2> example_scales(const T* z, int64_t batch, int64_t size, int threads) {
+  std::vector<Pow2> scales(static_cast<size_t>(batch));
+  parallel_blocks(batch, threads, [&](int, int64_t x) {
+    const T* row = z + x * size;
+    T peak = 0;
+#pragma omp simd reduction(max : peak)
+    for (int64_t i = 0; i < size; ++i) peak = std::max(peak, std::fabs(row[i]));
+    int e = 0;
+    if (std::isfinite(peak)) std::frexp(peak, &e);
+    const int k = peak > 0 ? 1 - e : 0;
+    scales[x] = Pow2{k, std::ldexp(1.0, k)};
+  });
+  return scales;
+}
+
 // out = factor / z, 0 where |z| <= eps (the reference's "z = inf" rule); factor -1 turns z- <= 0 into -1/z- >= 0.
+// With a scale, z is first multiplied by it.
 template <typename T>
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
-void reciprocal_row(const T* __restrict__ z, int64_t n, T factor, T* __restrict__ out) {
+void reciprocal_row(const T* __restrict__ z, int64_t n, T factor, T* __restrict__ out, const Pow2* scale = nullptr) {
   const T eps = static_cast<T>(kSensitivityEpsilon);
+  if (scale == nullptr) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) out[i] = std::fabs(z[i]) <= eps ? T(0) : factor / z[i];
+    for (int64_t i = 0; i < n; ++i) out[i] = std::fabs(z[i]) <= eps ? T(0) : factor / z[i];
+    return;
+  }
+  const Pow2 s = *scale;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = times(z[i], s);
+    out[i] = std::fabs(v) <= eps ? T(0) : factor / v;
+  }
 }
 
-// Entries [0, n) of V sources (source `lane` at src + lane * stride; lanes >= valid read as 0) interleaved into
-// dst[i * dst_step + lane], 16 entries at a time so that both sides stay in L1.
+// Entries [0, n) of V sources (source `lane` at src + lane * stride, multiplied by scales[lane] when given; lanes
+// >= valid read as 0) interleaved into dst[i * dst_step + lane], 16 entries at a time so that both sides stay in L1.
 template <typename T>
-void interleave(const T* src, int64_t stride, int64_t valid, int64_t n, T* dst, int64_t dst_step = lanes<T>()) {
+void interleave(const T* src, int64_t stride, int64_t valid, int64_t n, T* dst, int64_t dst_step = lanes<T>(),
+                const Pow2* scales = nullptr) {
   constexpr int64_t V = lanes<T>(), kRun = 16;
   for (int64_t i0 = 0; i0 < n; i0 += kRun) {
     const int64_t i1 = std::min(n, i0 + kRun);
     for (int64_t lane = 0; lane < V; ++lane) {
       const T* in = src + lane * stride;
-      for (int64_t i = i0; i < i1; ++i) dst[i * dst_step + lane] = lane < valid ? in[i] : T(0);
+      if (lane >= valid)
+        for (int64_t i = i0; i < i1; ++i) dst[i * dst_step + lane] = T(0);
+      else if (scales == nullptr)
+        for (int64_t i = i0; i < i1; ++i) dst[i * dst_step + lane] = in[i];
+      else
+        for (int64_t i = i0; i < i1; ++i) dst[i * dst_step + lane] = times(in[i], scales[lane]);
     }
   }
 }
@@ -378,11 +493,12 @@ struct Work {
   Buffer<T> dummy;     // conv: accumulators of the missing members of a short last group
   Buffer<T> positive;  // Linear: per column, 1 in the lanes of the filters whose weight is positive
   Buffer<T> columns;   // Linear: the inputs of a short last group of columns
-  std::vector<int64_t> rows;  // conv: R row of each slot
+  std::vector<int64_t> rows;  // conv: R row of each slot; large Linear: the tile's columns ordered by sign pattern
+  std::vector<int> keys;      // large Linear: each column's sign pattern in the current group of 4 filters
 };
 
 template <typename T>
-void conv_task(const Layout& d, const T* inputs, const T* z, const Tile& t, Work<T>& w) {
+void conv_task(const Layout& d, const T* inputs, const T* z, const Pow2* scales, const Tile& t, Work<T>& w) {
   const MicroKernels<T>& kernels = micro_kernels<T>();
   const Window& win = d.window;
   const int64_t V = lanes<T>(), tf = t.f1 - t.f0, tc = t.j1 - t.j0, F = d.filters, P = d.patches;
@@ -409,12 +525,13 @@ void conv_task(const Layout& d, const T* inputs, const T* z, const Tile& t, Work
                                                  (win.kernel_h - 1) * win.dilation_h + 1);
       for (int64_t c = c0; c < c1 && ih0 < ih1; ++c)
         interleave(inputs + (b * V * d.channels + c) * plane + ih0 * d.width, d.channels * plane, valid,
-                   (ih1 - ih0) * d.width, w.x.data() + (c - c0) * span * d.width * V);
+                   (ih1 - ih0) * d.width, w.x.data() + (c - c0) * span * d.width * V, V,
+                   scales ? scales + b * V : nullptr);
       for (int64_t sign = 0; sign < 2; ++sign)
         for (int64_t fi = 0; fi < tf; ++fi) {
           for (int64_t lane = 0; lane < valid; ++lane)
             reciprocal_row(z + (((b * V + lane) * 2 + sign) * F + t.f0 + fi) * P + p0, n, sign ? T(-1) : T(1),
-                           w.z.data() + lane * chunk);
+                           w.z.data() + lane * chunk, scales ? scales + b * V + lane : nullptr);
           interleave(w.z.data(), chunk, valid, n, w.r.data() + (1 + sign * tf + fi) * chunk * V);
         }
       for (int64_t fi0 = 0; fi0 < tf; fi0 += kGroup) {
@@ -490,29 +607,53 @@ void linear_task(const Layout& d, const T* weight, const T* inputs, const T* R, 
 
 // A Linear tile of 16 filters x up to 256 columns over a range of example blocks, one lane per example (large
 // batches): X[j][block][lane] and R[row][block][lane] are interleaved for the whole batch (R row 0: zeros, then
-// 1 + f: 1/z+_f, 1 + F + f: -1/z-_f), and each call reduces 4 filters x 1 column over all the task's blocks.
+// 1 + f: 1/z+_f, 1 + F + f: -1/z-_f). For each group of 4 filters, the tile's columns are sorted by the signs of
+// their 4 weights (zero, positive or negative: 81 patterns), and each call reduces 4 filters x 4 columns of one
+// pattern over all the task's blocks (a short last group of a pattern repeats its last column into dummy maxima).
 template <typename T>
 void linear_blocks_task(const Layout& d, const T* weight, const T* X, const T* R, const Tile& t, Work<T>& w) {
+  constexpr int kPatterns = 81;  // 3^kGroup
   const MicroKernels<T>& kernels = micro_kernels<T>();
   const int64_t V = lanes<T>(), tf = t.f1 - t.f0, tc = t.j1 - t.j0, F = d.filters;
   w.maxima.assign(static_cast<size_t>(tf * tc), T(0));
-  w.dummy.assign(static_cast<size_t>(kGroup), T(0));
+  w.dummy.assign(static_cast<size_t>(kGroup * kGroup), T(0));
+  w.keys.resize(static_cast<size_t>(tc));
+  w.rows.resize(static_cast<size_t>(tc));
   for (int64_t fi0 = 0; fi0 < tf; fi0 += kGroup) {
-    for (int64_t jj = 0; jj < tc; ++jj) {
+    // key = sum_k 3^k code_k with code 0, 1, 2 for a zero, positive, negative weight of filter k (a row at a time,
+    // so that the loop vectorises).
+    std::fill(w.keys.begin(), w.keys.end(), 0);
+    for (int k = std::min<int64_t>(kGroup, tf - fi0) - 1; k >= 0; --k) {
+      const T* row = weight + (t.f0 + fi0 + k) * d.columns + t.j0;
+      int* keys = w.keys.data();
+#pragma omp simd
+      for (int64_t jj = 0; jj < tc; ++jj) keys[jj] = 3 * keys[jj] + (row[jj] > 0 ? 1 : 0) + (row[jj] < 0 ? 2 : 0);
+    }
+    int64_t starts[kPatterns + 1] = {};
+    for (int64_t jj = 0; jj < tc; ++jj) ++starts[w.keys[jj] + 1];
+    for (int key = 0; key < kPatterns; ++key) starts[key + 1] += starts[key];
+    int64_t fill[kPatterns];
+    std::copy(starts, starts + kPatterns, fill);
+    for (int64_t jj = 0; jj < tc; ++jj) w.rows[fill[w.keys[jj]]++] = jj;
+    // Pattern 0 (all 4 weights zero) contributes nothing.
+    for (int key = 1; key < kPatterns; ++key) {
       BlockRun<T> run;
-      bool any = false;
-      for (int k = 0; k < kGroup; ++k) {
-        const int64_t fi = fi0 + k, slot = fi * tc + jj;
-        const T v = fi < tf ? weight[(t.f0 + fi) * d.columns + t.j0 + jj] : T(0);
-        const int64_t row = v > 0 ? 1 + t.f0 + fi : v < 0 ? 1 + F + t.f0 + fi : 0;
-        any |= row != 0;
-        run.r[k] = R + (row * d.blocks + t.b0) * V;
-        run.maxima[k] = fi < tf ? w.maxima.data() + slot : w.dummy.data() + k;
+      for (int k = 0, rest = key; k < kGroup; ++k, rest /= 3) {
+        const int64_t f = t.f0 + fi0 + k, code = rest % 3;
+        run.r[k] = R + ((code == 0 ? 0 : code == 1 ? 1 + f : 1 + F + f) * d.blocks + t.b0) * V;
       }
-      if (!any) continue;
-      run.x = X + ((t.j0 + jj) * d.blocks + t.b0) * V;
       run.n = t.b1 - t.b0;
-      kernels.blocks(run);
+      for (int64_t i0 = starts[key]; i0 < starts[key + 1]; i0 += kGroup) {
+        for (int c = 0; c < kGroup; ++c) {
+          const bool real = i0 + c < starts[key + 1];
+          const int64_t jj = w.rows[real ? i0 + c : starts[key + 1] - 1];
+          run.x[c] = X + ((t.j0 + jj) * d.blocks + t.b0) * V;
+          for (int k = 0; k < kGroup; ++k)
+            run.maxima[kGroup * k + c] = real && fi0 + k < tf ? w.maxima.data() + (fi0 + k) * tc + jj
+                                                             : w.dummy.data() + kGroup * k + c;
+        }
+        kernels.blocks(run);
+      }
     }
   }
 }
@@ -533,6 +674,18 @@ inline void fold(T w, T raw_mean, T raw_max, int64_t patches, T& s_mean, T& s_ma
   const T mean = at_most_one(scale * raw_mean / static_cast<T>(patches)), max = at_most_one(scale * raw_max);
   if (mean > s_mean) s_mean = mean;
   if (max > s_max) s_max = max;
+}
+
+// fold over a row of n slots (a large Linear's tile row: mean and max are the same value), written to vectorise.
+template <typename T>
+void fold_row(const T* __restrict__ w, const T* __restrict__ raw, int64_t n, T* __restrict__ s_mean,
+              T* __restrict__ s_max) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = at_most_one(std::fabs(w[i]) * raw[i]);
+    s_mean[i] = v > s_mean[i] ? v : s_mean[i];
+    s_max[i] = v > s_max[i] ? v : s_max[i];
+  }
 }
 
 template <typename T>
@@ -583,12 +736,17 @@ int64_t window_positions(int64_t size, int64_t kernel, int64_t stride, int64_t p
 template <typename T>
 void sensitivity_update(const T* weight, int64_t filters, int64_t columns, const T* inputs, int64_t batch,
                         int64_t height, int64_t width, const Window& window, const T* z, T* s_mean, T* s_max,
-                        int num_threads) {
+                        int num_threads, bool relative_threshold) {
   const int64_t V = lanes<T>();
   const Layout d = make_layout(filters, columns, batch, height, width, window, V);
   if (batch == 0 || filters == 0 || columns == 0) return;
   const int threads = std::max(1, num_threads);
   const bool linear = window.linear();
+  // Relative threshold: each example's inputs and denominators are multiplied by its power of two where they are
+  // read (interleaved or turned into reciprocals), never copied for it.
+  const std::vector<Pow2> scale_of =
+      relative_threshold ? example_scales(z, batch, 2 * filters * d.patches, threads) : std::vector<Pow2>{};
+  const Pow2* scales = relative_threshold ? scale_of.data() : nullptr;
 
   // Linear with a large batch: one lane per example, X[j][block][lane] and R[row][block][lane] for the whole
   // batch. Linear with a small one: one lane per filter, every example's reciprocals in z's order, each half padded
@@ -604,24 +762,30 @@ void sensitivity_update(const T* weight, int64_t filters, int64_t columns, const
     std::vector<Buffer<T>> scratch(worker_count(d.blocks, threads));
     parallel_blocks(d.blocks, threads, [&](int worker, int64_t b) {
       const int64_t valid = std::min(V, batch - b * V);
-      interleave(inputs + b * V * columns, columns, valid, columns, X.data() + b * V, step);
+      interleave(inputs + b * V * columns, columns, valid, columns, X.data() + b * V, step,
+                 scales ? scales + b * V : nullptr);
       Buffer<T>& zs = scratch[worker];
       zs.resize(static_cast<size_t>(V * 2 * filters));
       for (int64_t lane = 0; lane < valid; ++lane)
         for (int64_t sign = 0; sign < 2; ++sign)
           reciprocal_row(z + ((b * V + lane) * 2 + sign) * filters, filters, sign ? T(-1) : T(1),
-                         zs.data() + (lane * 2 + sign) * filters);
+                         zs.data() + (lane * 2 + sign) * filters, scales ? scales + b * V + lane : nullptr);
       interleave(zs.data(), 2 * filters, valid, 2 * filters, R.data() + step + b * V, step);
     });
   } else if (linear) {
     R.resize(static_cast<size_t>(batch * 2 * half));
+    if (scales) X.resize(static_cast<size_t>(batch * columns));  // the scaled inputs (fewer than 4 V examples)
     parallel_blocks(ceil_div(batch, kTileColumns), threads, [&](int, int64_t block) {
-      for (int64_t x = block * kTileColumns; x < std::min(batch, (block + 1) * kTileColumns); ++x)
+      for (int64_t x = block * kTileColumns; x < std::min(batch, (block + 1) * kTileColumns); ++x) {
         for (int64_t sign = 0; sign < 2; ++sign) {
           T* out = R.data() + (2 * x + sign) * half;
-          reciprocal_row(z + (2 * x + sign) * filters, filters, sign ? T(-1) : T(1), out);
+          reciprocal_row(z + (2 * x + sign) * filters, filters, sign ? T(-1) : T(1), out,
+                         scales ? scales + x : nullptr);
           std::fill(out + filters, out + half, T(0));
         }
+        if (scales)
+          for (int64_t j = 0; j < columns; ++j) X[x * columns + j] = times(inputs[x * columns + j], scales[x]);
+      }
     });
   }
 
@@ -650,7 +814,7 @@ void sensitivity_update(const T* weight, int64_t filters, int64_t columns, const
     if (by_blocks) {
       linear_blocks_task(d, weight, X.data(), R.data(), t, w);
     } else if (by_filters) {
-      linear_task(d, weight, inputs, R.data(), half, t, w);
+      linear_task(d, weight, scales ? X.data() : inputs, R.data(), half, t, w);
     } else {
       // R row of each (filter, column) slot by the weight's sign: 1 + fi for 1/z+, 1 + tf + fi for -1/z-, and
       // 0 (zeros, skipped) for a zero weight.
@@ -661,7 +825,14 @@ void sensitivity_update(const T* weight, int64_t filters, int64_t columns, const
           w.rows[fi * tc + jj] = v > 0 ? 1 + fi : v < 0 ? 1 + tf + fi : 0;
         }
       w.dummy.assign(static_cast<size_t>(2 * kGroup * V), T(0));
-      conv_task(d, inputs, z, t, w);
+      conv_task(d, inputs, z, scales, t, w);
+    }
+    if (by_blocks && splits == 1) {
+      for (int64_t fi = 0; fi < tf; ++fi) {
+        const int64_t at = (t.f0 + fi) * columns + t.j0;
+        fold_row(weight + at, w.maxima.data() + fi * tc, tc, s_mean + at, s_max + at);
+      }
+      return;
     }
     for (int64_t fi = 0; fi < tf; ++fi)
       for (int64_t jj = 0; jj < tc; ++jj) {
@@ -694,8 +865,8 @@ void sensitivity_update(const T* weight, int64_t filters, int64_t columns, const
 }
 
 template void sensitivity_update<float>(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
-                                        const Window&, const float*, float*, float*, int);
+                                        const Window&, const float*, float*, float*, int, bool);
 template void sensitivity_update<double>(const double*, int64_t, int64_t, const double*, int64_t, int64_t,
-                                         int64_t, const Window&, const double*, double*, double*, int);
+                                         int64_t, const Window&, const double*, double*, double*, int, bool);
 
 }  // namespace pyprune

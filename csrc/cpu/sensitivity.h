@@ -53,9 +53,13 @@ int64_t window_positions(int64_t size, int64_t kernel, int64_t stride, int64_t p
 // examples when there are too few of those for num_threads; maxima are exact, so the result does not depend on
 // num_threads. Throws std::invalid_argument for an inconsistent window (J not a multiple of kh kw, a window
 // that does not fit, a non-positive kernel/stride/dilation or a negative padding).
+// relative_threshold: compute as if each example's inputs and z were first divided by its scale
+// 2^floor(log2 max |z(x)|) over its 2 F P denominators (1 where they are all 0), which makes the threshold
+// |z| <= kSensitivityEpsilon * scale and leaves every other result bit for bit as it was (the scale is a power of
+// two); that is pyprune.ops.sensitivity.sensitivity_update's rule, applied here without copying inputs or z.
 template <typename T>
 void sensitivity_update(const T* weight, int64_t filters, int64_t columns, const T* inputs, int64_t batch,
                         int64_t height, int64_t width, const Window& window, const T* z, T* s_mean, T* s_max,
-                        int num_threads);
+                        int num_threads, bool relative_threshold = false);
 
 }  // namespace pyprune

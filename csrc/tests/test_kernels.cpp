@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu/cka_damage.h"
+#include "cpu/column_stats.h"
 #include "cpu/gram_hsic.h"
 #include "cpu/nm_select.h"
 #include "cpu/permutation_hsic.h"
@@ -640,6 +641,45 @@ void test_permutation_hsic_all() {
 
 }  // namespace
 
+// ---- column_stats ---------------------------------------------------------------------------------------------
+
+// Column sums against double additions in the documented order (bit for bit), extremes exact, rows padded to a longer
+// stride.
+template <typename T>
+void test_column_stats(int64_t rows, int64_t cols, int threads) {
+  const int64_t ld = cols + 3;
+  std::mt19937 gen(static_cast<unsigned>(rows * 1000 + cols));
+  std::normal_distribution<double> normal;
+  std::vector<T> x(static_cast<size_t>(rows * ld), T(1e30));  // the padding must not be read
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) x[r * ld + c] = static_cast<T>(normal(gen));
+  std::vector<double> sums(static_cast<size_t>(cols));
+  T low, high;
+  pyprune::column_stats<T>(x.data(), rows, cols, ld, sums.data(), &low, &high, threads);
+  T want_low = x[0], want_high = x[0];
+  for (int64_t c = 0; c < cols; ++c) {
+    double want = 0;
+    auto v = [&](int64_t r) { return static_cast<double>(x[r * ld + c]); };
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) want += (v(r) + v(r + 1)) + (v(r + 2) + v(r + 3));
+    for (; r < rows; ++r) want += v(r);
+    for (r = 0; r < rows; ++r) {
+      want_low = std::min(want_low, x[r * ld + c]);
+      want_high = std::max(want_high, x[r * ld + c]);
+    }
+    if (sums[c] != want) {
+      std::printf("FAIL column_stats: column %lld sum %.17g, want %.17g\n", static_cast<long long>(c), sums[c], want);
+      ++failures;
+      return;
+    }
+  }
+  if (low != want_low || high != want_high) {
+    std::printf("FAIL column_stats: extremes %g %g, want %g %g\n", double(low), double(high), double(want_low),
+                double(want_high));
+    ++failures;
+  }
+}
+
 int main() {
   for (int64_t n : {1, 2, 5, 17, 40, 129})
     for (int threads : {1, 2, 3}) test_gram_hsic_terms(n, threads);
@@ -660,6 +700,11 @@ int main() {
   test_sensitivity_all();
   test_nm_select_all();
   test_permutation_hsic_all();
+  for (int threads : {1, 3})
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {7, 513}, {40, 1100}, {300, 3}}) {
+      test_column_stats<float>(rows, cols, threads);
+      test_column_stats<double>(rows, cols, threads);
+    }
   std::printf("%d failed\n", failures);
   return failures == 0 ? 0 : 1;
 }

@@ -409,6 +409,18 @@ def check_sensitivity_arguments(
     return _check_arguments(weight, inputs, geometry, s_mean, s_max, None, kernel=False, values=values)
 
 
+def check_split(split: object, weight: torch.Tensor) -> None:
+    """``split`` of ``sensitivity_update``: None, or ``[W+; W-]`` ``(2F, J)`` in ``weight``'s dtype, on its device,
+    contiguous (its values are the caller's: :func:`pyprune.ops.sensitivity.split_weight` of ``weight``)."""
+    if split is None:
+        return
+    _check_tensor(split, "split", weight.dtype)
+    _check_device(split, "split", weight.device)
+    wanted = (2 * weight.shape[0], *weight.shape[1:])
+    _check_shape(split, "split", tuple(split.shape) == wanted, f"shape {wanted} ([W+; W-] of the weight)")
+    _check_contiguous(split, "split")
+
+
 def check_kernel_arguments(
     weight: torch.Tensor,
     inputs: torch.Tensor,

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from pyprune.ops.backend import get_backend, num_threads
+from pyprune.ops.backend import cpu_kernels, get_backend, num_threads, use_kernel
 from pyprune.ops.checks import check_linear_gram_arguments
 
 _INT32_MAX = 2**31 - 1
@@ -190,3 +190,25 @@ def linear_grams(
     with controller.limit(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
         for done in [pool.submit(work, worker) for worker in range(threads)]:
             done.result()
+
+
+def column_stats(x: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """``(sums, low, high)`` of a finite ``(n, p)`` floating tensor (``n, p >= 1``): its float64 column sums
+    ``(p,)`` and its smallest and largest entries.
+
+    On CPU (float32/float64 with contiguous rows) one pass of ``pyprune._C.column_stats`` on one thread, where
+    NumPy or torch read the data three times (max, min, mean); CKA's preparation of each layer overlaps another
+    layer's Gram product, so it takes no second core. Each column is summed in float64 in a fixed order (see
+    the binding's docstring). Elsewhere torch.
+    """
+    rows_contiguous = x.shape[1] == 1 or x.stride(1) == 1
+    if (
+        use_kernel(x.device) == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and rows_contiguous
+        and (x.shape[0] == 1 or x.stride(0) >= x.shape[1])
+    ):
+        sums, low, high = cpu_kernels().column_stats(x.detach().numpy(), 1)
+        return torch.from_numpy(sums), low, high
+    low, high = torch.aminmax(x)
+    return x.sum(dim=0, dtype=torch.float64), float(low), float(high)

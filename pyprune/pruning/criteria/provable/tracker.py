@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from pyprune.activations import eval_mode, model_device
 from pyprune.distributed import max_sensitivities
-from pyprune.ops.sensitivity import Geometry, sensitivity_update
+from pyprune.ops.sensitivity import Geometry, sensitivity_update, split_weight
 
 COMPRESSIBLE_TYPES = (nn.Linear, nn.Conv2d)
 
@@ -91,6 +91,7 @@ class SensitivityTracker:
                 )
         self.model = model
         self._layers = {name: modules[name] for name in names}
+        self._splits: dict[str, torch.Tensor] = {}  # [W+; W-] per layer during accumulate_over
         self.reset()
 
     @property
@@ -120,6 +121,9 @@ class SensitivityTracker:
             for name, layer in self._layers.items()
         ]
         seen, before = 0, self.num_samples
+        # Each layer's [W+; W-], formed at its first batch and kept for this pass only (the weights do not change
+        # within it): forming it on every batch cost 0.6x the layer's GEMM on a 4,096 x 4,096 Linear at 256 examples.
+        self._splits = {}
         try:
             with eval_mode(self.model), torch.no_grad():
                 for batch in tqdm(batches, desc="sensitivities", disable=not progress, leave=False):
@@ -132,6 +136,7 @@ class SensitivityTracker:
         finally:
             for handle in handles:
                 handle.remove()
+            self._splits = {}
         # Under torch.distributed: maxima over every rank's shard, samples summed (a no-op otherwise).
         weights = {name: layer.weight.detach().flatten(1) for name, layer in self._layers.items()}
         self.num_samples = before + max_sensitivities(
@@ -199,8 +204,6 @@ class SensitivityTracker:
         return dropped
 
     def _observe(self, name: str, module: nn.Module, inputs: torch.Tensor) -> None:
-        if not torch.isfinite(inputs).all():
-            raise ValueError(f"layer {name!r}: its input contains NaN or inf")
         weight = module.weight.detach().flatten(1)
         if isinstance(module, nn.Linear):
             geometry = Geometry()
@@ -221,13 +224,26 @@ class SensitivityTracker:
             ]
             patches = out[0] * out[1]
         # Relative contributions need non-negative inputs: split a signed batch into its positive part and its
-        # negated negative part (the batch-doubling rule).
-        if (inputs < 0).any():
+        # negated negative part (the batch-doubling rule). amin reads the batch once without a mask and propagates
+        # NaN; the update's own scan then refuses NaN and inf (after the split, -inf is +inf).
+        if inputs.numel() and bool(inputs.amin() < 0):
             inputs = torch.cat([inputs.clamp_min(0), (-inputs).clamp_min(0)])
         if name not in self._s_mean:
             self._s_mean[name] = torch.zeros_like(weight)
             self._s_max[name] = torch.zeros_like(weight)
-        sensitivity_update(weight, inputs.to(weight.dtype), geometry, self._s_mean[name], self._s_max[name])
+        if name not in self._splits:
+            self._splits[name] = split_weight(weight)
+        try:
+            sensitivity_update(
+                weight,
+                inputs.to(weight.dtype),
+                geometry,
+                self._s_mean[name],
+                self._s_max[name],
+                split=self._splits[name],
+            )
+        except ValueError as error:
+            raise ValueError(f"layer {name!r}: {error}") from error
         self._patches[name] = patches
 
     def weight_sensitivity(self, name: str, patch_reduce: Literal["mean", "max"] = "mean") -> torch.Tensor:
