@@ -53,7 +53,8 @@ def build_dependency_graph(
 
     With ``count``, the traced forward pass is also counted: ``graph.pyprune_count`` is what
     :func:`pyprune.measure.count` would return for ``model`` and ``example_input``, which saves the planner's table
-    a forward pass; it is None where the traced pass differs from ``count``'s (see :func:`_counted_forward`).
+    a forward pass, and ``graph.pyprune_nonzeros`` its :func:`pyprune.measure.nonzero_counts`; both are None where
+    the traced pass differs from ``count``'s (see :func:`_counted_forward`).
 
     Raises:
         ValueError: Torch-Pruning cannot trace the model; the message carries its error.
@@ -62,6 +63,9 @@ def build_dependency_graph(
     import torch_pruning as tp
 
     modes = [(m, m.training) for m in model.modules()]
+    # Torch-Pruning's trace removes its forward hooks only when the forward pass returns: the model's own hooks are
+    # put back exactly when it raises (the model is the user's, not a copy).
+    hooks = [(m, dict(m._forward_hooks)) for m in model.modules()]
     model.eval()
     try:
         with torch.enable_grad(), warnings.catch_warnings():  # Torch-Pruning traces through autograd
@@ -102,11 +106,15 @@ def build_dependency_graph(
                 )
                 shapes = None
                 counts = []
-            graph.pyprune_count = counts[0] if len(counts) == 1 else None
+            graph.pyprune_count, graph.pyprune_nonzeros = counts[0] if len(counts) == 1 else (None, None)
             # The output shapes of the traced forward pass, which a pruned model must reproduce.
             graph.pyprune_output_shapes = shapes
             return graph
     except Exception as error:
+        for module, registered in hooks:
+            if len(module._forward_hooks) != len(registered):
+                module._forward_hooks.clear()
+                module._forward_hooks.update(registered)
         raise ValueError(
             f"model: Torch-Pruning could not trace it for structured pruning ({type(error).__name__}: {error}). "
             "Use unstructured or mask-mode pruning, or register a custom pruner with Torch-Pruning."
@@ -119,14 +127,14 @@ def build_dependency_graph(
 def _counted_forward(model: nn.Module, example_input: Any, counts: list[Any]) -> Callable[..., Any] | None:
     """A ``forward_fn`` for Torch-Pruning's trace that calls the model exactly as Torch-Pruning does and appends to
     ``counts`` a :class:`~pyprune.measure.ModelCount` of the pass that ran as :func:`pyprune.measure.count` runs
-    it; None when no pass can be counted so.
+    it, with the model's :func:`~pyprune.measure.nonzero_counts`; None when no pass can be counted so.
 
     Torch-Pruning calls ``model(**inputs)`` for a dict, else ``model(*inputs)`` and, if that raises,
     ``model(inputs)``: so a tensor's pass is its second attempt (the first unpacks the batch), a tuple's its first.
     The trace runs with gradients, where ``nn.MultiheadAttention`` skips its fused fast path only if its weights
     require gradients; ``count`` switches that path off, so the pass counts alike only when every parameter does.
     """
-    from pyprune.measure import count_from, counting_flops
+    from pyprune.measure import count_from, counting_flops, nonzero_counts
 
     if not all(p.requires_grad for p in model.parameters()):
         return None
@@ -149,7 +157,8 @@ def _counted_forward(model: nn.Module, example_input: Any, counts: list[Any]) ->
             return call()
         with counting_flops() as flop_counter:
             output = call()
-        counts.append(count_from(model, flop_counter))
+        nonzeros = nonzero_counts(model)
+        counts.append((count_from(model, flop_counter, sum(n for n, _ in nonzeros.values())), nonzeros))
         return output
 
     def forward(model: nn.Module, inputs: Any) -> Any:
