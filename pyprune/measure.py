@@ -272,8 +272,7 @@ def count_from(
 ) -> ModelCount:
     """:func:`count`'s result for ``model`` from a counter that saw exactly one forward pass of it on the input
     (:func:`counting_flops`), e.g. the pass that traced it for structured pruning. ``nonzero_params``: the
-    model's nonzero parameter count when already known (:func:`nonzero_counts`; a model on the meta device has no
-    values to count)."""
+    model's nonzero parameter count when already known (from :func:`nonzero_counts`)."""
     flops = flop_counter.get_total_flops()
     return ModelCount(
         params=sum(p.numel() for p in model.parameters()),
@@ -301,7 +300,10 @@ def flops_follow_weights(before: ModelCount, model: nn.Module) -> bool:
 
 
 def count_resized(
-    before: ModelCount, model: nn.Module, resized: nn.Module, nonzero_params: int | None = None
+    before: ModelCount,
+    model: nn.Module,
+    resized: nn.Module,
+    units: Mapping[str, tuple[int, int, Sequence[str]]] | None = None,
 ) -> ModelCount | None:
     """:func:`count` of ``resized`` without a forward pass, or None when it cannot be derived exactly.
 
@@ -310,23 +312,45 @@ def count_resized(
     does ``2 x positions x weight.numel()`` FLOPs, where channel removal leaves ``positions`` (batch times output
     pixels or tokens) unchanged, so its FLOPs scale exactly with its weight's size. When every module that did
     FLOPs in ``before`` is one of those exact types (not a subclass, whose ``forward`` may do more), every count
-    follows; otherwise (attention, a model's own matmuls) None, and a forward pass is needed.
-    ``nonzero_params``: ``resized``'s nonzero parameter count when known (:func:`resized_nonzero_params`).
+    follows; otherwise (a model's own matmuls) None, and a forward pass is needed.
+
+    ``units``: ``{layer name: (units kept, units before, its projections' names)}`` for attention layers whose
+    whole heads (or MLPs whose whole hidden units) ``resized`` lost. Each head does the same work, in its q/k/v
+    rows, its scores and its output columns, so the FLOPs of the layer and its projections together scale with
+    the heads kept (``per_module_flops`` holds that total under the layer's name). Only where nothing else in the
+    layer did FLOPs and the scaled count is whole.
     """
-    if not flops_follow_weights(before, model):
-        return None
+    units = units or {}
     modules = dict(model.named_modules())
     after_modules = dict(resized.named_modules())
     per_module = {}
-    for name, flops in before.per_module_flops.items():
-        after = after_modules.get(name)
-        if type(after) is not type(modules[name]):
+    in_unit = {}
+    for unit, (_, _, projections) in units.items():
+        for name in before.per_module_flops:
+            if name == unit or name.startswith(unit + "."):
+                if name != unit and name not in projections:
+                    return None
+                in_unit[name] = unit
+    for unit, (kept, total, _) in units.items():
+        flops = sum(f for name, f in before.per_module_flops.items() if in_unit.get(name) == unit)
+        if flops * kept % total:
             return None
-        per_module[name] = flops // modules[name].weight.numel() * after.weight.numel()
+        per_module[unit] = flops * kept // total
+    for name, flops in before.per_module_flops.items():
+        if name in in_unit:
+            continue
+        module, after = modules.get(name), after_modules.get(name)
+        if (
+            type(module) not in PROPORTIONAL_TYPES
+            or flops % module.weight.numel()
+            or type(after) is not type(module)
+        ):
+            return None
+        per_module[name] = flops // module.weight.numel() * after.weight.numel()
     flops = sum(per_module.values())
     return ModelCount(
         params=sum(p.numel() for p in resized.parameters()),
-        nonzero_params=_count_nonzero_params(resized) if nonzero_params is None else nonzero_params,
+        nonzero_params=_count_nonzero_params(resized),
         flops=flops,
         macs=flops // 2,
         per_module_flops={name: f for name, f in per_module.items() if f},
@@ -348,27 +372,6 @@ def nonzero_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
                 key = f"{prefix}.{name}" if prefix else name
                 counts[key] = (int(torch.count_nonzero(effective.get(name, param))), param.numel())
     return counts
-
-
-def resized_nonzero_params(nonzeros: Mapping[str, tuple[int, int]], resized: nn.Module) -> int | None:
-    """Nonzero parameters of ``resized`` without reading its values (it may live on the meta device), or None.
-
-    ``resized`` is a model with channels removed, ``nonzeros`` the :func:`nonzero_counts` of the model before.
-    A parameter of unchanged shape lost nothing, and every part of a parameter that was all zeros or had no zero
-    is so too; None when a parameter that shrank had both, is new, or carries a mask.
-    """
-    total = 0
-    for name, param in resized.named_parameters():
-        nonzero, numel = nonzeros.get(name, (-1, 0))
-        if nonzero < 0 or name.endswith("_orig"):
-            return None
-        if param.numel() == numel:
-            total += nonzero
-        elif nonzero in (0, numel):
-            total += param.numel() if nonzero else 0
-        else:
-            return None
-    return total
 
 
 def count_cut(
@@ -420,46 +423,6 @@ def count_cut(
         macs=flops // 2,
         per_module_flops={name: f for name, f in per_module.items() if f},
     )
-
-
-def to_meta(model: nn.Module) -> nn.Module:
-    """Replace every parameter and buffer of ``model`` by a meta-device tensor of its shape and dtype (shared ones
-    stay shared); returns ``model``. The replaced tensors are not touched, so a copy of a model that shares its
-    tensors (``copy.deepcopy(model, memo)``) can be measured by shape without changing the model."""
-    replaced: dict[int, torch.Tensor] = {}
-    for module in model.modules():
-        for name, param in list(module.named_parameters(recurse=False)):
-            if id(param) not in replaced:
-                replaced[id(param)] = nn.Parameter(param.detach().to("meta"), param.requires_grad)
-            setattr(module, name, replaced[id(param)])
-        for name, buffer in list(module.named_buffers(recurse=False)):
-            if id(buffer) not in replaced:
-                replaced[id(buffer)] = buffer.to("meta")
-            setattr(module, name, replaced[id(buffer)])
-    return model
-
-
-def count_on_meta(model: nn.Module, example_input: Any, nonzero_params: int) -> ModelCount:
-    """:func:`count` of a model whose tensors live on the meta device (:func:`to_meta`): its FLOPs come from a
-    forward pass on meta copies of ``example_input`` (shapes only, no arithmetic) and ``nonzero_params`` is
-    given (:func:`resized_nonzero_params`). Raises what the forward pass raises, e.g. NotImplementedError or
-    RuntimeError for a model whose forward reads values (``.item()``, data-dependent shapes)."""
-    inputs = _to_meta_inputs(
-        example_input if isinstance(example_input, Mapping) else _as_inputs(example_input)
-    )
-    with counting_flops() as flop_counter, eval_mode(model), torch.no_grad():
-        call_model(model, inputs)
-    return count_from(model, flop_counter, nonzero_params)
-
-
-def _to_meta_inputs(inputs: Any) -> Any:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to("meta")
-    if isinstance(inputs, Mapping):
-        return {key: _to_meta_inputs(value) for key, value in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(_to_meta_inputs(value) for value in inputs)
-    return inputs
 
 
 def _count_nonzero_params(model: nn.Module) -> int:

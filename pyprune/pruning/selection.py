@@ -386,29 +386,25 @@ def plan_structured(
     if measuring:
         if mode == "remove":
             # The traced pass was the counting pass, and the cuts need no second trace.
-            from pyprune.measure import flops_follow_weights, to_meta
+            from pyprune.measure import flops_follow_weights
 
             before = None if graph is None else graph.pyprune_count
             nonzeros = None if graph is None else graph.pyprune_nonzeros
-            # Measured without copying a weight (apply copies the kept ones anyway; doing it here too was a tenth
-            # of planning resnet50): by the slices the cuts remove where every FLOP is a plain layer's, else on a
-            # copy cut on the meta device where no parameter has both zeros and nonzeros, else on a real copy.
+            # Measured without cutting (apply cuts the same tensors; cutting here too was a tenth of planning
+            # resnet50) from the slices the cuts remove, where every FLOP is a plain layer's; else on a copy
+            # sharing the model's tensors, pruned by the cuts.
             removed = None
             if (
                 nonzeros is not None
+                and flops_follow_weights(before, model)
                 and all(layer.granularity == "channels" for layer in plan.layers)
                 and not is_hf_model(model)  # its config is rewritten by applying the plan, and reported
             ):
                 removed = removed_by_cuts(work, cuts)
             pruned = None
-            if removed is None or not flops_follow_weights(before, model):
-                removed = None
+            if removed is None:
                 shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
                 pruned = copy.deepcopy(model, shared)
-                if nonzeros is not None and all(nonzero in (0, n) for nonzero, n in nonzeros.values()):
-                    to_meta(pruned)
-                else:
-                    nonzeros = None
                 apply_traced(plan, pruned, cuts)
             measure_plan(
                 plan, model, example_input, pruned=pruned, before=before, nonzeros=nonzeros, removed=removed
@@ -655,14 +651,12 @@ def measure_plan(
 
     ``pruned``: a copy of ``model`` with the plan already applied (the structured planner passes one pruned by the
     cuts it already computed, which saves a second trace). ``before``: ``count(model, example_input)`` when
-    already known (the structured planner counts its trace). ``nonzeros``: the model's
-    :func:`pyprune.measure.nonzero_counts`, from which the nonzero count after is derived when ``pruned``'s tensors
-    hold no values (meta-device tensors, :func:`pyprune.measure.to_meta`) or, with ``removed`` (``{parameter:
-    {dim: removed indices}}``, :func:`~pyprune.pruning.apply.removed_by_cuts`) and no ``pruned``, every count
-    (:func:`pyprune.measure.count_cut`). Where that or a forward pass on the meta device fails, the plan is measured
-    on a real copy instead.
+    already known (the structured planner counts its trace). ``nonzeros`` and ``removed``, without ``pruned``:
+    the model's :func:`pyprune.measure.nonzero_counts` and ``{parameter: {dim: removed indices}}``
+    (:func:`~pyprune.pruning.apply.removed_by_cuts`), from which every count after follows without building the
+    pruned model (:func:`pyprune.measure.count_cut`) where it can; else the plan is applied to a copy.
     """
-    from pyprune.measure import count, count_cut, count_on_meta, count_resized, resized_nonzero_params
+    from pyprune.measure import count, count_cut, count_resized
 
     try:
         if before is None:
@@ -678,17 +672,6 @@ def measure_plan(
         if after is not None:
             _fill_layers(plan, model, before, after, lambda name: _own_params_cut(model, name, removed))
             return
-    if nonzeros is not None and pruned is not None:
-        nonzero_after = resized_nonzero_params(nonzeros, pruned)
-        if nonzero_after is not None:
-            after = count_resized(before, model, pruned, nonzero_after)
-            if after is None:
-                try:
-                    after = count_on_meta(pruned, example_input, nonzero_after)
-                except (NotImplementedError, RuntimeError, TypeError, ValueError, IndexError):
-                    after = None  # a forward pass that reads values: measured on a real copy below
-        if after is None:
-            pruned = None
     if pruned is None:
         # Masks and cuts replace tensors rather than write into them, so the copy can share the model's; a plan
         # with new or rescaled weights writes them in place and gets a full copy.
@@ -698,9 +681,15 @@ def measure_plan(
         plan.apply(pruned)
     if is_hf_model(pruned):
         plan.options["hf_config"] = getattr(pruned, CONFIG_NOTE_ATTRIBUTE, None) or "rewritten"
-    # Channel removal and masks scale a plain Linear/ConvNd's FLOPs with its weight: no forward pass needed then.
+    # Channel removal and masks scale a plain Linear/ConvNd's FLOPs with its weight, and head removal an attention
+    # layer's with its heads: no forward pass needed then.
+    units = {
+        layer.name: (layer.size - layer.num_removed, layer.size, layer.coupled)
+        for layer in plan.layers
+        if layer.granularity in UNIT_GRANULARITIES
+    }
     if after is None:
-        after = count_resized(before, model, pruned) or count(pruned, example_input)
+        after = count_resized(before, model, pruned, units) or count(pruned, example_input)
     _fill_layers(plan, model, before, after, lambda name: _own_params(pruned.get_submodule(name)), pruned)
 
 
