@@ -271,7 +271,7 @@ def test_grouped_convolution_groups_are_left_untouched_with_the_reason():
     plan = pyprune.plan(model, "l1_filter", 0.5, example_input=x)
     assert [la.name for la in plan.layers] == ["4"]
     assert "grouped convolution '2' (groups=2)" in plan.options["untouched"]["0"]
-    assert plan.options["untouched"]["6"] == "output layer (default ignored_layers)"
+    assert plan.options["untouched"]["6"] == "output layer, left out by default"
     assert plan.apply(copy.deepcopy(model))(x).shape == (2, 4, 8, 8)
 
 
@@ -330,7 +330,7 @@ def test_unstructured_plans_list_what_they_leave_out():
     plan = pyprune.plan(model, "magnitude", 0.5, example_input=IMAGES, measure=False)
     untouched = plan.options["untouched"]
     assert "in_proj_weight" in untouched["encoder.layers.encoder_layer_0.self_attention"]
-    assert untouched["heads.head"] == "output layer (left out by default)"
+    assert untouched["heads.head"] == "output layer, left out by default"
 
 
 def test_sipp_leaves_depthwise_convs_and_mha_out_proj_out_and_lists_them():

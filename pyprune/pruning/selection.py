@@ -70,7 +70,7 @@ from pyprune.pruning.layers import (
     select_layers,
     weight_layers,
 )
-from pyprune.pruning.plan import ApplyMode, LayerPlan, PruningPlan, check_untied
+from pyprune.pruning.plan import ApplyMode, LayerPlan, PruningPlan, check_output_kept, check_untied
 
 if TYPE_CHECKING:
     from pyprune.measure import ModelCount
@@ -210,10 +210,16 @@ def plan_structured(
         method: name recorded in the plan.
         measure: with ``example_input``, count parameters and FLOPs before and after on a copy for the plan's
             table; ``False`` skips that (most of the planning time of a cheap criterion).
-        attention: ``"heads"`` (default) removes whole attention heads (whole key/value groups with their query
-            heads under grouped-query attention; see :mod:`pyprune.pruning.attention`) at the same ratio as
-            channels, each head scored by ``group_reduction`` over the criterion's scores of its q/k/v rows;
-            ``"skip"`` leaves attention layers as they are.
+        attention: ``"heads"`` (default) removes whole units in the layers :mod:`pyprune.pruning.attention`
+            recognises: attention heads (under grouped-query attention whole key/value groups with the query heads
+            that share them) and the hidden units of GPT-2's Conv1D MLPs, by slicing their projections and
+            rewriting the layer's attributes (``mode="remove"`` only). A unit is scored by the criterion's own
+            ``unit_scores`` where it has one (Taylor: Michel et al. 2019's head importance), else by
+            ``group_reduction`` over the criterion's scores of the unit's q/k/v (or input) rows; units take their
+            layer's ``amount`` (``scope="layer"``, at least one kept) or are ranked with every channel
+            (``scope="global"``). ``"skip"`` leaves those layers and their projections as they are, listed in
+            ``plan.options["untouched"]``. Either way their projections are never cut as channels: that breaks
+            the reshape into heads.
 
     Layers whose output width the plan leaves unchanged are listed with the reason in
     ``plan.options["untouched"]`` (the output layer, ``ignored_layers``, the residual stream of a transformer,
@@ -369,6 +375,7 @@ def plan_structured(
     if graph is not None and graph.pyprune_output_shapes is not None:
         plan.options["output_shapes"] = [list(shape) for shape in graph.pyprune_output_shapes]
     check_untied(plan, model)
+    check_output_kept(plan, model)  # an explicit ignored_layers that leaves the output layer out: refused now
     measuring = example_input is not None and measure
     cuts = []
     if graph is not None and any(
@@ -432,9 +439,7 @@ def _untouched(
             continue
         module = work.get_submodule(name)
         if name in ignored:
-            untouched[name] = (
-                "output layer (default ignored_layers)" if default_ignored else "in ignored_layers"
-            )
+            untouched[name] = "output layer, left out by default" if default_ignored else "in ignored_layers"
         elif isinstance(module, nn.MultiheadAttention) or is_conv1d(module):
             untouched[name] = f"{type(module).__name__} outside a recognised attention layer or MLP"
         elif module not in graph.module2node:
@@ -482,7 +487,7 @@ def _untouched_weights(
         elif layers is not None:
             untouched[name] = "not in layers"
         elif name == output:
-            untouched[name] = "output layer (left out by default)"
+            untouched[name] = "output layer, left out by default"
         else:
             untouched[name] = (
                 f"{type(module).__name__}: its in_proj_weight is not a module weight pyprune masks"
@@ -498,9 +503,7 @@ def _untouched_mask(
         if name in roots:
             continue
         if name in ignored:
-            untouched[name] = (
-                "output layer (default ignored_layers)" if default_ignored else "in ignored_layers"
-            )
+            untouched[name] = "output layer, left out by default" if default_ignored else "in ignored_layers"
         else:
             untouched[name] = f"{type(work.get_submodule(name)).__name__} is not a Linear/ConvNd layer"
     return untouched
