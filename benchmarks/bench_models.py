@@ -4,9 +4,10 @@ For every model x method: ok or refused (with the refusal), planning time (measu
 time, parameters and FLOPs after/before (``pyprune.count``), and the latency speed-up of the pruned model at
 batch 1 and batch 8 (``pyprune.latency``, dense and pruned timed in alternation). Next to it, on the same model,
 Torch-Pruning's ``MetaPruner`` with its own ``GroupMagnitudeImportance(p=1)`` at the same ratio (the equivalent
-of ``l1_filter``; ``num_heads`` configured for timm attention as its README does), timed from construction to
-``step()``; and ``magnitude_global`` against ``torch.nn.utils.prune.global_unstructured`` with L1 magnitude on
-the same layers (identical masks by construction: both take the globally smallest ``|w|``).
+of ``l1_filter``; attention configured as its own examples do, see ``_torch_pruning_options``), timed from
+construction to ``step()`` and one forward pass (pyprune's ``apply`` also runs one, to verify); and
+``magnitude_global`` against ``torch.nn.utils.prune.global_unstructured`` with L1 magnitude on the same layers
+(identical masks by construction: both take the globally smallest ``|w|``).
 
 Models are randomly initialised (nothing downloaded); one untimed run of each library on resnet18 comes first,
 and each time is the median of ``--repeats`` runs (3), each on a freshly built model. Inputs: 224 px images (batch 1
@@ -184,9 +185,33 @@ def repeated(run: Callable[[bool], dict[str, Any]], repeats: int) -> dict[str, A
     return chosen
 
 
-def _num_heads(model: nn.Module) -> dict[nn.Module, int]:
-    # Torch-Pruning's README for timm ViTs: num_heads per qkv layer, head pruning on.
-    return {m.qkv: m.num_heads for m in model.modules() if hasattr(m, "qkv") and hasattr(m, "num_heads")}
+def _torch_pruning_options(model: nn.Module) -> dict[str, Any]:
+    """MetaPruner's options for ``model`` as Torch-Pruning's own examples configure them.
+
+    timm ViTs (its README and ``examples/transformers/prune_timm_vit.py``): ``num_heads`` per qkv layer, whole heads
+    pruned. torchvision's ViT (its ``tests/test_torchvision_models.py``): the class token and position embedding
+    as unwrapped parameters, ``round_to`` the head count, the attention's ``out_proj`` ignored (its
+    ``nn.MultiheadAttention`` pruner cuts the embedding width only, never whole heads), ``num_heads`` per attention
+    layer, and ``hidden_dim`` set from the patch projection after the step.
+    """
+    output = [model.get_submodule(output_layer_name(model))]
+    if isinstance(model, tvm.VisionTransformer):
+        return {
+            "ignored_layers": output
+            + [
+                m for m in model.modules() if isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear)
+            ],
+            "unwrapped_parameters": [(model.class_token, 2), (model.encoder.pos_embedding, 2)],
+            "round_to": model.encoder.layers[0].num_heads,
+            "num_heads": {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)},
+        }
+    heads = {m.qkv: m.num_heads for m in model.modules() if hasattr(m, "qkv") and hasattr(m, "num_heads")}
+    return {
+        "ignored_layers": output,
+        "num_heads": heads,
+        "prune_num_heads": bool(heads),
+        "prune_head_dims": False,
+    }
 
 
 def run_torch_pruning(name: str, counts: bool = True) -> dict[str, Any]:
@@ -201,22 +226,20 @@ def run_torch_pruning(name: str, counts: bool = True) -> dict[str, Any]:
     with OtherCpuLoad() as load:
         start = time.perf_counter()
         try:
-            heads = _num_heads(model)
             pruner = tp.pruner.MetaPruner(
                 model,
                 example,
                 importance=tp.importance.GroupMagnitudeImportance(p=1),
                 pruning_ratio=AMOUNT,
-                ignored_layers=[model.get_submodule(output_layer_name(model))],
-                num_heads=heads,
-                prune_num_heads=bool(heads),
-                prune_head_dims=False,
+                **_torch_pruning_options(model),
             )
             pruner.step()
             for module in model.modules():  # its README's attribute update for timm attention
                 if module.__class__.__name__ == "Attention" and hasattr(module, "qkv"):
                     module.num_heads = pruner.num_heads[module.qkv]
                     module.attn_dim = module.qkv.out_features // 3
+            if isinstance(model, tvm.VisionTransformer):  # its torchvision test's update
+                model.hidden_dim = model.conv_proj.out_channels
             with torch.no_grad():
                 model(**example) if isinstance(example, dict) else model(example)
         except Exception as error:  # a peer's failure is data here
@@ -252,6 +275,12 @@ def run_global_magnitude_vs_torch(name: str, repeats: int = 1) -> dict[str, Any]
         our_times.append(time.perf_counter() - start)
         ours = [m.weight_mask for _, m in select_layers(model, None, None)]
     torch_s, ours_s = statistics.median(torch_times), statistics.median(our_times)
+    # Weights whose |w| equals the threshold (the k-th smallest) are interchangeable: pyprune removes the first ones in
+    # layer order, torch.topk an unspecified subset. Masks that differ only there select the same magnitudes.
+    magnitudes = [m.weight_orig.detach().abs().flatten() for m in layers]
+    removed = sum(int((mask == 0).sum()) for mask in torch_masks)
+    threshold = torch.kthvalue(torch.cat(magnitudes), removed).values if removed else None
+    differing = [(a != b).flatten() for a, b in zip(torch_masks, ours, strict=True)]
     return {
         "model": name,
         "torch_s": torch_s,
@@ -259,7 +288,13 @@ def run_global_magnitude_vs_torch(name: str, repeats: int = 1) -> dict[str, Any]
         "ratio": ours_s / torch_s,
         "torch_times_s": torch_times,
         "pyprune_times_s": our_times,
-        "same_masks": all(torch.equal(a, b) for a, b in zip(torch_masks, ours, strict=True)),
+        "same_masks": not any(d.any() for d in differing),
+        "differing_weights": sum(int(d.sum()) for d in differing),
+        "same_up_to_ties": removed == sum(int((mask == 0).sum()) for mask in ours)
+        and all(
+            bool((w[d] == threshold).all()) for w, d in zip(magnitudes, differing, strict=True) if d.any()
+        ),
+        "ties_at_threshold": 0 if threshold is None else sum(int((w == threshold).sum()) for w in magnitudes),
     }
 
 
@@ -311,7 +346,16 @@ def report(rows: list[dict[str, Any]], magnitude: list[dict[str, Any]], info: di
         "## magnitude_global vs torch.nn.utils.prune.global_unstructured",
         "",
         markdown_table(
-            ["model", "torch", "pyprune", "pyprune / torch", "identical masks"],
+            [
+                "model",
+                "torch",
+                "pyprune",
+                "pyprune / torch",
+                "identical masks",
+                "weights differing",
+                "weights tied at the threshold",
+                "same up to ties",
+            ],
             [
                 [
                     m["model"],
@@ -319,10 +363,16 @@ def report(rows: list[dict[str, Any]], magnitude: list[dict[str, Any]], info: di
                     fmt_seconds(m["pyprune_s"]),
                     fmt_ratio(m["ratio"]),
                     str(m["same_masks"]),
+                    str(m["differing_weights"]),
+                    str(m["ties_at_threshold"]),
+                    str(m["same_up_to_ties"]),
                 ]
                 for m in magnitude
             ],
         ),
+        "",
+        "Weights tied at the threshold (|w| equal to the k-th smallest) are interchangeable: pyprune removes the "
+        "first ones in layer order, `torch.topk` (inside `global_unstructured`) an unspecified subset of them.",
     ]
     return "\n".join(lines)
 

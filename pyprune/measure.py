@@ -16,8 +16,9 @@ FLOPs. The nonzero parameter count is where unstructured pruning shows.
 from __future__ import annotations
 
 import itertools
+import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -199,10 +200,61 @@ def count(
     return count_from(model, flop_counter)
 
 
+class ForwardModuleTracker:
+    """Which modules are running their forward pass, as ``FlopCounterMode`` reads it (``parents``: the names
+    ``"<RootClass>.<path>"`` of every module entered and not yet left, plus ``"Global"``), for forward passes only.
+
+    ``FlopCounterMode``'s own ``torch.utils.module_tracker.ModuleTracker`` also follows the backward pass: for every
+    module call it flattens the inputs and outputs and registers an autograd hook on those that require gradients.
+    Counting a pass that runs with gradients (Torch-Pruning's trace) paid 0.02-0.04 s per torchvision model for
+    those hooks, about the cost of the pass itself; :func:`counting_flops` never counts a backward pass.
+    """
+
+    def __init__(self) -> None:
+        self.parents = {"Global"}
+        self._names: dict[int, str] = {}
+        self._handles: list[Any] = []
+
+    def _name(self, module: nn.Module) -> str:
+        # The same names as ModuleTracker's: the first module seen is named by its class, and every module below it
+        # by its parent's name and attribute (named_children, so a module registered twice keeps its first path).
+        name = self._names.get(id(module))
+        if name is None:
+            name = self._names[id(module)] = type(module).__name__
+            self._name_children(module, name)
+        return name
+
+    def _name_children(self, module: nn.Module, prefix: str) -> None:
+        for child_name, child in module.named_children():
+            if id(child) not in self._names:
+                self._names[id(child)] = f"{prefix}.{child_name}"
+                self._name_children(child, self._names[id(child)])
+
+    def _enter(self, module: nn.Module, inputs: Any) -> None:
+        self.parents.add(self._name(module))
+
+    def _leave(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        self.parents.discard(self._name(module))
+
+    def __enter__(self) -> ForwardModuleTracker:
+        self._handles = [
+            nn.modules.module.register_module_forward_pre_hook(self._enter),
+            nn.modules.module.register_module_forward_hook(self._leave),
+        ]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
 @contextmanager
 def counting_flops() -> Iterator[FlopCounterMode]:
-    """A ``FlopCounterMode`` counting every operation run in the block the way :func:`count` counts them."""
+    """A ``FlopCounterMode`` counting every operation of the forward passes run in the block the way :func:`count`
+    counts them (a backward pass in the block is not attributed to modules)."""
     flop_counter = FlopCounterMode(display=False)
+    flop_counter.mod_tracker = ForwardModuleTracker()
     # nn.MultiheadAttention's (and nn.TransformerEncoderLayer's) inference fast path runs one fused native op
     # that FlopCounterMode does not know (it counted 0 FLOPs for torchvision's vit_b_16 attention): count the
     # same computation through its decomposed path.
@@ -215,13 +267,16 @@ def counting_flops() -> Iterator[FlopCounterMode]:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-def count_from(model: nn.Module, flop_counter: FlopCounterMode) -> ModelCount:
+def count_from(
+    model: nn.Module, flop_counter: FlopCounterMode, nonzero_params: int | None = None
+) -> ModelCount:
     """:func:`count`'s result for ``model`` from a counter that saw exactly one forward pass of it on the input
-    (:func:`counting_flops`), e.g. the pass that traced it for structured pruning."""
+    (:func:`counting_flops`), e.g. the pass that traced it for structured pruning. ``nonzero_params``: the
+    model's nonzero parameter count when already known (from :func:`nonzero_counts`)."""
     flops = flop_counter.get_total_flops()
     return ModelCount(
         params=sum(p.numel() for p in model.parameters()),
-        nonzero_params=_count_nonzero_params(model),
+        nonzero_params=_count_nonzero_params(model) if nonzero_params is None else nonzero_params,
         flops=flops,
         macs=flops // 2,
         per_module_flops=_own_flops(model, flop_counter.get_flop_counts(), flops),
@@ -232,7 +287,24 @@ PROPORTIONAL_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 """Modules whose FLOPs, as ``FlopCounterMode`` counts them, are ``2 x output positions x weight.numel()``."""
 
 
-def count_resized(before: ModelCount, model: nn.Module, resized: nn.Module) -> ModelCount | None:
+def flops_follow_weights(before: ModelCount, model: nn.Module) -> bool:
+    """Whether every module that did FLOPs in ``before`` (``count(model, x)``) is a plain ``nn.Linear`` or
+    ``nn.ConvNd`` (not a subclass, whose ``forward`` may do more) whose FLOPs are a multiple of its weight's size:
+    then the FLOPs of ``model`` with channels removed follow from its weights' sizes (:func:`count_resized`)."""
+    modules = dict(model.named_modules())
+    for name, flops in before.per_module_flops.items():
+        module = modules.get(name)
+        if type(module) not in PROPORTIONAL_TYPES or flops % module.weight.numel():
+            return False
+    return True
+
+
+def count_resized(
+    before: ModelCount,
+    model: nn.Module,
+    resized: nn.Module,
+    units: Mapping[str, tuple[int, int, Sequence[str]]] | None = None,
+) -> ModelCount | None:
     """:func:`count` of ``resized`` without a forward pass, or None when it cannot be derived exactly.
 
     ``resized`` is ``model`` with channels removed or weights masked (same module names, same input, same
@@ -240,19 +312,41 @@ def count_resized(before: ModelCount, model: nn.Module, resized: nn.Module) -> M
     does ``2 x positions x weight.numel()`` FLOPs, where channel removal leaves ``positions`` (batch times output
     pixels or tokens) unchanged, so its FLOPs scale exactly with its weight's size. When every module that did
     FLOPs in ``before`` is one of those exact types (not a subclass, whose ``forward`` may do more), every count
-    follows; otherwise (attention, a model's own matmuls) None, and a forward pass is needed.
+    follows; otherwise (a model's own matmuls) None, and a forward pass is needed.
+
+    ``units``: ``{layer name: (units kept, units before, its projections' names)}`` for attention layers whose
+    whole heads (or MLPs whose whole hidden units) ``resized`` lost. Each head does the same work, in its q/k/v
+    rows, its scores and its output columns, so the FLOPs of the layer and its projections together scale with
+    the heads kept (``per_module_flops`` holds that total under the layer's name). Only where nothing else in the
+    layer did FLOPs and the scaled count is whole.
     """
+    units = units or {}
     modules = dict(model.named_modules())
     after_modules = dict(resized.named_modules())
     per_module = {}
+    in_unit = {}
+    for unit, (_, _, projections) in units.items():
+        for name in before.per_module_flops:
+            if name == unit or name.startswith(unit + "."):
+                if name != unit and name not in projections:
+                    return None
+                in_unit[name] = unit
+    for unit, (kept, total, _) in units.items():
+        flops = sum(f for name, f in before.per_module_flops.items() if in_unit.get(name) == unit)
+        if flops * kept % total:
+            return None
+        per_module[unit] = flops * kept // total
     for name, flops in before.per_module_flops.items():
+        if name in in_unit:
+            continue
         module, after = modules.get(name), after_modules.get(name)
-        if type(module) not in PROPORTIONAL_TYPES or type(after) is not type(module):
+        if (
+            type(module) not in PROPORTIONAL_TYPES
+            or flops % module.weight.numel()
+            or type(after) is not type(module)
+        ):
             return None
-        numel = module.weight.numel()
-        if flops % numel:
-            return None
-        per_module[name] = flops // numel * after.weight.numel()
+        per_module[name] = flops // module.weight.numel() * after.weight.numel()
     flops = sum(per_module.values())
     return ModelCount(
         params=sum(p.numel() for p in resized.parameters()),
@@ -263,18 +357,76 @@ def count_resized(before: ModelCount, model: nn.Module, resized: nn.Module) -> M
     )
 
 
-def _count_nonzero_params(model: nn.Module) -> int:
+def nonzero_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """``{parameter name: (nonzero entries, entries)}`` of every distinct parameter of ``model`` (its first name
+    in ``named_parameters()``), counting the effective ``orig * mask`` of a pruned tensor like :func:`count`."""
     seen: set[int] = set()
-    total = 0
+    counts = {}
     with torch.no_grad():
-        for module in model.modules():
+        for prefix, module in model.named_modules():
             effective = _pruned_tensors(module)
             for name, param in module.named_parameters(recurse=False):
                 if id(param) in seen:
                     continue
                 seen.add(id(param))
-                total += int(torch.count_nonzero(effective.get(name, param)))
-    return total
+                key = f"{prefix}.{name}" if prefix else name
+                counts[key] = (int(torch.count_nonzero(effective.get(name, param))), param.numel())
+    return counts
+
+
+def count_cut(
+    before: ModelCount,
+    model: nn.Module,
+    nonzeros: Mapping[str, tuple[int, int]],
+    removed: Mapping[str, Mapping[int, Sequence[int]]],
+) -> ModelCount | None:
+    """:func:`count` of ``model`` with slices removed from its parameters, without building that model, or None.
+
+    ``removed``: ``{parameter name: {dim: removed indices}}``; ``before``: ``count(model, x)``; ``nonzeros``: its
+    :func:`nonzero_counts`. Exact when :func:`flops_follow_weights` (else None): the FLOPs scale with the weights'
+    sizes as in :func:`count_resized`, and the nonzeros kept are those of the kept slices (the zeros of a parameter
+    that has some are located and checked against the removed indices). None also for a masked or shared
+    parameter in ``removed``.
+    """
+    if not flops_follow_weights(before, model):
+        return None
+    parameters = dict(model.named_parameters())
+    numel_after = {}
+    nonzero_after = 0
+    for name, dims in removed.items():
+        if name not in nonzeros or name.endswith("_orig"):
+            return None
+        param = parameters[name]
+        numel_after[name] = math.prod(size - len(dims.get(dim, ())) for dim, size in enumerate(param.shape))
+        nonzero, numel = nonzeros[name]
+        if nonzero in (0, numel):
+            nonzero_after += numel_after[name] if nonzero else 0
+            continue
+        zeros = (param.detach() == 0).nonzero()  # (zeros, ndim) coordinates
+        kept = torch.ones(zeros.shape[0], dtype=torch.bool, device=zeros.device)
+        for dim, idxs in dims.items():
+            kept &= ~torch.isin(zeros[:, dim], torch.as_tensor(idxs, dtype=zeros.dtype, device=zeros.device))
+        nonzero_after += numel_after[name] - int(kept.sum())
+    nonzero_after += sum(nonzero for name, (nonzero, _) in nonzeros.items() if name not in removed)
+    modules = dict(model.named_modules())
+    per_module = {}
+    for name, flops in before.per_module_flops.items():
+        weight = modules[name].weight
+        per_module[name] = (
+            flops // weight.numel() * numel_after.get(f"{name}.weight" if name else "weight", weight.numel())
+        )
+    flops = sum(per_module.values())
+    return ModelCount(
+        params=before.params - sum(parameters[name].numel() - n for name, n in numel_after.items()),
+        nonzero_params=nonzero_after,
+        flops=flops,
+        macs=flops // 2,
+        per_module_flops={name: f for name, f in per_module.items() if f},
+    )
+
+
+def _count_nonzero_params(model: nn.Module) -> int:
+    return sum(nonzero for nonzero, _ in nonzero_counts(model).values())
 
 
 def _pruned_tensors(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -271,7 +271,7 @@ def test_grouped_convolution_groups_are_left_untouched_with_the_reason():
     plan = pyprune.plan(model, "l1_filter", 0.5, example_input=x)
     assert [la.name for la in plan.layers] == ["4"]
     assert "grouped convolution '2' (groups=2)" in plan.options["untouched"]["0"]
-    assert plan.options["untouched"]["6"] == "output layer (default ignored_layers)"
+    assert plan.options["untouched"]["6"] == "output layer, left out by default"
     assert plan.apply(copy.deepcopy(model))(x).shape == (2, 4, 8, 8)
 
 
@@ -330,7 +330,7 @@ def test_unstructured_plans_list_what_they_leave_out():
     plan = pyprune.plan(model, "magnitude", 0.5, example_input=IMAGES, measure=False)
     untouched = plan.options["untouched"]
     assert "in_proj_weight" in untouched["encoder.layers.encoder_layer_0.self_attention"]
-    assert untouched["heads.head"] == "output layer (left out by default)"
+    assert untouched["heads.head"] == "output layer, left out by default"
 
 
 def test_sipp_leaves_depthwise_convs_and_mha_out_proj_out_and_lists_them():
@@ -405,14 +405,57 @@ def test_readme_your_own_model_snippet_runs(tmp_path, monkeypatch):
     assert namespace["cnn"](torch.randn(1, 3, 224, 224)).shape == (1, 1000)
 
 
-def test_shufflenet_traces_from_a_batch_of_one():
-    # Torch-Pruning's trace divides by zero on the channel shuffle of a one-sample batch; pyprune traces two.
-    model = _quiet(lambda: tvm.shufflenetv2.ShuffleNetV2([1, 1, 1], [8, 16, 32, 64, 128], num_classes=10))()
+def _shufflenet():
+    model = tvm.shufflenetv2.ShuffleNetV2([1, 1, 1], [8, 16, 32, 64, 128], num_classes=10).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+                module.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+def test_shufflenet_groups_through_the_channel_shuffle_are_left_whole_and_the_rest_is_exact():
+    # The shuffle (view into (N, 2, C/2, H, W), transpose, view back) reorders channels, which Torch-Pruning maps as
+    # if it did not: cutting through it gave a model that ran but differed from the original with those channels
+    # gone. Such groups are now left whole, with the reason; a batch of one traces.
+    model = _quiet(_shufflenet)()
     x = IMAGES[:1]
     plan = pyprune.plan(model, "l1_filter", 0.3, example_input=x)
+    untouched = plan.options["untouched"]
+    for name in ("stage2.0.branch1.2", "stage2.0.branch2.5", "stage3.0.branch2.5"):
+        assert "reorders them (a channel shuffle)" in untouched[name], name
     pruned = plan.apply(copy.deepcopy(model))
     assert pruned(x).shape == (1, 10)
     assert plan.totals["params"][1] == sum(p.numel() for p in pruned.parameters()) < plan.totals["params"][0]
+    # The groups inside a branch (a depthwise conv and its producer) cut exactly: removing their channels equals
+    # zeroing them at the depthwise conv's BatchNorm, which nothing after it but the dropped inputs reads.
+    inner = {layer.name: 0.5 for layer in plan.layers if layer.name.endswith("branch2.3")}
+    assert len(inner) == 3
+    plan = pyprune.plan(model, "l1_filter", inner, example_input=x)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in plan.layers:
+            if not layer.num_removed:
+                continue
+            norm = reference.get_submodule(layer.name.removesuffix("3") + "4")
+            norm.weight[layer.removed] = 0
+            norm.bias[layer.removed] = 0
+    pruned = plan.apply(copy.deepcopy(model))
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(IMAGES), reference(IMAGES), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_full_size_shufflenet_plans_and_lists_what_torch_pruning_cannot_group():
+    model = _quiet(tvm.shufflenet_v2_x1_0)().eval()
+    x = torch.randn(1, 3, 224, 224)
+    plan = pyprune.plan(model, "l1_filter", 0.3, example_input=x)
+    assert "Torch-Pruning could not group its channels" in plan.options["untouched"]["stage2.0.branch1.2"]
+    pruned = plan.apply(copy.deepcopy(model))
+    assert plan.totals["flops"] == [pyprune.count(model, x).flops, pyprune.count(pruned, x).flops]
+    assert plan.totals["flops"][1] < plan.totals["flops"][0]
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])

@@ -185,6 +185,9 @@ def check_works_or_refuses(name, method, amount, tmp_path):
     assert counts[1] < counts[0]
     if key in plan.totals:  # measured by the planner: the plan's table tells the truth
         assert plan.totals[key] == counts
+        measured = [pyprune.count(m, inputs) for m in (model, pruned)]
+        assert plan.totals["flops"] == [c.flops for c in measured]
+        assert plan.totals["nonzero_params"] == [c.nonzero_params for c in measured]
     pyprune.save_pruned(pruned, tmp_path / "pruned.pt")
     fresh = pyprune.load_pruned(tmp_path / "pruned.pt", _build(name))
     assert torch.equal(_run(fresh, inputs), after)

@@ -363,7 +363,7 @@ def test_plan_prints_a_table():
     assert "50.0%" in text
     # title, header, rule, three layers (the output layer is kept), model, the untouched line
     assert text.count("\n") == 2 + 3 + 1 + 1
-    assert text.splitlines()[-1] == "untouched: 9 (output layer (default ignored_layers))"
+    assert text.splitlines()[-1] == "untouched: 9 (output layer, left out by default)"
 
 
 def test_save_load_round_trip_resnet_after_two_rounds(tmp_path):
@@ -620,11 +620,14 @@ def test_explicit_ignored_layers_without_the_output_layer_is_refused_at_planning
     assert model(x).shape == (4, 10)
 
 
-def test_apply_refuses_a_direct_structured_plan_that_cuts_the_output_layer():
+def test_a_direct_structured_plan_that_cuts_the_output_layer_is_refused_at_planning_and_at_apply():
     model = small_cnn()
     x = torch.randn(2, 3, 8, 8)
-    plan = plan_structured(model, 0.5, x, ignored_layers=["0"])
-    assert plan.layer("9").num_removed == 5
+    with pytest.raises(ValueError, match=r"^ignored_layers: .* 5 of the 10 output channels of '9'"):
+        plan_structured(model, 0.5, x, ignored_layers=["0"])
+    # A plan edited (or loaded) to cut it is still refused when applied, before anything changes.
+    plan = plan_structured(model, 0.5, x, ignored_layers=["0", "9"])
+    plan.layers.append(LayerPlan("9", "channels", 10, torch.arange(5)))
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ValueError, match="output channels of '9'"):
         plan.apply(model)

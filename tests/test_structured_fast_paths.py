@@ -152,3 +152,100 @@ def test_planning_leaves_the_models_tensors_as_they_were():
     for name, (tensor, values) in before.items():
         assert after[name] is tensor, name
         assert torch.equal(tensor, values), name
+
+
+class Mixed(nn.Module):
+    """Every layer kind the shape-only measuring knows: conv, depthwise conv, BatchNorm, LayerNorm over channels, a
+    flatten into a Linear, and a bare parameter added to the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 6, 1)
+        self.offset = nn.Parameter(torch.randn(1, 6, 1, 1))
+        self.norm = nn.LayerNorm(6)
+        self.fc = nn.Linear(6 * 4 * 4, 7)
+        self.head = nn.Linear(7, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pw(torch.relu(self.dw(torch.relu(self.bn(self.stem(x)))))) + self.offset
+        x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(torch.relu(self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 4), 1))))
+
+
+@pytest.mark.parametrize("zeros", ["none", "some", "whole"])
+@pytest.mark.parametrize("make", [Mixed, dense_block])
+def test_the_plans_table_equals_counting_the_applied_model(make, zeros):
+    # Measured from the slices the cuts remove, nothing is cut while planning; the reference counts the model that
+    # applying the plan really builds. Zeros decide how the nonzero count after is found: none, some (located),
+    # or whole tensors (a BatchNorm's zero bias).
+    torch.manual_seed(1)
+    model = make().eval()
+    with torch.no_grad():
+        for i, param in enumerate(model.parameters()):
+            if zeros == "some":
+                param.view(-1)[i % 3 :: 4] = 0
+            elif zeros == "whole" and i % 2:
+                param.zero_()
+    x = torch.randn(2, 3, 8, 8)
+    plan = pyprune.plan(model, "l1_filter", 0.4, example_input=x)
+    pruned = plan.apply(copy.deepcopy(model))
+    before, after = count(model, x), count(pruned, x)
+    assert plan.totals == {
+        "params": [before.params, after.params],
+        "nonzero_params": [before.nonzero_params, after.nonzero_params],
+        "flops": [before.flops, after.flops],
+    }
+    for layer in plan.layers:
+        module = pruned.get_submodule(layer.name)
+        assert layer.params_after == sum(p.numel() for p in module.parameters(recurse=False)), layer.name
+        assert layer.flops_after == after.per_module_flops.get(layer.name, 0), layer.name
+
+
+def test_removed_slices_equal_torch_prunings_cuts():
+    from pyprune.pruning.apply import channel_cuts, removed_by_cuts
+
+    model = Mixed().eval()
+    x = torch.randn(2, 3, 8, 8)
+    plan = pyprune.plan(model, "l1_filter", 0.4, example_input=x, measure=False)
+    removed = removed_by_cuts(model, channel_cuts(plan, model, build_dependency_graph(model, x)))
+    pruned = plan.apply(copy.deepcopy(model))
+    for name, param in model.named_parameters():
+        kept = param.detach()
+        for dim, idxs in removed.get(name, {}).items():
+            keep = [i for i in range(param.shape[dim]) if i not in set(idxs)]
+            kept = kept.index_select(dim, torch.tensor(keep))
+        assert torch.equal(kept, pruned.get_parameter(name).detach()), name
+
+
+def test_counting_a_pass_with_gradients_equals_flop_counter_modes_own_module_tracking():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pyprune.measure import counting_flops
+
+    model = dense_block()
+    with FlopCounterMode(display=False) as reference:
+        model(X)
+    with counting_flops() as ours:
+        model(X)
+    assert ours.get_flop_counts() == reference.get_flop_counts()
+
+
+def test_a_failed_trace_leaves_the_models_hooks_and_flags_as_they_were():
+    class Fails(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x).view(7, -1)  # fails for this input
+
+    model = Fails().train()
+    own = model.conv.register_forward_hook(lambda *args: None)
+    with pytest.raises(ValueError, match="example_input"):
+        pyprune.plan(model, "l1_filter", 0.5, example_input=torch.randn(1, 3, 5, 5))
+    assert list(model.conv._forward_hooks) == [own.id]
+    assert model.training
+    assert model.conv.training

@@ -354,6 +354,64 @@ def apply_traced(plan: PruningPlan, model: nn.Module, cuts: list[ChannelCut]) ->
     _remove_channels(plan, model, dict(model.named_modules()), cuts)
 
 
+def removed_by_cuts(
+    model: nn.Module, cuts: Sequence[ChannelCut]
+) -> dict[str, dict[int, tuple[int, ...]]] | None:
+    """``{parameter name: {dim: removed indices}}`` for every parameter of ``model`` that ``cuts`` shrink, without
+    running Torch-Pruning's handlers (which copy every kept weight): for measuring a plan by shapes alone.
+
+    The slices are those that Torch-Pruning's Conv, depthwise Conv, Linear, BatchNorm and LayerNorm pruners and its
+    bare-parameter pruner remove, on exactly those module classes (ungrouped, or depthwise, convolutions); None
+    when a cut uses any other handler or module class.
+    """
+    from torch_pruning.pruner import function as tp_function
+
+    modules = dict(model.named_modules())
+    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm)
+    removed: dict[
+        tuple[str, str], dict[int, tuple[int, ...]]
+    ] = {}  # (owner module, tensor) -> {dim: indices}
+
+    def shrink(owner: str, tensor: str, dim: int, idxs: tuple[int, ...]) -> None:
+        value = getattr(modules[owner], tensor)
+        if value is not None:
+            removed.setdefault((owner, tensor), {})[dim % value.ndim] = idxs
+
+    for cut in cuts:
+        pruner, side = type(cut.handler.__self__), cut.handler.__name__
+        if cut.parameter:
+            if pruner is not tp_function.ParameterPruner:
+                return None
+            owner, _, attribute = cut.target.rpartition(".")
+            shrink(owner, attribute, cut.dim, cut.idxs)
+            continue
+        module = modules[cut.target]
+        if pruner is tp_function.DepthwiseConvPruner and type(module) in conv:
+            for tensor in ("weight", "bias"):
+                shrink(cut.target, tensor, 0, cut.idxs)
+        elif pruner is tp_function.ConvPruner and type(module) in conv and module.groups == 1:
+            out_dim = 1 if module.transposed else 0
+            if side == "prune_out_channels":
+                shrink(cut.target, "weight", out_dim, cut.idxs)
+                shrink(cut.target, "bias", 0, cut.idxs)
+            else:
+                shrink(cut.target, "weight", 1 - out_dim, cut.idxs)
+        elif pruner is tp_function.LinearPruner and type(module) is nn.Linear:
+            shrink(cut.target, "weight", 0 if side == "prune_out_channels" else 1, cut.idxs)
+            if side == "prune_out_channels":
+                shrink(cut.target, "bias", 0, cut.idxs)
+        elif pruner in (tp_function.BatchnormPruner, tp_function.LayernormPruner) and type(module) in norms:
+            dim = 0 if pruner is tp_function.BatchnormPruner else cut.dim
+            if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) < -dim:
+                continue  # Torch-Pruning leaves such a LayerNorm as it is
+            for tensor in ("weight", "bias"):
+                shrink(cut.target, tensor, dim, cut.idxs)
+        else:
+            return None
+    return {f"{owner}.{tensor}" if owner else tensor: dims for (owner, tensor), dims in removed.items()}
+
+
 def _remove_channels(
     plan: PruningPlan, model: nn.Module, modules: dict[str, nn.Module], cuts: list[ChannelCut] | None = None
 ) -> None:

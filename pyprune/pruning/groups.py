@@ -53,7 +53,8 @@ def build_dependency_graph(
 
     With ``count``, the traced forward pass is also counted: ``graph.pyprune_count`` is what
     :func:`pyprune.measure.count` would return for ``model`` and ``example_input``, which saves the planner's table
-    a forward pass; it is None where the traced pass differs from ``count``'s (see :func:`_counted_forward`).
+    a forward pass, and ``graph.pyprune_nonzeros`` its :func:`pyprune.measure.nonzero_counts`; both are None where
+    the traced pass differs from ``count``'s (see :func:`_counted_forward`).
 
     Raises:
         ValueError: Torch-Pruning cannot trace the model; the message carries its error.
@@ -62,6 +63,9 @@ def build_dependency_graph(
     import torch_pruning as tp
 
     modes = [(m, m.training) for m in model.modules()]
+    # Torch-Pruning's trace removes its forward hooks only when the forward pass returns: the model's own hooks are
+    # put back exactly when it raises (the model is the user's, not a copy).
+    hooks = [(m, dict(m._forward_hooks)) for m in model.modules()]
     model.eval()
     try:
         with torch.enable_grad(), warnings.catch_warnings():  # Torch-Pruning traces through autograd
@@ -87,26 +91,21 @@ def build_dependency_graph(
 
             counts: list[Any] = []
             forward = _counted_forward(model, example_input, counts) if count else None
-            try:
+            unmapped: set[Any] = set()
+            with _reshapes_left_unmapped(unmapped):
                 graph = tp.DependencyGraph().build_dependency(
                     model, example_inputs=example_input, forward_fn=forward, output_transform=outputs
                 )
-            except ZeroDivisionError:
-                doubled = _doubled_batch(example_input)
-                if doubled is None:
-                    raise
-                # Torch-Pruning's index mapping divides by a reshape's leading dim, which is 1 for a batch of one
-                # in a channel shuffle (torchvision's shufflenet_v2: ZeroDivisionError); two samples trace it.
-                graph = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=doubled, output_transform=outputs
-                )
-                shapes = None
-                counts = []
-            graph.pyprune_count = counts[0] if len(counts) == 1 else None
+            graph.pyprune_unmapped = unmapped
+            graph.pyprune_count, graph.pyprune_nonzeros = counts[0] if len(counts) == 1 else (None, None)
             # The output shapes of the traced forward pass, which a pruned model must reproduce.
             graph.pyprune_output_shapes = shapes
             return graph
     except Exception as error:
+        for module, registered in hooks:
+            if len(module._forward_hooks) != len(registered):
+                module._forward_hooks.clear()
+                module._forward_hooks.update(registered)
         raise ValueError(
             f"model: Torch-Pruning could not trace it for structured pruning ({type(error).__name__}: {error}). "
             "Use unstructured or mask-mode pruning, or register a custom pruner with Torch-Pruning."
@@ -119,14 +118,14 @@ def build_dependency_graph(
 def _counted_forward(model: nn.Module, example_input: Any, counts: list[Any]) -> Callable[..., Any] | None:
     """A ``forward_fn`` for Torch-Pruning's trace that calls the model exactly as Torch-Pruning does and appends to
     ``counts`` a :class:`~pyprune.measure.ModelCount` of the pass that ran as :func:`pyprune.measure.count` runs
-    it; None when no pass can be counted so.
+    it, with the model's :func:`~pyprune.measure.nonzero_counts`; None when no pass can be counted so.
 
     Torch-Pruning calls ``model(**inputs)`` for a dict, else ``model(*inputs)`` and, if that raises,
     ``model(inputs)``: so a tensor's pass is its second attempt (the first unpacks the batch), a tuple's its first.
     The trace runs with gradients, where ``nn.MultiheadAttention`` skips its fused fast path only if its weights
     require gradients; ``count`` switches that path off, so the pass counts alike only when every parameter does.
     """
-    from pyprune.measure import count_from, counting_flops
+    from pyprune.measure import count_from, counting_flops, nonzero_counts
 
     if not all(p.requires_grad for p in model.parameters()):
         return None
@@ -149,7 +148,8 @@ def _counted_forward(model: nn.Module, example_input: Any, counts: list[Any]) ->
             return call()
         with counting_flops() as flop_counter:
             output = call()
-        counts.append(count_from(model, flop_counter))
+        nonzeros = nonzero_counts(model)
+        counts.append((count_from(model, flop_counter, sum(n for n, _ in nonzeros.values())), nonzeros))
         return output
 
     def forward(model: nn.Module, inputs: Any) -> Any:
@@ -175,7 +175,8 @@ def index_mappings_fixed(graph: tp.DependencyGraph) -> Iterator[None]:
     from torch_pruning.dependency import index_mapping
 
     update = index_mapping.update_index_mapping
-    update(graph)
+    with _reshapes_left_unmapped(graph.pyprune_unmapped):
+        update(graph)
     # Only this graph's updates are skipped: another graph traced meanwhile (another thread) still gets its own.
     index_mapping.update_index_mapping = lambda other: None if other is graph else update(other)
     try:
@@ -184,15 +185,55 @@ def index_mappings_fixed(graph: tp.DependencyGraph) -> Iterator[None]:
         index_mapping.update_index_mapping = update
 
 
-def _doubled_batch(example_input: Any) -> Any:
-    """The example input with a batch of one repeated twice (a tensor, or every tensor of a dict); else None."""
-    if isinstance(example_input, torch.Tensor) and example_input.ndim and example_input.shape[0] == 1:
-        return torch.cat([example_input, example_input])
-    if isinstance(example_input, Mapping) and all(
-        isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == 1 for v in example_input.values()
-    ):
-        return {k: torch.cat([v, v]) for k, v in example_input.items()}
-    return None
+@contextmanager
+def _reshapes_left_unmapped(unmapped: set[Any]) -> Iterator[None]:
+    """Within the block, a reshape whose channel index mapping Torch-Pruning cannot compute keeps the identity
+    mapping and is added to ``unmapped`` (:func:`prunable_groups` then leaves its groups whole), instead of failing
+    the whole trace.
+
+    Torch-Pruning infers a reshape's channel counts through the graph and divides one by the other; at a channel
+    shuffle (torchvision's shufflenet_v2: a view into ``(N, groups, C / groups, H, W)``, a transpose, a view
+    back) it infers 0 channels and raises ZeroDivisionError.
+    """
+    from torch_pruning.dependency import index_mapping
+
+    update = index_mapping.update_reshape_index_mapping
+
+    def update_or_leave(graph: Any, node: Any) -> None:
+        try:
+            update(graph, node)
+        except ZeroDivisionError:
+            unmapped.add(node)
+
+    index_mapping.update_reshape_index_mapping = update_or_leave
+    try:
+        yield
+    finally:
+        index_mapping.update_reshape_index_mapping = update
+
+
+def _channel_permutations(graph: Any) -> set[Any]:
+    """The nodes of every reshape -> transpose/permute -> reshape chain in ``graph`` (a channel shuffle, a pixel
+    shuffle): it reorders channels, which Torch-Pruning's index mappings (channel offsets and flatten strides)
+    cannot express, so a group through it would cut unmatched channels on its two sides."""
+    import torch_pruning as tp
+
+    found = set()
+    for node in graph.module2node.values():
+        if node.type != tp.ops.OPTYPE.RESHAPE:
+            continue
+        for moved in node.outputs:
+            if type(moved.grad_fn).__name__ not in ("TransposeBackward0", "PermuteBackward0"):
+                continue
+            chain, after = [node, moved], moved
+            # .contiguous() between the transpose and the view back leaves a copy node.
+            while len(after.outputs) == 1 and type(after.outputs[0].grad_fn).__name__ == "CloneBackward0":
+                after = after.outputs[0]
+                chain.append(after)
+            for back in after.outputs:
+                if back.type == tp.ops.OPTYPE.RESHAPE:
+                    found.update([*chain, back])
+    return found
 
 
 def output_tensors(output: Any) -> list[torch.Tensor]:
@@ -269,7 +310,8 @@ def prunable_groups(
 
     ``blocked`` modules keep their output channels (ignored layers and attention projections: a group that
     would cut them, such as a transformer's residual stream, is left whole). Also left whole: groups tied to a
-    grouped (not depthwise) convolution, and, in a Hugging Face model, groups as wide as ``config.hidden_size``
+    grouped (not depthwise) convolution, groups through a reshape that reorders channels (a channel shuffle), and,
+    in a Hugging Face model, groups as wide as ``config.hidden_size``
     (one config field sets that width for every layer, so ``from_pretrained`` could not rebuild the model).
     """
     names = {module: name for name, module in work.named_modules()}
@@ -277,10 +319,26 @@ def prunable_groups(
     groups, untouched = [], {}
     if graph is None:
         return groups, untouched
+    permutations = _channel_permutations(graph)
     with index_mappings_fixed(graph):
-        all_groups = list(graph.get_all_groups(list(blocked), root_module_types=PRUNABLE_TYPES))
+        all_groups, failures = _all_groups(graph, list(blocked))
+    for module, error in failures.items():
+        untouched[names[module]] = (
+            f"Torch-Pruning could not group its channels ({type(error).__name__}: {error})"
+            + (
+                "; the model reorders channels by a reshape (a channel shuffle), which Torch-Pruning cannot map"
+                if permutations
+                else ""
+            )
+        )
+    unmappable = graph.pyprune_unmapped | permutations
     for group in all_groups:
         reason = _grouped_conv(group, names)
+        if reason is None and any(item.dep.target in unmappable for item in group):
+            reason = (
+                "its channels pass a reshape that reorders them (a channel shuffle), which Torch-Pruning cannot "
+                "map from one side to the other"
+            )
         if reason is None and hidden is not None and group[0].dep.target.module.weight.shape[0] == hidden:
             reason = (
                 f"{hidden} wide like the model's hidden_size, which one Hugging Face config field sets for "
@@ -292,6 +350,35 @@ def prunable_groups(
             for member in out_members(group, names):
                 untouched[member] = reason
     return groups, untouched
+
+
+def _all_groups(graph: Any, ignored: list[nn.Module]) -> tuple[list[Any], dict[nn.Module, Exception]]:
+    """Torch-Pruning's ``get_all_groups`` over pyprune's root types, except that a root whose group Torch-Pruning
+    fails to build (an index mapping it inferred wrongly; torchvision's shufflenet_v2 ends in an IndexError at the
+    split after its channel shuffle) is returned with its error instead of ending the listing."""
+    ignored = [*ignored, *graph.IGNORED_LAYERS_IN_TRACING]
+    visited: set[Any] = set()
+    groups, failures = [], {}
+    for module in list(graph.module2node):
+        if module in visited or not isinstance(module, PRUNABLE_TYPES) or any(module is i for i in ignored):
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        channels = None if pruner is None else pruner.get_out_channels(module)
+        if channels is None:
+            continue
+        try:
+            group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
+        except (IndexError, ZeroDivisionError, ValueError) as error:
+            failures[module] = error
+            continue
+        prunable = True
+        for dep, _ in group:
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                visited.add(dep.target.module)
+                prunable = prunable and not any(dep.target.module is i for i in ignored)
+        if prunable:
+            groups.append(group)
+    return groups, failures
 
 
 def _grouped_conv(group: Any, names: Mapping[nn.Module, str]) -> str | None:

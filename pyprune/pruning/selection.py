@@ -11,8 +11,9 @@ Counts round half up (``floor(amount * n + 0.5)``). Ranking is by ascending scor
 gone *after* the plan, counting weights already masked by an earlier ``torch.nn.utils.prune`` mask: those are
 always kept masked and ranked first.
 
-The model is never modified: structured planning traces and measures a copy of its module tree (sharing its
-tensors, which nothing there writes into). Which layers are candidates is :mod:`pyprune.pruning.layers`'s business;
+The model is never modified: structured planning traces it (Torch-Pruning's trace leaves no hook behind and every
+training flag as it was), reads its weights, and measures the plan from the shapes the cuts leave or on a copy of
+its module tree (sharing its tensors, which nothing there writes into). Which layers are candidates is :mod:`pyprune.pruning.layers`'s business;
 which channels are tied together, :mod:`pyprune.pruning.groups`'s.
 """
 
@@ -22,14 +23,14 @@ import copy
 import itertools
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from pyprune.activations import call_model
+from pyprune.activations import call_model, eval_mode
 from pyprune.pruning.apply import (
     CONFIG_NOTE_ATTRIBUTE,
     UNIT_GRANULARITIES,
@@ -37,6 +38,7 @@ from pyprune.pruning.apply import (
     channel_cuts,
     describe_input,
     remember_cuts,
+    removed_by_cuts,
 )
 from pyprune.pruning.attention import (
     UnitSpec,
@@ -68,7 +70,7 @@ from pyprune.pruning.layers import (
     select_layers,
     weight_layers,
 )
-from pyprune.pruning.plan import ApplyMode, LayerPlan, PruningPlan, check_untied
+from pyprune.pruning.plan import ApplyMode, LayerPlan, PruningPlan, check_output_kept, check_untied
 
 if TYPE_CHECKING:
     from pyprune.measure import ModelCount
@@ -208,10 +210,16 @@ def plan_structured(
         method: name recorded in the plan.
         measure: with ``example_input``, count parameters and FLOPs before and after on a copy for the plan's
             table; ``False`` skips that (most of the planning time of a cheap criterion).
-        attention: ``"heads"`` (default) removes whole attention heads (whole key/value groups with their query
-            heads under grouped-query attention; see :mod:`pyprune.pruning.attention`) at the same ratio as
-            channels, each head scored by ``group_reduction`` over the criterion's scores of its q/k/v rows;
-            ``"skip"`` leaves attention layers as they are.
+        attention: ``"heads"`` (default) removes whole units in the layers :mod:`pyprune.pruning.attention`
+            recognises: attention heads (under grouped-query attention whole key/value groups with the query heads
+            that share them) and the hidden units of GPT-2's Conv1D MLPs, by slicing their projections and
+            rewriting the layer's attributes (``mode="remove"`` only). A unit is scored by the criterion's own
+            ``unit_scores`` where it has one (Taylor: Michel et al. 2019's head importance), else by
+            ``group_reduction`` over the criterion's scores of the unit's q/k/v (or input) rows; units take their
+            layer's ``amount`` (``scope="layer"``, at least one kept) or are ranked with every channel
+            (``scope="global"``). ``"skip"`` leaves those layers and their projections as they are, listed in
+            ``plan.options["untouched"]``. Either way their projections are never cut as channels: that breaks
+            the reshape into heads.
 
     Layers whose output width the plan leaves unchanged are listed with the reason in
     ``plan.options["untouched"]`` (the output layer, ``ignored_layers``, the residual stream of a transformer,
@@ -239,10 +247,10 @@ def plan_structured(
         raise ValueError("example_input: required with mode='remove' (Torch-Pruning traces the model on it)")
     check_materialised(model)
 
-    # A copy of the module tree sharing the model's tensors: tracing, scoring and Torch-Pruning's cuts never write
-    # into a tensor (a cut replaces it), and copying the weights too was a tenth of planning resnet50.
-    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    work = copy.deepcopy(model, shared)
+    # Traced and scored where it stands: tracing leaves no hook and restores every training flag, even when it
+    # fails, and scoring only reads; measuring cuts a copy, if anything (a deep copy of the module tree was a
+    # tenth of planning mobilenet_v2).
+    work = model
     names = {module: name for name, module in work.named_modules()}
     ignored = (
         resolve_layer_refs(work, ignored_layers, "ignored_layers") if ignored_layers is not None else None
@@ -367,6 +375,7 @@ def plan_structured(
     if graph is not None and graph.pyprune_output_shapes is not None:
         plan.options["output_shapes"] = [list(shape) for shape in graph.pyprune_output_shapes]
     check_untied(plan, model)
+    check_output_kept(plan, model)  # an explicit ignored_layers that leaves the output layer out: refused now
     measuring = example_input is not None and measure
     cuts = []
     if graph is not None and any(
@@ -383,10 +392,30 @@ def plan_structured(
             remember_cuts(plan, work, cuts)
     if measuring:
         if mode == "remove":
-            # The working copy's traced pass was its counting pass; pruning it by the cuts costs no second trace.
+            # The traced pass was the counting pass, and the cuts need no second trace.
+            from pyprune.measure import flops_follow_weights
+
             before = None if graph is None else graph.pyprune_count
-            apply_traced(plan, work, cuts)
-            measure_plan(plan, model, example_input, pruned=work, before=before)
+            nonzeros = None if graph is None else graph.pyprune_nonzeros
+            # Measured without cutting (apply cuts the same tensors; cutting here too was a tenth of planning
+            # resnet50) from the slices the cuts remove, where every FLOP is a plain layer's; else on a copy
+            # sharing the model's tensors, pruned by the cuts.
+            removed = None
+            if (
+                nonzeros is not None
+                and flops_follow_weights(before, model)
+                and all(layer.granularity == "channels" for layer in plan.layers)
+                and not is_hf_model(model)  # its config is rewritten by applying the plan, and reported
+            ):
+                removed = removed_by_cuts(work, cuts)
+            pruned = None
+            if removed is None:
+                shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+                pruned = copy.deepcopy(model, shared)
+                apply_traced(plan, pruned, cuts)
+            measure_plan(
+                plan, model, example_input, pruned=pruned, before=before, nonzeros=nonzeros, removed=removed
+            )
         else:
             measure_plan(plan, model, example_input)
     return plan
@@ -410,9 +439,7 @@ def _untouched(
             continue
         module = work.get_submodule(name)
         if name in ignored:
-            untouched[name] = (
-                "output layer (default ignored_layers)" if default_ignored else "in ignored_layers"
-            )
+            untouched[name] = "output layer, left out by default" if default_ignored else "in ignored_layers"
         elif isinstance(module, nn.MultiheadAttention) or is_conv1d(module):
             untouched[name] = f"{type(module).__name__} outside a recognised attention layer or MLP"
         elif module not in graph.module2node:
@@ -460,7 +487,7 @@ def _untouched_weights(
         elif layers is not None:
             untouched[name] = "not in layers"
         elif name == output:
-            untouched[name] = "output layer (left out by default)"
+            untouched[name] = "output layer, left out by default"
         else:
             untouched[name] = (
                 f"{type(module).__name__}: its in_proj_weight is not a module weight pyprune masks"
@@ -476,17 +503,14 @@ def _untouched_mask(
         if name in roots:
             continue
         if name in ignored:
-            untouched[name] = (
-                "output layer (default ignored_layers)" if default_ignored else "in ignored_layers"
-            )
+            untouched[name] = "output layer, left out by default" if default_ignored else "in ignored_layers"
         else:
             untouched[name] = f"{type(work.get_submodule(name)).__name__} is not a Linear/ConvNd layer"
     return untouched
 
 
 def trace(work: nn.Module, example_input: Any, *, count: bool = False) -> Any:
-    """Torch-Pruning's dependency graph of ``work``, a copy of the user's model (a failure puts it in eval mode);
-    with ``count``, also its parameter and FLOP counts (see :func:`~pyprune.pruning.groups.build_dependency_graph`).
+    """Torch-Pruning's dependency graph of ``work`` (left as it was, also when tracing fails); with ``count``, also its parameter and FLOP counts (see :func:`~pyprune.pruning.groups.build_dependency_graph`).
 
     When tracing fails, a plain forward pass tells a wrong ``example_input`` (the model itself rejects it) from a
     model that Torch-Pruning cannot trace, and the error names the culprit.
@@ -495,8 +519,8 @@ def trace(work: nn.Module, example_input: Any, *, count: bool = False) -> Any:
         return build_dependency_graph(work, example_input, count=count)
     except ValueError as error:
         try:
-            with torch.no_grad():
-                call_model(work.eval(), example_input)
+            with eval_mode(work), torch.no_grad():
+                call_model(work, example_input)
         except Exception as forward_error:
             raise ValueError(
                 f"example_input: the model fails on it ({describe_input(example_input)}): "
@@ -623,14 +647,19 @@ def measure_plan(
     example_input: torch.Tensor,
     pruned: nn.Module | None = None,
     before: ModelCount | None = None,
+    nonzeros: Mapping[str, tuple[int, int]] | None = None,
+    removed: Mapping[str, Mapping[int, Sequence[int]]] | None = None,
 ) -> None:
     """Fill the plan's parameter and FLOP counts by applying it to a copy of ``model``.
 
-    ``pruned``: a copy of ``model`` with the plan already applied (the structured planner passes its traced
-    working copy, pruned through the graph it already built, which saves a deep copy and a second trace).
-    ``before``: ``count(model, example_input)`` when already known (the structured planner counts its trace).
+    ``pruned``: a copy of ``model`` with the plan already applied (the structured planner passes one pruned by the
+    cuts it already computed, which saves a second trace). ``before``: ``count(model, example_input)`` when
+    already known (the structured planner counts its trace). ``nonzeros`` and ``removed``, without ``pruned``:
+    the model's :func:`pyprune.measure.nonzero_counts` and ``{parameter: {dim: removed indices}}``
+    (:func:`~pyprune.pruning.apply.removed_by_cuts`), from which every count after follows without building the
+    pruned model (:func:`pyprune.measure.count_cut`) where it can; else the plan is applied to a copy.
     """
-    from pyprune.measure import count, count_resized
+    from pyprune.measure import count, count_cut, count_resized
 
     try:
         if before is None:
@@ -640,6 +669,12 @@ def measure_plan(
             f"example_input: the model fails on it ({describe_input(example_input)}): {type(error).__name__}: "
             f"{error}"
         ) from error
+    after = None
+    if nonzeros is not None and removed is not None and pruned is None:
+        after = count_cut(before, model, nonzeros, removed)
+        if after is not None:
+            _fill_layers(plan, model, before, after, lambda name: _own_params_cut(model, name, removed))
+            return
     if pruned is None:
         # Masks and cuts replace tensors rather than write into them, so the copy can share the model's; a plan
         # with new or rescaled weights writes them in place and gets a full copy.
@@ -649,8 +684,28 @@ def measure_plan(
         plan.apply(pruned)
     if is_hf_model(pruned):
         plan.options["hf_config"] = getattr(pruned, CONFIG_NOTE_ATTRIBUTE, None) or "rewritten"
-    # Channel removal and masks scale a plain Linear/ConvNd's FLOPs with its weight: no forward pass needed then.
-    after = count_resized(before, model, pruned) or count(pruned, example_input)
+    # Channel removal and masks scale a plain Linear/ConvNd's FLOPs with its weight, and head removal an attention
+    # layer's with its heads: no forward pass needed then.
+    units = {
+        layer.name: (layer.size - layer.num_removed, layer.size, layer.coupled)
+        for layer in plan.layers
+        if layer.granularity in UNIT_GRANULARITIES
+    }
+    if after is None:
+        after = count_resized(before, model, pruned, units) or count(pruned, example_input)
+    _fill_layers(plan, model, before, after, lambda name: _own_params(pruned.get_submodule(name)), pruned)
+
+
+def _fill_layers(
+    plan: PruningPlan,
+    model: nn.Module,
+    before: ModelCount,
+    after: ModelCount,
+    own_params_after: Callable[[str], int],
+    pruned: nn.Module | None = None,
+) -> None:
+    """The plan's totals and every layer's counts from the counts before and after; ``own_params_after(name)``:
+    the parameters module ``name`` holds itself after pruning. ``pruned`` is needed for attention layers."""
     plan.totals = {
         "params": [before.params, after.params],
         "nonzero_params": [before.nonzero_params, after.nonzero_params],
@@ -665,9 +720,18 @@ def measure_plan(
             layer.flops_after = _flops_under(after.per_module_flops, layer.name)
             continue
         layer.params_before = _own_params(model.get_submodule(layer.name))
-        layer.params_after = _own_params(pruned.get_submodule(layer.name))
+        layer.params_after = own_params_after(layer.name)
         layer.flops_before = before.per_module_flops.get(layer.name, 0)
         layer.flops_after = after.per_module_flops.get(layer.name, 0)
+
+
+def _own_params_cut(model: nn.Module, name: str, removed: Mapping[str, Mapping[int, Sequence[int]]]) -> int:
+    """The parameters module ``name`` holds itself once the ``removed`` slices are gone."""
+    total = 0
+    for tensor, param in model.get_submodule(name).named_parameters(recurse=False):
+        dims = removed.get(f"{name}.{tensor}" if name else tensor, {})
+        total += math.prod(size - len(dims.get(dim, ())) for dim, size in enumerate(param.shape))
+    return total
 
 
 def _flops_under(per_module: Mapping[str, int], name: str) -> int:
