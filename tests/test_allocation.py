@@ -9,6 +9,8 @@ model against the dense one.
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -232,8 +234,11 @@ def test_attention_heads_count_in_the_budget():
         nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), nn.Linear(32, 10)
     ).eval()
     x = torch.randn(2, 12, 32)
+    state = {key: value.clone() for key, value in model.state_dict().items()}
     for budget in ("flops", "params"):
         plan = pyprune.plan(model, "l1_filter", 0.3, example_input=x, scope="global", budget=budget)
+        # The search prunes copies that share the model's tensors: the model stays as it was.
+        assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
         pruned = plan.apply(copy.deepcopy(model))
         before, after = count(model, x), count(pruned, x)
         achieved = 1 - getattr(after, budget) / getattr(before, budget)
@@ -293,3 +298,17 @@ def test_bad_budgets_are_refused_naming_the_argument(options, argument):
     if "ignored_layers" in options:
         assert "at most" in str(error.value)
         assert "ignored_layers=" in str(error.value)
+
+
+def test_readme_budget_snippet_runs():
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.DOTALL)
+    snippet = next(block for block in blocks if 'budget="flops"' in block)
+    namespace: dict = {}
+    exec(compile(snippet, str(readme), "exec"), namespace)
+    pruned = namespace["plan"].apply(namespace["model"])
+    assert (
+        1
+        - hooked_flops(pruned, namespace["x"]) / hooked_flops(namespace["models"].resnet20(), namespace["x"])
+        >= 0.5
+    )
