@@ -465,7 +465,9 @@ def plan(
         example_input: an input batch; required by structured methods, optional otherwise (then the plan also
             records parameter and FLOP counts).
         data, loss_fn: training batches and loss for data-driven methods.
-        **options: passed to the method's planner (e.g. ``scope="global"``, ``ignored_layers=[...]``).
+        **options: passed to the method's planner (e.g. ``scope="global"``, ``ignored_layers=[...]``; for the channel
+            methods ``budget="flops"`` or ``"params"`` makes ``amount`` a fraction of the model's FLOPs or parameters,
+            see :mod:`pyprune.pruning.allocation`).
 
     Raises:
         ValueError: besides bad arguments, a plan that prunes a parameter shared by several modules, or a structured

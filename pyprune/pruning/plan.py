@@ -392,7 +392,8 @@ def check_output_kept(plan: PruningPlan, model: nn.Module) -> None:
 
 def format_plan(plan: PruningPlan) -> str:
     """The plan as an aligned text table: layer, kind, before, after, % removed, params, FLOPs; then one line
-    naming the layers the plan leaves untouched and why (``plan.options["untouched"]``), when it lists any."""
+    naming the layers the plan leaves untouched and why (``plan.options["untouched"]``), when it lists any; before it,
+    for a ``budget="flops"`` / ``"params"`` plan, the fraction asked and reached (``plan.options["budget"]``)."""
     header = ["layer", "kind", "before", "after", "removed", "params", "FLOPs"]
     rows = [
         [
@@ -429,6 +430,12 @@ def format_plan(plan: PruningPlan) -> str:
 
     title = f"PruningPlan: {plan.method}, mode={plan.mode}, {len(plan.layers)} layer(s)"
     lines = [title, line(header), line("-" * w for w in widths), *map(line, rows)]
+    budget = plan.options.get("budget")
+    if budget:
+        lines.append(
+            f"budget: {budget['unit']} -{100 * budget['target']:.2f}% asked, -{100 * budget['achieved']:.2f}% reached "
+            f"({_short(budget['before'])} -> {_short(budget['after'])})"
+        )
     untouched = plan.options.get("untouched")
     if untouched:
         lines.append(_untouched_line(untouched))

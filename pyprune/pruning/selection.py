@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from pyprune.activations import call_model, eval_mode
+from pyprune.pruning.allocation import Budget, BudgetCounter, allocate, channel_costs, check_budget
 from pyprune.pruning.apply import (
     CONFIG_NOTE_ATTRIBUTE,
     UNIT_GRANULARITIES,
@@ -182,6 +183,7 @@ def plan_structured(
     method: str | None = None,
     measure: bool = True,
     attention: Literal["heads", "skip"] = "heads",
+    budget: Budget = "channels",
 ) -> PruningPlan:
     """Plan channel (structured) pruning.
 
@@ -220,6 +222,11 @@ def plan_structured(
             (``scope="global"``). ``"skip"`` leaves those layers and their projections as they are, listed in
             ``plan.options["untouched"]``. Either way their projections are never cut as channels: that breaks
             the reshape into heads.
+        budget: what ``amount`` is a fraction of: ``"channels"`` (default, as described above), or ``"flops"`` /
+            ``"params"``: the whole model's FLOPs (2 per multiply-accumulate, counted on ``example_input``) or
+            parameters, removed by score per cost (``scope="global"``) or one uniform channel fraction
+            (``scope="layer"``), verified on exact counts; target and reached fraction in ``plan.options["budget"]``.
+            See :mod:`pyprune.pruning.allocation`.
 
     Layers whose output width the plan leaves unchanged are listed with the reason in
     ``plan.options["untouched"]`` (the output layer, ``ignored_layers``, the residual stream of a transformer,
@@ -241,6 +248,7 @@ def plan_structured(
     if greedy and scope == "global":
         raise ValueError("greedy: Li et al.'s greedy mode ranks layer by layer; use it with scope='layer'")
     input_spec = describe_input(example_input) if example_input is not None else None
+    check_budget(budget, amount=amount, example_input=example_input, mode=mode, greedy=greedy)
     if attention not in ("heads", "skip"):
         raise ValueError(f"attention: expected 'heads' or 'skip', got {attention!r}")
     if mode == "remove" and example_input is None:
@@ -267,7 +275,7 @@ def plan_structured(
         projections = [*projection_names(units), *unsupported]
         untouched.update(unsupported)
         try:
-            graph = trace(work, example_input, count=measure)
+            graph = trace(work, example_input, count=measure or budget != "channels")
         except ValueError as error:
             if not units or "example_input" in str(error).split(":")[0]:
                 raise
@@ -321,13 +329,37 @@ def plan_structured(
             if greedy and groups is not None and i < len(roots):
                 for consumer, lost in consumer_inputs(groups[i], removed[-1], names).items():
                     dropped[consumer] = torch.cat([dropped.get(consumer, lost[:0]), lost]).unique()
-    if scope == "global":
-        removed = _select_global(scores, sizes, amounts[None], min_channels)
-    if round_to is not None:
-        removed = [
+
+    def rounded(removed: list[torch.Tensor]) -> list[torch.Tensor]:
+        if round_to is None:
+            return removed
+        return [
             _round_kept(s, r, round_to) if i < len(roots) else r
             for i, (s, r) in enumerate(zip(scores, removed, strict=True))
         ]
+
+    allocation = None
+    if budget != "channels":
+        before = graph.pyprune_count if graph is not None else None
+        if before is None:
+            from pyprune.measure import count
+
+            before = count(work, example_input)
+        removed, allocation = allocate(
+            budget,
+            amounts[None],
+            scope=scope,
+            scores=scores,
+            floors=[min_channels if scope == "global" or i < len(roots) else 1 for i in range(len(sizes))],
+            costs=channel_costs(work, groups or [], units, before.per_module_flops, budget),
+            counter=BudgetCounter(work, groups or [], units, before, example_input),
+            finish=rounded,
+            limits=f"min_channels={min_channels}, round_to={round_to}, ignored_layers={ignored}",
+        )
+    else:
+        if scope == "global":
+            removed = _select_global(scores, sizes, amounts[None], min_channels)
+        removed = rounded(removed)
 
     coupled = [
         _coupled_names(groups[i], names, roots[i]) if groups is not None else () for i in range(len(roots))
@@ -372,6 +404,8 @@ def plan_structured(
             "untouched": untouched,
         },
     )
+    if allocation is not None:
+        plan.options["budget"] = allocation
     if graph is not None and graph.pyprune_output_shapes is not None:
         plan.options["output_shapes"] = [list(shape) for shape in graph.pyprune_output_shapes]
     check_untied(plan, model)
