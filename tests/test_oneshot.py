@@ -56,7 +56,7 @@ def _data() -> list:
 def _layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     from pyprune.pruning.oneshot.calibration import find_blocks, is_prunable_linear
 
-    name, container = find_blocks(model)
+    ((name, container),) = find_blocks(model)
     return {f"{name}.{r}": m for r, m in container.named_modules() if is_prunable_linear(m)}
 
 
