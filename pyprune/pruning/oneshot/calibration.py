@@ -20,6 +20,7 @@ as SparseGPT prunes a block's layers sequentially. A ``Conv2d``'s input rows are
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -35,7 +36,8 @@ from pyprune.pruning.attention import expose_unit_inputs
 
 
 class _ReachedBlock(Exception):
-    """Raised by the pre-hook on the first block once its inputs are recorded: the rest of the model is skipped."""
+    """Raised by a pre-hook once the inputs it needs are recorded (the first block's, or a layer's statistics):
+    the rest of the forward pass is skipped."""
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -418,10 +420,10 @@ def run_layers(
     batches = calibration_batches(data, max_batches)
     work = copy.deepcopy(model).eval()
     expose_unit_inputs(work)  # an nn.MultiheadAttention's out_proj then runs as a module, hooks and all
-    order: list[str] = []
+    calls: dict[str, int] = {}  # calls per forward; the dict keeps the order of first calls
     handles = [
         work.get_submodule(name).register_forward_pre_hook(
-            lambda module, args, name=name: order.append(name) if name not in order else None
+            lambda module, args, name=name: calls.__setitem__(name, calls.get(name, 0) + 1)
         )
         for name in names
     ]
@@ -431,24 +433,31 @@ def run_layers(
     finally:
         for handle in handles:
             handle.remove()
-    missing = [name for name in names if name not in order]
+    missing = [name for name in names if name not in calls]
     if missing:
         raise ValueError(f"data: layers {missing[:5]} were never called during calibration")
-    bar = _progress(len(order), description, progress, "layer")
-    for name in order:
+    bar = _progress(len(calls), description, progress, "layer")
+    for name, count in calls.items():
         module = work.get_submodule(name)
         width, device = weight_matrix(module).shape[1], module.weight.device
         stats = InputStats(
             torch.zeros(width, dtype=torch.float64, device=device),
             torch.zeros(width, width, dtype=torch.float64, device=device) if gram else None,
         )
-        handle = module.register_forward_pre_hook(
-            lambda m, args, stats=stats: stats.add(layer_rows(m, args[0].detach()))
-        )
+
+        def take(
+            m: nn.Module, args: tuple[Any, ...], stats: InputStats = stats, once: bool = count == 1
+        ) -> None:
+            stats.add(layer_rows(m, args[0].detach()))
+            if once:  # nothing after a layer called once per forward changes its statistics: stop there
+                raise _ReachedBlock
+
+        handle = module.register_forward_pre_hook(take)
         try:
             with torch.no_grad():
                 for inputs in batches:
-                    _call_without_cache(work, inputs)
+                    with contextlib.suppress(_ReachedBlock):
+                        _call_without_cache(work, inputs)
         finally:
             handle.remove()
         on_layer(name, module, stats)
