@@ -196,3 +196,33 @@ def test_head_ablation_damage_is_the_loss_increase_of_a_zeroed_head_gate():
     expose_unit_inputs(model)
     damage = unit_ablation_damage(model, spec, [(x[:4], y[:4]), (x[4:], y[4:])])
     torch.testing.assert_close(damage, expected, rtol=1e-10, atol=1e-12)
+
+
+class _CountingLoader:
+    """A re-iterable loader that counts the batches it has handed out."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.batches, self.drawn = batches, 0
+
+    def __iter__(self):
+        for x, y in self.batches:
+            self.drawn += 1
+            yield x.clone(), y
+
+
+def test_oracle_reads_a_loader_again_instead_of_holding_every_batch():
+    model, (x, y) = cnn(), data()
+    loader = _CountingLoader([(x[:7], y[:7]), (x[7:], y[7:])])
+    criterion = ablation.AblationDamage(model, loader)
+    assert criterion.data is loader
+    assert loader.drawn == 0
+    torch.testing.assert_close(
+        criterion.scores(model[0], "0"), pyprune.ablation_damage(model, "0", [(x[:7], y[:7]), (x[7:], y[7:])])
+    )
+    assert loader.drawn == 2
+    # A one-shot iterator is drawn once, only up to max_batches, and serves every layer.
+    batches = iter([(x[:7], y[:7]), (x[7:], y[7:]), (x, y)])
+    once = ablation.AblationDamage(model, batches, max_batches=2)
+    assert len(once.data) == 2
+    assert next(batches)[0].shape[0] == 14
+    torch.testing.assert_close(once.scores(model[3], "3"), pyprune.ablation_damage(model, "3", once.data))

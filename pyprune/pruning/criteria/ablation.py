@@ -22,6 +22,7 @@ representation is linear in the ablated unit there): no extra forward pass at al
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -338,7 +339,11 @@ class AblationDamage(ChannelCriterion):
         max_batches: int | None = None,
         progress: bool = False,
     ) -> None:
-        self.model, self.data, self.metric, self.at = model, list(data), metric, at
+        # Every layer reads the data again. A re-iterable (a list, a DataLoader) is kept as it is, so the batches
+        # are not all held at once; a one-shot iterator is drawn once, up to max_batches.
+        if iter(data) is data:
+            data = list(itertools.islice(data, max_batches))
+        self.model, self.data, self.metric, self.at = model, data, metric, at
         self.loss_fn, self.max_batches, self.progress = loss_fn, max_batches, progress
         self._cache: dict[str, torch.Tensor] = {}
 
