@@ -282,7 +282,7 @@ class Taylor(ChannelCriterion):
             loader: a DataLoader or any iterable of tuples/lists whose first two items are inputs and targets.
             loss_fn: returns a scalar loss, reduced over the batch as ``loss_reduction`` says.
             max_batches: stop after this many batches (default: the whole loader).
-            progress: show a tqdm bar (on stderr, and only when it is a terminal).
+            progress: show a tqdm bar on stderr (as every data-driven method does with ``progress=True``).
 
         Returns:
             ``self``, so that ``Taylor(model).accumulate_over(loader, loss_fn).scores(...)`` reads in one line.
@@ -299,7 +299,7 @@ class Taylor(ChannelCriterion):
                 torch.enable_grad(),  # the backward passes are the point, also inside a caller's no_grad()
                 self.accumulate(),
                 tqdm(
-                    total=total, unit="batch", desc="taylor scores", disable=None if progress else True
+                    total=total, unit="batch", desc="taylor scores", disable=not progress, leave=False
                 ) as bar,
             ):
                 for batch in itertools.islice(loader, max_batches):
