@@ -22,9 +22,10 @@ same code path as the ``oracle`` method's scoring): ResNet-50's stem ``conv1`` (
 ``unit_ablation_damage``. The table gives the full plan's number of candidates, and the conclusions the time a
 full plan would take at the measured time per candidate.
 
-Sizes: batches of 2 images (224 px) or 2 x 32 tokens (CKA needs at least 4 samples), 2 and 8 batches (oracle:
-1 and 2), chosen so that a run on 2 quiet cores stays near 10 minutes; the table's last column and the
-conclusions give the load and the time it really took. ``python benchmarks/bench_models_data_driven.py``
+Sizes: batches of 1 image (224 px) or 1 x 32 tokens (2 for CKA, which needs at least 4 samples), 2 and 8 batches
+(oracle: 1 and 2), chosen so that a run on 2 quiet cores stays near 10 minutes; the table's last column and the
+conclusions give the load and the time it really took. The results file is rewritten after every row, so a stopped
+run keeps its rows and lists what it did not reach. ``python benchmarks/bench_models_data_driven.py``
 -> ``benchmarks/results/models_data_driven_cpu.{json,md}``. ``--quick`` runs small configurations of the same
 three families (MobileNetV3-small at 32 px, a 2-layer ViT and GPT-2, 1 and 2 batches) and writes nothing unless
 ``--out DIR`` is given. ``--models`` / ``--methods`` choose subsets.
@@ -56,6 +57,7 @@ from _runner import (
     parse,
     publish,
     run_isolated,
+    save,
 )
 
 declare_torchvision_ops()
@@ -69,7 +71,7 @@ import pyprune  # noqa: E402
 
 AMOUNT = 0.3
 METHODS = ["taylor", "oracle", "cka_greedy", "cka_single", "sipp_det", "pfp", "wanda", "sparsegpt"]
-MODELS = ["resnet50", "vit_b_16", "gpt2"]
+MODELS = ["gpt2", "resnet50", "vit_b_16"]  # cheapest first: a run stopped early keeps the most rows
 BOUNDED_RATIO, BOUNDED_SLACK_MIB = 1.25, 16.0
 
 
@@ -236,7 +238,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         {
             "batches": ([2, 8], [1, 2]),
             "oracle_batches": ([1, 2], [1, 2]),
-            "batch_size": (2, 2),
+            "batch_size": (1, 2),
             "tokens": (32, 16),
         },
     )
@@ -246,26 +248,50 @@ def _bounded(small: float, large: float) -> bool:
     return large <= small * BOUNDED_RATIO or (large - small) / MIB <= BOUNDED_SLACK_MIB
 
 
+def _batch_size(args: argparse.Namespace, method: str) -> int:
+    # CKA centres over samples and needs at least 4: two per batch at the small count of 2 batches.
+    return max(args.batch_size, 2) if method.startswith("cka") else args.batch_size
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     info = machine_info()
-    records = []
-    for name in args.models:
-        for method in args.methods:
-            counts = args.oracle_batches if method == "oracle" else args.batches
-            print(f"[{time.perf_counter() - started:6.1f} s] {name} {method} at {counts} batches", flush=True)
-            records.append(
-                run_isolated(_measure, name, method, counts, args.quick, args.batch_size, args.tokens)
-            )
-            print(f"    {records[-1]['status']}", flush=True)
+    planned = [(name, method) for name in args.models for method in args.methods]
+    records: list[dict[str, Any]] = []
+    for name, method in planned:
+        counts = args.oracle_batches if method == "oracle" else args.batches
+        print(f"[{time.perf_counter() - started:6.1f} s] {name} {method} at {counts} batches", flush=True)
+        batch = _batch_size(args, method)
+        record = run_isolated(_measure, name, method, counts, args.quick, batch, args.tokens)
+        records.append({**record, "batch_size": batch})
+        print(f"    {records[-1]['status']}", flush=True)
+        # Written after every row: a stopped run keeps what it measured, and says what it did not reach.
+        save(args, "models_data_driven_cpu", *_report(args, info, records, planned, started))
+    publish(args, "models_data_driven_cpu", *_report(args, info, records, planned, started))
+    return 0
+
+
+def _report(
+    args: argparse.Namespace,
+    info: dict[str, Any],
+    records: list[dict[str, Any]],
+    planned: list[tuple[str, str]],
+    started: float,
+) -> tuple[dict[str, Any], str]:
+    """``(payload, markdown)`` of the rows measured so far."""
     rows = []
     for r in records:
         counts = args.oracle_batches if r["method"] == "oracle" else args.batches
         small, large = (r.get(f"n{c}") for c in counts)
         if small and large:
             r["bounded"] = _bounded(small["peak_extra_bytes"], large["peak_extra_bytes"])
-            r["peak_ratio"] = large["peak_extra_bytes"] / max(small["peak_extra_bytes"], 1)
+            # A ratio of two peaks under 1 MiB is noise: shown as "—", the 16 MiB slack decides.
+            r["peak_ratio"] = (
+                large["peak_extra_bytes"] / small["peak_extra_bytes"]
+                if small["peak_extra_bytes"] >= MIB
+                else None
+            )
         method = r["method"] + (
             f" ({r['oracle_candidates']} of {r['oracle_full_candidates']:,} candidates)"
             if "oracle_candidates" in r
@@ -276,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r["model"],
                 method,
                 r["status"],
-                f"{counts[0]} / {counts[1]}",
+                f"{counts[0]} / {counts[1]} of {r['batch_size']}",
                 fmt_seconds(small and small["plan_s"]),
                 fmt_seconds(large and large["plan_s"]),
                 fmt_mib(small and small["peak_extra_bytes"]),
@@ -290,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model",
         "method",
         "status",
-        "batches small / large",
+        "batches small / large (of n)",
         "time s (small)",
         "time s (large)",
         "peak extra MiB (small)",
@@ -300,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "other cores busy (max)",
     ]
     ok = [r for r in records if "bounded" in r]
-    grown = [f"{r['model']} {r['method']} ({r['peak_ratio']:.2f}x)" for r in ok if not r["bounded"]]
+    grown = [f"{r['model']} {r['method']} ({fmt_ratio(r['peak_ratio'])})" for r in ok if not r["bounded"]]
     failed = [f"{r['model']} {r['method']}: {r['status']}" for r in records if r["status"] != "ok"]
     conclusions = [
         f"{len(ok)} of {len(records)} model x method runs finished; peak memory stayed bounded (large-batch peak "
@@ -311,6 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     if failed:
         conclusions.append("Did not finish: " + "; ".join(failed) + ".")
+    missing = planned[len(records) :]
+    if missing:
+        conclusions.append(
+            "Not reached when this file was written: " + ", ".join(f"{n} {m}" for n, m in missing) + "."
+        )
     for r in records:
         if "oracle_candidates" in r and r["status"] == "ok":
             count = args.oracle_batches[1]
@@ -329,9 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         [
             "# Data-driven methods on real models: time and peak memory against the number of batches",
             format_machine(info),
-            f"Amount {AMOUNT}; batches of {args.batch_size} "
-            + ("image(s) (224 px)" if not args.quick else "example(s)")
-            + f"; GPT-2 sequences of {args.tokens} tokens. Peak extra memory: the resident-set high-water mark over "
+            f"Amount {AMOUNT}; batches of n images (224 px)"
+            + (" (quick: smaller)" if args.quick else "")
+            + f" or n GPT-2 sequences of {args.tokens} tokens. Peak extra memory: the resident-set high-water mark over "
             f"the call minus the resident size before it ({', '.join(methods) or 'not measured'}; model and "
             "batches excluded); each model x method in a fresh process, after a warm-up on a small configuration "
             "of the same architecture, the large batch count first.",
@@ -351,8 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rows": records,
         "total_s": total,
     }
-    publish(args, "models_data_driven_cpu", payload, markdown)
-    return 0
+    return payload, markdown
 
 
 if __name__ == "__main__":
