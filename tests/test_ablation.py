@@ -68,7 +68,7 @@ def brute_cka(x: torch.Tensor, y: torch.Tensor) -> float:
 @pytest.mark.parametrize("layer", ["0", "3"])
 def test_loss_damage_equals_a_loop_of_full_forwards(layer):
     model, (x, y) = cnn(), data()
-    damage = pyprune.ablation_damage(model, layer, [(x[:5], y[:5]), (x[5:], y[5:])], measure="loss")
+    damage = pyprune.ablation_damage(model, layer, [(x[:5], y[:5]), (x[5:], y[5:])], metric="loss")
     with torch.no_grad():
         base = nn.functional.cross_entropy(model(x), y)
         expected = [
@@ -80,7 +80,7 @@ def test_loss_damage_equals_a_loop_of_full_forwards(layer):
 
 def test_mse_damage_equals_a_loop_of_full_forwards():
     model, (x, y) = cnn(), data()
-    damage = pyprune.ablation_damage(model, "0", [(x, y)], measure="mse")
+    damage = pyprune.ablation_damage(model, "0", [(x, y)], metric="mse")
     with torch.no_grad():
         expected = [float((ablated(model, "0", c)(x) - model(x)).square().mean()) for c in range(5)]
     torch.testing.assert_close(damage, torch.tensor(expected, dtype=torch.float64), rtol=1e-10, atol=1e-15)
@@ -89,7 +89,7 @@ def test_mse_damage_equals_a_loop_of_full_forwards():
 @pytest.mark.parametrize("at", ["4", "0"])
 def test_cka_damage_at_a_later_module_and_at_the_layer_itself(at):
     model, (x, y) = cnn(), data()
-    damage = pyprune.ablation_damage(model, "0", [(x[:7], y[:7]), (x[7:], y[7:])], measure="cka", at=at)
+    damage = pyprune.ablation_damage(model, "0", [(x[:7], y[:7]), (x[7:], y[7:])], metric="cka", at=at)
     reference = output_at(model, at, x)
     expected = [1 - brute_cka(reference, output_at(ablated(model, "0", c), at, x)) for c in range(5)]
     torch.testing.assert_close(damage, torch.tensor(expected, dtype=torch.float64), rtol=1e-9, atol=1e-12)
@@ -120,13 +120,34 @@ def test_oracle_method_removes_the_least_damaging_channels():
     assert layer.removed.tolist() == sorted(torch.argsort(damage, stable=True)[:2].tolist())
 
 
+def test_oracle_metric_chooses_the_damage_and_measure_the_table():
+    model, (x, y) = cnn(), data()
+    # metric="mse": channels ranked by the mean squared output change, a loop of full forwards as reference.
+    with torch.no_grad():
+        out = model(x)
+        mse = torch.tensor([float(((ablated(model, "0", c)(x) - out) ** 2).mean()) for c in range(5)])
+    plan = pyprune.plan(model, "oracle", 0.4, example_input=x[:1], data=[(x, y)], metric="mse")
+    assert plan.layer("0").removed.tolist() == sorted(torch.argsort(mse, stable=True)[:2].tolist())
+    assert plan.totals["params"][0] == sum(p.numel() for p in model.parameters())
+    # measure=False is the planner's switch: the same channels, no parameter/FLOP table.
+    quiet = pyprune.plan(
+        model, "oracle", 0.4, example_input=x[:1], data=[(x, y)], metric="mse", measure=False
+    )
+    assert not quiet.totals
+    assert [layer.removed.tolist() for layer in quiet.layers] == [
+        layer.removed.tolist() for layer in plan.layers
+    ]
+    with pytest.raises(TypeError, match=r"measure: expected True or False .* metric='cka'"):
+        pyprune.plan(model, "oracle", 0.4, example_input=x[:1], data=[(x, y)], measure="cka")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"layer": "2"}, "layer"),
         ({"layer": "nope"}, "layer"),
-        ({"measure": "kl"}, "measure"),
-        ({"at": "nope", "measure": "cka"}, "at"),
+        ({"metric": "kl"}, "metric"),
+        ({"at": "nope", "metric": "cka"}, "at"),
         ({"max_batches": 0}, "max_batches"),
     ],
 )
@@ -140,17 +161,17 @@ def test_bad_input(kwargs, message):
 def test_loss_needs_targets_and_data_needs_a_batch():
     model, (x, _) = cnn(), data()
     with pytest.raises(ValueError, match="targets"):
-        pyprune.ablation_damage(model, "0", x, measure="loss")
+        pyprune.ablation_damage(model, "0", x, metric="loss")
     with pytest.raises(ValueError, match="no"):
-        pyprune.ablation_damage(model, "0", [], measure="mse")
+        pyprune.ablation_damage(model, "0", [], metric="mse")
 
 
 def test_cka_damage_without_at_compares_the_model_output():
     torch.manual_seed(0)
     model = resnet20().eval()
     data = [(torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,)))]
-    at_output = pyprune.ablation_damage(model, "layer2.0.conv1", data, measure="cka", at="fc")
-    default = pyprune.ablation_damage(model, "layer2.0.conv1", data, measure="cka")
+    at_output = pyprune.ablation_damage(model, "layer2.0.conv1", data, metric="cka", at="fc")
+    default = pyprune.ablation_damage(model, "layer2.0.conv1", data, metric="cka")
     torch.testing.assert_close(default, at_output, rtol=0, atol=0)
 
 
@@ -175,3 +196,33 @@ def test_head_ablation_damage_is_the_loss_increase_of_a_zeroed_head_gate():
     expose_unit_inputs(model)
     damage = unit_ablation_damage(model, spec, [(x[:4], y[:4]), (x[4:], y[4:])])
     torch.testing.assert_close(damage, expected, rtol=1e-10, atol=1e-12)
+
+
+class _CountingLoader:
+    """A re-iterable loader that counts the batches it has handed out."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.batches, self.drawn = batches, 0
+
+    def __iter__(self):
+        for x, y in self.batches:
+            self.drawn += 1
+            yield x.clone(), y
+
+
+def test_oracle_reads_a_loader_again_instead_of_holding_every_batch():
+    model, (x, y) = cnn(), data()
+    loader = _CountingLoader([(x[:7], y[:7]), (x[7:], y[7:])])
+    criterion = ablation.AblationDamage(model, loader)
+    assert criterion.data is loader
+    assert loader.drawn == 0
+    torch.testing.assert_close(
+        criterion.scores(model[0], "0"), pyprune.ablation_damage(model, "0", [(x[:7], y[:7]), (x[7:], y[7:])])
+    )
+    assert loader.drawn == 2
+    # A one-shot iterator is drawn once, only up to max_batches, and serves every layer.
+    batches = iter([(x[:7], y[:7]), (x[7:], y[7:]), (x, y)])
+    once = ablation.AblationDamage(model, batches, max_batches=2)
+    assert len(once.data) == 2
+    assert next(batches)[0].shape[0] == 14
+    torch.testing.assert_close(once.scores(model[3], "3"), pyprune.ablation_damage(model, "3", once.data))

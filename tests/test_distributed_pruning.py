@@ -49,7 +49,7 @@ CASES = {
     "cka_greedy_flatten": ("cka_greedy", {"representation": "flatten"}),
     "cka_single_rbf": ("cka_single", {"kernel": "rbf"}),
     "oracle": ("oracle", {}),
-    "oracle_cka": ("oracle", {"measure": "cka", "at": "3"}),
+    "oracle_cka": ("oracle", {"metric": "cka", "at": "3"}),
 }
 
 

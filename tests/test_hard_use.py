@@ -119,7 +119,7 @@ def test_ablation_damage_flows_through_skips_concats_and_reused_layers(build, la
     model = build().double().eval()
     data = [(x.double(), y) for x, y in batches()]
     expected = brute_damage(model, layer, data, measure)
-    got = pyprune.ablation_damage(model, layer, data, measure=measure)
+    got = pyprune.ablation_damage(model, layer, data, metric=measure)
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
 
 
@@ -129,7 +129,7 @@ def test_ablation_damage_chunks_larger_than_one_candidate_split_the_stacked_batc
     torch.manual_seed(0)
     model = ConcatNet().double().eval()
     data = [(x.double(), y) for x, y in batches()]
-    got = pyprune.ablation_damage(model, "twice", data, measure="loss")
+    got = pyprune.ablation_damage(model, "twice", data, metric="loss")
     torch.testing.assert_close(got, brute_damage(model, "twice", data, "loss"), rtol=1e-9, atol=1e-12)
 
 

@@ -56,7 +56,7 @@ def _data() -> list:
 def _layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     from pyprune.pruning.oneshot.calibration import find_blocks, is_prunable_linear
 
-    name, container = find_blocks(model)
+    ((name, container),) = find_blocks(model)
     return {f"{name}.{r}": m for r, m in container.named_modules() if is_prunable_linear(m)}
 
 
@@ -434,3 +434,46 @@ def test_owl_without_blocks_is_refused_naming_the_option() -> None:
     data = [torch.randn(4, 2, 6, 6, dtype=torch.float64)]
     with pytest.raises(ValueError, match="owl: its sparsities are per block and _SmallCNN has no list"):
         pyprune.plan(_SmallCNN(), "wanda", 0.5, data=data, owl=True, progress=False)
+
+
+class _ReusedConv(torch.nn.Module):
+    """A conv called twice per forward, then a Linear: run_layers stops a pass early only after a layer's last call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+        self.fc1 = torch.nn.Linear(72, 8)
+        self.fc2 = torch.nn.Linear(8, 3)
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(torch.relu(self.conv(x)))).flatten(1))))
+
+
+def test_layer_called_twice_is_calibrated_on_both_calls() -> None:
+    model = _ReusedConv().eval()
+    data = [torch.randn(3, 2, 6, 6, dtype=torch.float64) for _ in range(2)]
+    plan = pyprune.plan(model, "sparsegpt", 0.5, data=data, progress=False, block_size=8)
+    ref = copy.deepcopy(model)
+    for name in ("conv", "fc1"):
+        module = ref.get_submodule(name)
+        seen = []
+        handle = module.register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0]))
+        with torch.no_grad():
+            for x in data:
+                ref(x)
+        handle.remove()
+        rows = torch.cat([_patches(x, module) if name == "conv" else x for x in seen])
+        assert len(seen) == (4 if name == "conv" else 2)
+        mask, new = _obs_reference(
+            module.weight.detach().flatten(1), rows.t() @ rows, rows.shape[0], 0.5, None, 8
+        )
+        assert torch.equal(
+            ~plan.layer(name).keep_mask(module.weight.shape), mask.reshape(module.weight.shape)
+        )
+        torch.testing.assert_close(
+            plan.weights[name], new.reshape(module.weight.shape), rtol=1e-9, atol=1e-12
+        )
+        with torch.no_grad():
+            module.weight.copy_(new.reshape(module.weight.shape))

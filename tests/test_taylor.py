@@ -441,7 +441,9 @@ def test_head_importance_is_the_loss_gradient_of_a_head_gate():
     assert taylor.unit_names == ["parts.layer.self_attn"]
     feed(taylor, model, x, y, (3, 5))
     assert_close64(taylor.raw_scores(spec.name), expected)
-    assert_close64(taylor.unit_scores(spec), expected / expected.norm())
+    # Normalised over the 2 x 4 channels the heads span: each head's 4 channels share its θ equally.
+    assert spec.unit_width == 4
+    assert_close64(taylor.unit_scores(spec), expected / (expected.norm() * 2))
     assert no_hooks(model)
 
 
@@ -459,3 +461,34 @@ def test_unexposed_multihead_attention_and_flops_penalty_refuse_head_scores():
     with pytest.raises(ValueError, match=r"flops_lambda: .*'parts\.layer\.self_attn' is scored by heads"):
         Taylor(model, flops_lambda=1e-3).unit_scores(spec)
     assert Taylor(model, heads=False).unit_scores(spec) is None
+
+
+def test_global_ranking_puts_heads_and_channels_on_one_scale():
+    # By hand: linear1's 16 channels all have θ = 1, so they score 1/sqrt(16) = 0.25. The two heads (width 4)
+    # have θ = (1, 3): normalised over the 8 channels they span, each channel carries θ_h / 4 and the shares' norm
+    # is sqrt(10) / 2, so the heads score (1, 3) / (2 sqrt(10)) = (0.158, 0.474). Removing one unit of the 18
+    # takes head 0. Normalised over the heads alone they would score (0.316, 0.949) and a channel would go first.
+    from pyprune.pruning.attention import expose_unit_inputs, find_units
+    from pyprune.pruning.selection import plan_structured
+
+    model = HeadClassifier().eval()
+    expose_unit_inputs(model)
+    taylor = Taylor(model)
+    raw = {
+        name: torch.ones(model.get_submodule(name).weight.shape[0], dtype=torch.float64)
+        for name in taylor.layer_names
+    }
+    raw["parts.layer.self_attn"] = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    taylor.raw_scores = raw.__getitem__  # the accumulated θ are tested against autograd above
+    x = torch.randn(1, 5, 8, dtype=torch.float64)
+    plan = plan_structured(model, 1 / 18, x, criterion=taylor, scope="global", ignored_layers=["parts.head"])
+    assert plan.layer("parts.layer.self_attn").removed.tolist() == [0]
+    assert [layer.name for layer in plan.layers if len(layer.removed)] == ["parts.layer.self_attn"]
+    assert_close64(
+        taylor.unit_scores(find_units(model)[0]),
+        torch.tensor([1.0, 3.0], dtype=torch.float64) / (2 * 10**0.5),
+    )
+    # Three units: head 0, then the two lowest-index channels of linear1 (ties at 0.25 < 0.474).
+    plan = plan_structured(model, 3 / 18, x, criterion=taylor, scope="global", ignored_layers=["parts.head"])
+    assert plan.layer("parts.layer.self_attn").removed.tolist() == [0]
+    assert plan.layer("parts.layer.linear1").removed.tolist() == [0, 1]

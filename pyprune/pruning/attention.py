@@ -28,7 +28,9 @@ hidden units. After applying, a Hugging Face model's config is rewritten when ev
 (``num_attention_heads``, ``num_key_value_heads``, ``head_dim`` where the config has that field, and the MLP width
 ``intermediate_size`` / ``n_inner``) so that ``save_pretrained`` / ``from_pretrained`` rebuild it; models whose
 config derives ``head_dim`` from ``hidden_size / num_attention_heads`` (GPT-2, BERT, ViT) cannot express fewer
-heads, and :func:`config_note` says so.
+heads (transformers 5 also dropped the config's ``pruned_heads`` list), and :func:`rewrite_hf_config` returns a
+note saying so, which the plan keeps in ``plan.options["hf_config"]`` and prints: such a model round-trips through
+:func:`pyprune.save_pruned` / :func:`pyprune.load_pruned`, not ``from_pretrained``.
 """
 
 from __future__ import annotations
@@ -430,7 +432,7 @@ def rewrite_hf_config(model: nn.Module, specs_after: Sequence[UnitSpec]) -> str 
             else:
                 notes.append(
                     f"{type(config).__name__} derives head_dim from hidden_size / num_attention_heads, so it cannot "
-                    f"describe {num_heads} heads of {head_dim}"
+                    f"describe {num_heads} heads of {head_dim} (and transformers 5 keeps no pruned_heads list)"
                 )
     elif len(heads) > 1:
         notes.append(
@@ -446,7 +448,11 @@ def rewrite_hf_config(model: nn.Module, specs_after: Sequence[UnitSpec]) -> str 
         notes.append("MLPs keep different widths, which one config field cannot describe")
     if not notes:
         return None
-    return "; ".join(notes) + ": save with pyprune.save_pruned and rebuild with pyprune.load_pruned"
+    return (
+        "; ".join(notes)
+        + ": save_pretrained/from_pretrained cannot rebuild the pruned model; save it with pyprune.save_pruned and "
+        "rebuild it with pyprune.load_pruned(path, <a fresh instance of the model>)"
+    )
 
 
 def _set_validated(config: Any, fields: Mapping[str, int]) -> str | None:

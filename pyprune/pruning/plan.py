@@ -392,8 +392,10 @@ def check_output_kept(plan: PruningPlan, model: nn.Module) -> None:
 
 def format_plan(plan: PruningPlan) -> str:
     """The plan as an aligned text table: layer, kind, before, after, % removed, params, FLOPs; then one line
-    naming the layers the plan leaves untouched and why (``plan.options["untouched"]``), when it lists any; before it,
-    for a ``budget="flops"`` / ``"params"`` plan, the fraction asked and reached (``plan.options["budget"]``)."""
+    naming the layers the plan leaves untouched and why (``plan.options["untouched"]``), when it lists any, and a
+    ``config:`` line when a Hugging Face config cannot describe the pruned model (``plan.options["hf_config"]``);
+    before them, for a ``budget="flops"`` / ``"params"`` plan, the fraction asked and reached
+    (``plan.options["budget"]``)."""
     header = ["layer", "kind", "before", "after", "removed", "params", "FLOPs"]
     rows = [
         [
@@ -439,6 +441,8 @@ def format_plan(plan: PruningPlan) -> str:
     untouched = plan.options.get("untouched")
     if untouched:
         lines.append(_untouched_line(untouched))
+    if plan.options.get("hf_config") not in (None, "rewritten"):  # a Hugging Face config that cannot follow
+        lines.append(f"config: {plan.options['hf_config']}")
     return "\n".join(lines)
 
 

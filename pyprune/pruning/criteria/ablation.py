@@ -13,7 +13,7 @@ model runs once on ``chunk`` stacked copies of the input batch, and a forward ho
 forward pass the same batch size, so skip connections, concatenations and a layer called several times per
 forward (each call ablated, as zeroed weights would be) work unchanged; the model must treat examples
 independently along dim 0, which eval mode guarantees for BatchNorm. When ``at`` is the layer itself and the
-measure is CKA, the closed form of :class:`~pyprune.pruning.criteria.cka_damage.CKADamage` is used instead (the
+metric is CKA, the closed form of :class:`~pyprune.pruning.criteria.cka_damage.CKADamage` is used instead (the
 representation is linear in the ablated unit there): no extra forward pass at all.
 
 :class:`AblationDamage` wraps it as a channel criterion; the ``"oracle"`` method prunes by it.
@@ -22,6 +22,7 @@ representation is linear in the ablated unit there): no extra forward pass at al
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -40,7 +41,7 @@ from pyprune.pruning.layers import check_materialised, output_layer_name
 from pyprune.pruning.plan import PruningPlan
 from pyprune.pruning.selection import plan_structured
 
-Measure = Literal["cka", "loss", "mse"]
+Metric = Literal["cka", "loss", "mse"]
 
 MAX_STACKED_ROWS = 8192
 """Upper bound on ``chunk * batch`` rows pushed downstream at once; lower it to save memory."""
@@ -52,7 +53,7 @@ def ablation_damage(
     layer: str,
     data: Iterable[Any] | torch.Tensor,
     *,
-    measure: Measure = "loss",
+    metric: Metric = "loss",
     at: str | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     max_batches: int | None = None,
@@ -65,7 +66,7 @@ def ablation_damage(
         layer: name of a Linear/ConvNd module.
         data: a DataLoader or iterable of ``(inputs, targets, ...)`` batches (targets needed for ``"loss"``), or
             one input tensor.
-        measure: ``"cka"``, ``"loss"`` or ``"mse"`` (module docstring).
+        metric: ``"cka"``, ``"loss"`` or ``"mse"`` (module docstring).
         at: for ``"cka"``, the module whose output is compared (default the model output); ignored otherwise.
         loss_fn: ``loss_fn(output, targets)``, mean over the batch; default cross-entropy.
         max_batches: use at most this many batches. CKA compares all examples seen, so keep them to a few
@@ -73,21 +74,21 @@ def ablation_damage(
         progress: show a progress bar over batches.
 
     Raises:
-        ValueError: unknown ``layer``/``at``/``measure``, a layer that is not Linear/ConvNd, no data, a
-            ``"loss"`` measure without targets.
+        ValueError: unknown ``layer``/``at``/``metric``, a layer that is not Linear/ConvNd, no data, a
+            ``"loss"`` metric without targets.
     """
     check_materialised(model)
     modules = dict(model.named_modules())
     if layer not in modules or not isinstance(modules[layer], PRUNABLE_TYPES):
         raise ValueError(f"layer: expected the name of a Linear/ConvNd module of the model, got {layer!r}")
-    if measure not in ("cka", "loss", "mse"):
-        raise ValueError(f"measure: expected 'cka', 'loss' or 'mse', got {measure!r}")
+    if metric not in ("cka", "loss", "mse"):
+        raise ValueError(f"metric: expected 'cka', 'loss' or 'mse', got {metric!r}")
     if at is not None and at not in modules:
         raise ValueError(f"at: {at!r} is not a module of {type(model).__name__}")
     if max_batches is not None and not (isinstance(max_batches, int) and max_batches >= 1):
         raise ValueError(f"max_batches: expected None or an int >= 1, got {max_batches!r}")
     module = modules[layer]
-    if measure == "cka" and at == layer:
+    if metric == "cka" and at == layer:
         criterion = CKADamage(model, [layer], greedy=False, representation="flatten", max_samples=1 << 30)
         criterion.accumulate_over(data, max_batches, progress=progress)
         damage = torch.zeros(module.weight.shape[0], dtype=torch.float64)
@@ -106,7 +107,7 @@ def ablation_damage(
         int(module.weight.shape[0]),
         ablate,
         layer,
-        measure,
+        metric,
         at,
         loss_fn,
         max_batches,
@@ -120,7 +121,7 @@ def unit_ablation_damage(
     spec: UnitSpec,
     data: Iterable[Any] | torch.Tensor,
     *,
-    measure: Measure = "loss",
+    metric: Metric = "loss",
     at: str | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     max_batches: int | None = None,
@@ -137,8 +138,8 @@ def unit_ablation_damage(
         ValueError: as :func:`ablation_damage`, and when the writer never ran as a module on the data.
     """
     check_materialised(model)
-    if measure not in ("cka", "loss", "mse"):
-        raise ValueError(f"measure: expected 'cka', 'loss' or 'mse', got {measure!r}")
+    if metric not in ("cka", "loss", "mse"):
+        raise ValueError(f"metric: expected 'cka', 'loss' or 'mse', got {metric!r}")
     modules = dict(model.named_modules())
     if at is not None and at not in modules:
         raise ValueError(f"at: {at!r} is not a module of {type(model).__name__}")
@@ -149,7 +150,7 @@ def unit_ablation_damage(
         return writer.register_forward_pre_hook(_stacked_unit_ablation(candidates, spec, calls))
 
     damage = _damage(
-        model, modules, data, spec.num_units, ablate, spec.name, measure, at, loss_fn, max_batches, progress
+        model, modules, data, spec.num_units, ablate, spec.name, metric, at, loss_fn, max_batches, progress
     )
     if not calls[0]:
         raise ValueError(
@@ -166,14 +167,14 @@ def _damage(
     channels: int,
     ablate: Callable[[list[int]], RemovableHandle],
     layer: str,
-    measure: Measure,
+    metric: Metric,
     at: str | None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
     max_batches: int | None,
     progress: bool,
 ) -> torch.Tensor:
     """float64 ``(channels,)`` mean damage over ``data`` of the ablations that ``ablate(candidates)`` installs (a
-    hook ablating candidate ``candidates[i]`` in stacked copy ``i``), measured as ``measure`` says."""
+    hook ablating candidate ``candidates[i]`` in stacked copy ``i``), measured as ``metric`` says."""
     loss_fn = loss_fn or nn.functional.cross_entropy
     device = model_device(model)
     batches = [(data,)] if isinstance(data, torch.Tensor) else data
@@ -189,12 +190,12 @@ def _damage(
                 break
             parts = batch if isinstance(batch, list | tuple) else (batch,)
             inputs = parts[0].to(device)
-            if measure == "loss" and len(parts) < 2:
-                raise ValueError("data: measure='loss' needs (inputs, targets) batches")
+            if metric == "loss" and len(parts) < 2:
+                raise ValueError("data: metric='loss' needs (inputs, targets) batches")
             targets = parts[1].to(device) if len(parts) > 1 else None
             try:
                 reference_out, reference_at = _forward(
-                    model, modules, inputs, at if measure == "cka" else None
+                    model, modules, inputs, at if metric == "cka" else None
                 )
             except RuntimeError as error:
                 if inputs.is_floating_point():
@@ -207,33 +208,33 @@ def _damage(
                 ) from error
             n = inputs.shape[0]
             samples += n
-            if measure == "cka":
+            if metric == "cka":
                 original_at.append(reference_at.reshape(n, -1).double().cpu())
-            reference_loss = float(loss_fn(reference_out, targets)) if measure == "loss" else 0.0
+            reference_loss = float(loss_fn(reference_out, targets)) if metric == "loss" else 0.0
             chunk = max(1, MAX_STACKED_ROWS // n)
             for start in range(0, channels, chunk):
                 candidates = list(range(start, min(start + chunk, channels)))
                 stacked = inputs.repeat(len(candidates), *([1] * (inputs.ndim - 1)))
                 hook = ablate(candidates)
                 try:
-                    out, seen_at = _forward(model, modules, stacked, at if measure == "cka" else None)
+                    out, seen_at = _forward(model, modules, stacked, at if metric == "cka" else None)
                 finally:
                     hook.remove()
                 out = out.reshape(len(candidates), n, *out.shape[1:])
                 for i, c in enumerate(candidates):
-                    if measure == "loss":
+                    if metric == "loss":
                         totals[c] += (float(loss_fn(out[i], targets)) - reference_loss) * n
-                    elif measure == "mse":
+                    elif metric == "mse":
                         totals[c] += float((out[i] - reference_out).double().square().mean()) * n
                     else:
                         ablated_at[c].append(seen_at.reshape(len(candidates), n, -1)[i].double().cpu())
     # Under torch.distributed: damage and counts summed, representations gathered over every rank's shard.
     totals, samples, original_at, ablated_at = ablation_totals(
-        totals, samples, *((original_at, ablated_at) if measure == "cka" else (None, None))
+        totals, samples, *((original_at, ablated_at) if metric == "cka" else (None, None))
     )
     if samples == 0:
         raise ValueError("data: expected at least one batch, got none")
-    if measure != "cka":
+    if metric != "cka":
         return totals / samples
     reference = torch.cat(original_at)
     return torch.tensor([1.0 - _linear_cka(reference, torch.cat(a)) for a in ablated_at], dtype=torch.float64)
@@ -242,7 +243,7 @@ def _damage(
 def _forward(
     model: nn.Module, modules: dict[str, nn.Module], inputs: torch.Tensor, at: str | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Model output and the output compared by ``measure="cka"``: that of module ``at``, or the model output
+    """Model output and the output compared by ``metric="cka"``: that of module ``at``, or the model output
     itself when ``at`` is None; one forward pass."""
     captured: list[torch.Tensor] = []
     hook = None
@@ -332,13 +333,17 @@ class AblationDamage(ChannelCriterion):
         model: nn.Module,
         data: Iterable[Any],
         *,
-        measure: Measure = "loss",
+        metric: Metric = "loss",
         at: str | None = None,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         max_batches: int | None = None,
         progress: bool = False,
     ) -> None:
-        self.model, self.data, self.measure, self.at = model, list(data), measure, at
+        # Every layer reads the data again. A re-iterable (a list, a DataLoader) is kept as it is, so the batches
+        # are not all held at once; a one-shot iterator is drawn once, up to max_batches.
+        if iter(data) is data:
+            data = list(itertools.islice(data, max_batches))
+        self.model, self.data, self.metric, self.at = model, data, metric, at
         self.loss_fn, self.max_batches, self.progress = loss_fn, max_batches, progress
         self._cache: dict[str, torch.Tensor] = {}
 
@@ -350,7 +355,7 @@ class AblationDamage(ChannelCriterion):
                 self.model,
                 name,
                 self.data,
-                measure=self.measure,
+                metric=self.metric,
                 at=self.at,
                 loss_fn=self.loss_fn,
                 max_batches=self.max_batches,
@@ -365,7 +370,7 @@ class AblationDamage(ChannelCriterion):
                 self.model,
                 spec,
                 self.data,
-                measure=self.measure,
+                metric=self.metric,
                 at=self.at,
                 loss_fn=self.loss_fn,
                 max_batches=self.max_batches,
@@ -374,7 +379,7 @@ class AblationDamage(ChannelCriterion):
         return self._cache[spec.name]
 
     def __repr__(self) -> str:
-        return f"AblationDamage(measure={self.measure!r}, at={self.at!r})"
+        return f"AblationDamage(metric={self.metric!r}, at={self.at!r})"
 
 
 def plan_oracle(
@@ -384,16 +389,25 @@ def plan_oracle(
     example_input: torch.Tensor | None = None,
     data: Iterable[Any] | None = None,
     loss_fn: Any = None,
-    measure: Measure = "loss",
+    metric: Metric = "loss",
     at: str | None = None,
     max_batches: int | None = None,
     progress: bool = False,
+    measure: bool = True,
     **options: Any,
 ) -> PruningPlan:
     """The ``"oracle"`` method: score channels by :class:`AblationDamage` over ``data``, then
     :func:`~pyprune.pruning.selection.plan_structured` them (the output layer is left out unless
     ``ignored_layers`` says otherwise). Attention heads (and GPT-2 MLP units) are scored by ablating each one
-    (Michel et al. 2019) unless ``attention="skip"``."""
+    (Michel et al. 2019) unless ``attention="skip"``.
+
+    ``metric`` (``"loss"``, ``"mse"`` or ``"cka"``) is what the damage compares; ``measure`` is the planner's
+    switch for the plan's parameter/FLOP table, as for every structured method."""
+    if not isinstance(measure, bool):
+        hint = f"; the oracle's damage is chosen by metric={measure!r}" if isinstance(measure, str) else ""
+        raise TypeError(
+            f"measure: expected True or False (count parameters and FLOPs for the plan), got {measure!r}{hint}"
+        )
     options.setdefault("ignored_layers", [output_layer_name(model)])
     scored = model
     if options.get("attention", "heads") == "heads" and any(
@@ -403,6 +417,8 @@ def plan_oracle(
         scored = copy.deepcopy(model)
         expose_unit_inputs(scored)
     criterion = AblationDamage(
-        scored, data, measure=measure, at=at, loss_fn=loss_fn, max_batches=max_batches, progress=progress
+        scored, data, metric=metric, at=at, loss_fn=loss_fn, max_batches=max_batches, progress=progress
     )
-    return plan_structured(model, amount, example_input, criterion=criterion, method="oracle", **options)
+    return plan_structured(
+        model, amount, example_input, criterion=criterion, method="oracle", measure=measure, **options
+    )

@@ -22,8 +22,25 @@ over positions and ``J_h`` of ``z · ∂ℓ/∂z``; with positions averaged, as 
 
     θ_h = mean over examples x of | mean over positions m of Σ_{j in J_h} z_j(x, m) · ∂L/∂z_j(x, m) |
 
-(``"signed_sum_then_abs"`` likewise), normalised over the heads of one layer. Under grouped-query attention a unit
-is a key/value group with its query heads; a GPT-2 MLP's unit is one hidden unit after the activation.
+(``"signed_sum_then_abs"`` likewise). Under grouped-query attention a unit is a key/value group with its query
+heads; a GPT-2 MLP's unit is one hidden unit after the activation.
+
+**Normalising heads next to channels** (what ``scope="global"`` ranks together). Molchanov et al.'s layer-wise L2
+normalisation makes the scores of a layer of ``n`` equally important channels ``1/sqrt(n)``: it depends on the
+number of units normalised over. Normalised over their units, 4 heads would score ``1/2`` each while the 64
+channels of the next layer score ``1/8``, so a global ranking would take every channel before any head,
+whatever the data say. pyprune therefore normalises a layer of units over the *channels* the units span (the
+``num_units * unit_width`` input columns of the projection that reads them, :class:`UnitSpec`), each channel
+carrying an equal share ``θ_h / unit_width`` of its unit's θ (first-order Taylor estimates add up over the
+channels of a head, which is how ``θ_h`` is formed). The L2 norm of those shares is ``||θ|| / sqrt(unit_width)``,
+so a unit's score is its channels' normalised share::
+
+    score_h = θ_h / (||θ||_2 · sqrt(unit_width))
+
+A layer of heads is then normalised exactly as a channel layer of the same width would be (``n`` equally
+important heads of width ``d`` score ``1/sqrt(n d)``, as ``n d`` equal channels do), and a head is ranked by its
+estimated loss change per channel it removes. ``unit_width`` is 1 for an MLP's units, whose scores are plain
+L2-normalised as channels are. Within one layer (``scope="layer"``) the factor changes nothing.
 
 :meth:`Taylor.scores` divides each layer's θ by its L2 norm, then subtracts ``flops_lambda · FLOPs per channel /
 flops_unit`` (Molchanov et al. 2017: normalise first, then penalise; the paper uses λ = 1e-3 with FLOPs in
@@ -108,7 +125,8 @@ class Taylor(ChannelCriterion):
             must have the layer's number of output channels.
         reduction: ``"paper"`` (abs per example, then mean) or ``"signed_sum_then_abs"``
             (``jacobgil/pytorch-pruning``).
-        normalize: divide each layer's θ by its L2 norm in :meth:`scores` (a zero vector stays zero).
+        normalize: divide each layer's θ by its L2 norm in :meth:`scores` (a zero vector stays zero); a layer of
+            units by the norm over the channels they span in :meth:`unit_scores` (module docstring).
         flops_lambda: λ >= 0 of the FLOPs penalty subtracted in :meth:`scores` (paper: 1e-3).
         flops_unit: FLOPs per unit of the penalty (paper: 1e6, i.e. MFLOPs).
         loss_reduction: how the loss reduces over the batch dim 0: ``"mean"`` or ``"sum"``.
@@ -264,7 +282,7 @@ class Taylor(ChannelCriterion):
             loader: a DataLoader or any iterable of tuples/lists whose first two items are inputs and targets.
             loss_fn: returns a scalar loss, reduced over the batch as ``loss_reduction`` says.
             max_batches: stop after this many batches (default: the whole loader).
-            progress: show a tqdm bar (on stderr, and only when it is a terminal).
+            progress: show a tqdm bar on stderr (as every data-driven method does with ``progress=True``).
 
         Returns:
             ``self``, so that ``Taylor(model).accumulate_over(loader, loss_fn).scores(...)`` reads in one line.
@@ -281,7 +299,7 @@ class Taylor(ChannelCriterion):
                 torch.enable_grad(),  # the backward passes are the point, also inside a caller's no_grad()
                 self.accumulate(),
                 tqdm(
-                    total=total, unit="batch", desc="taylor scores", disable=None if progress else True
+                    total=total, unit="batch", desc="taylor scores", disable=not progress, leave=False
                 ) as bar,
             ):
                 for batch in itertools.islice(loader, max_batches):
@@ -364,13 +382,16 @@ class Taylor(ChannelCriterion):
         return theta
 
     def unit_scores(self, spec: UnitSpec) -> torch.Tensor | None:
-        """float64 ``(num_units,)`` head (unit) importance of ``spec.name`` on the CPU, L2-normalised over its
-        units (Michel et al. 2019, module docstring); None when this criterion does not score that layer's units.
+        """float64 ``(num_units,)`` head (unit) importance of ``spec.name`` on the CPU (Michel et al. 2019, module
+        docstring); None when this criterion does not score that layer's units.
 
         Raises:
             RuntimeError: nothing recorded for it yet (an ``nn.MultiheadAttention`` not exposed by
                 :func:`pyprune.pruning.attention.expose_unit_inputs`), or it has another number of units now.
             ValueError: ``flops_lambda`` > 0: the FLOPs penalty is defined per channel, not per head.
+
+        With ``normalize`` the scores are ``θ_h / (||θ||_2 · sqrt(spec.unit_width))``: normalised over the channels
+        the units span, so that heads and channels share one scale in a global ranking (module docstring).
         """
         if spec.name not in self._units:
             return None
@@ -385,13 +406,14 @@ class Taylor(ChannelCriterion):
                 f"spec: {spec.name!r} has {spec.num_units} {spec.granularity} but its Taylor scores have "
                 f"{theta.numel()}; was it pruned since? call reset() and accumulate again"
             )
-        return self._normalised(theta)
+        return self._normalised(theta, spec.unit_width)
 
-    def _normalised(self, theta: torch.Tensor) -> torch.Tensor:
+    def _normalised(self, theta: torch.Tensor, unit_width: int = 1) -> torch.Tensor:
+        """θ divided by the L2 norm of its ``unit_width`` equal shares per unit (module docstring)."""
         if self.normalize:
             norm = torch.linalg.vector_norm(theta)
             if norm > 0:
-                theta = theta / norm
+                theta = theta / (norm * math.sqrt(unit_width))
         return theta
 
     def flops_per_channel(self, name: str) -> int:

@@ -7,7 +7,7 @@ travel in ``plan.weights``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -20,8 +20,8 @@ from pyprune.pruning.oneshot.calibration import (
     BlockRun,
     InputStats,
     find_blocks,
+    is_calibrated,
     is_conv1d,
-    is_prunable_linear,
     run_blocks,
     run_layers,
     uncalibrated_reason,
@@ -52,7 +52,7 @@ def plan_oneshot(
     owl: bool = False,
     owl_threshold: float = OWL_THRESHOLD,
     owl_lambda: float = OWL_LAMBDA,
-    blocks: str | None = None,
+    blocks: str | Sequence[str] | None = None,
     max_batches: int | None = None,
     block_size: int = SPARSEGPT_BLOCK,
     damping: float = SPARSEGPT_DAMPING,
@@ -73,9 +73,12 @@ def plan_oneshot(
         n_m: ``(n, m)``: keep ``n`` of every ``m`` consecutive input weights (``(2, 4)`` for sparse tensor cores).
         owl: outlier-weighed block sparsities (Yin et al. 2023); with ``n_m``, a mixed ``n_l:m`` per block.
         owl_threshold, owl_lambda: OWL's ``M`` and ``lambda``.
-        blocks: name of the ``ModuleList`` of blocks; default found automatically (see
-            :func:`~pyprune.pruning.oneshot.calibration.find_blocks`). On a model without such a list (or whose
-            list holds no Linear layer, e.g. a ResNet's stages) every Linear/ConvNd but the output layer is pruned
+        blocks: name of the ``ModuleList`` of blocks, or the names of several (a hierarchical model's stages);
+            default found automatically (see :func:`~pyprune.pruning.oneshot.calibration.find_blocks`: the one
+            list of a transformer, every stage of a ConvNeXt or Swin). The Linear, ``Conv1D`` and ungrouped
+            ``Conv2d`` layers inside the blocks are pruned; the layers outside them (embeddings, stem,
+            downsampling, head) stay dense, as in Wanda and SparseGPT. On a model without such a list (or whose
+            lists hold no Linear layer, e.g. a ResNet's stages) every Linear/ConvNd but the output layer is pruned
             instead (``ConvNd`` weights flattened to rows); Wanda and SparseGPT then calibrate the whole model as
             one block, layer by layer in forward order (:func:`~pyprune.pruning.oneshot.calibration.run_layers`),
             and leave the layers they cannot take statistics of (grouped convolutions, Conv1d/Conv3d) as they are.
@@ -112,6 +115,7 @@ def plan_oneshot(
     layers, found = _layers(model, blocks, method, owl)
     # Plain magnitude needs no calibration: it reads the blocks' layers without running the blocks.
     container = found if method != "magnitude" or owl or blocks is not None else None
+    block_of = _block_indices(model, container or [])
     for name, module in layers:
         if hasattr(module, "weight_mask"):
             raise ValueError(
@@ -137,7 +141,7 @@ def plan_oneshot(
                     [
                         weight_matrix(m).abs().to(torch.float64) * run.stats[name].norms
                         for name, m in run.block.named_modules()
-                        if is_prunable_linear(m) and name in run.stats
+                        if is_calibrated(m) and name in run.stats
                     ],
                     owl_threshold,
                 )
@@ -147,7 +151,7 @@ def plan_oneshot(
             model,
             data,
             measure_outliers,
-            blocks=blocks,
+            blocks=found,
             max_batches=max_batches,
             progress=progress,
             description="OWL outliers",
@@ -168,7 +172,7 @@ def plan_oneshot(
     tokens = [0]
     if method == "magnitude":
         for name, module in layers:
-            sparsity, nm = pattern(_block_index(model, name, container))
+            sparsity, nm = pattern(_block_index(name, block_of))
             w = weight_matrix(module)
             removed[name] = select_by_score(w.reshape(w.shape[0], -1), None, sparsity, nm).reshape(w.shape)
     else:
@@ -192,7 +196,7 @@ def plan_oneshot(
 
         def prune_block(run: BlockRun) -> None:
             for rel, module in run.block.named_modules():
-                if not is_prunable_linear(module):
+                if not is_calibrated(module):
                     continue
                 stats = run.stats.get(rel)
                 if stats is None:
@@ -251,18 +255,23 @@ def plan_oneshot(
 
 
 def _layers(
-    model: nn.Module, blocks: str | None, method: str, owl: bool
-) -> tuple[list[tuple[str, nn.Module]], str | None]:
-    """The layers to prune and the name of the blocks' container they are in (None: the whole model is one block)."""
+    model: nn.Module, blocks: str | Sequence[str] | None, method: str, owl: bool
+) -> tuple[list[tuple[str, nn.Module]], list[str] | None]:
+    """The layers to prune and the names of the lists of blocks they are in (None: the whole model is one
+    block)."""
     try:
-        name, container = find_blocks(model, blocks)
+        lists = find_blocks(model, blocks)
         found = [
             (f"{name}.{rel}", module)
+            for name, container in lists
             for rel, module in container.named_modules()
-            if is_prunable_linear(module)
+            if is_calibrated(module)
         ]
         if not found:
-            raise ValueError(f"blocks: {name!r} contains no Linear or Conv1D layer to prune")
+            raise ValueError(
+                f"blocks: {[name for name, _ in lists]} contain no Linear, Conv1D or ungrouped Conv2d layer "
+                "to prune"
+            )
     except ValueError as error:
         if blocks is not None:
             raise
@@ -275,11 +284,11 @@ def _layers(
         if method == "magnitude":
             return selected, None
         return [(n, m) for n, m in selected if uncalibrated_reason(m) is None], None
-    return found, name
+    return found, [name for name, _ in lists]
 
 
 def _untouched(
-    model: nn.Module, layers: list[tuple[str, nn.Module]], container: str | None
+    model: nn.Module, layers: list[tuple[str, nn.Module]], containers: list[str] | None
 ) -> dict[str, str]:
     """``{layer: why}`` for every weight layer of ``model`` that the plan leaves dense."""
     pruned = {name for name, _ in layers}
@@ -289,9 +298,10 @@ def _untouched(
         if name in pruned:
             continue
         module = model.get_submodule(name)
-        if container is not None and not name.startswith(container + "."):
+        if containers is not None and not any(name.startswith(c + ".") for c in containers):
             untouched[name] = (
-                f"outside the blocks {container!r} (embeddings and head stay dense, as in Wanda/SparseGPT)"
+                f"outside the blocks {', '.join(repr(c) for c in containers)} (embeddings, stem, downsampling "
+                "and head stay dense, as in Wanda/SparseGPT)"
             )
         elif name == output:
             untouched[name] = "output layer (left out by default)"
@@ -302,12 +312,24 @@ def _untouched(
     return untouched
 
 
-def _block_index(model: nn.Module, name: str, container: str | None) -> int | None:
-    """Position of the block holding layer ``name`` in ``container`` (None outside it, or without one)."""
-    if container is None or not name.startswith(container + "."):
-        return None
-    child = name[len(container) + 1 :].split(".", 1)[0]
-    return [n for n, _ in model.get_submodule(container).named_children()].index(child)
+def _block_indices(model: nn.Module, containers: list[str]) -> dict[str, int]:
+    """``{"<list>.<child>": position}`` of every block, counted over the lists in order (OWL's block index)."""
+    names = [
+        f"{container}.{child}"
+        for container in containers
+        for child, _ in model.get_submodule(container).named_children()
+    ]
+    return {name: index for index, name in enumerate(names)}
+
+
+def _block_index(name: str, block_of: dict[str, int]) -> int | None:
+    """Position of the block holding layer ``name`` (None outside every block)."""
+    parts = name.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        index = block_of.get(".".join(parts[:end]))
+        if index is not None:
+            return index
+    return None
 
 
 def _module_layout(module: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
