@@ -228,6 +228,10 @@ def _damage(
                         totals[c] += float((out[i] - reference_out).double().square().mean()) * n
                     else:
                         ablated_at[c].append(seen_at.reshape(len(candidates), n, -1)[i].double().cpu())
+                # Freed before the next forward, not when it returns: a language model's stacked logits
+                # (candidates x tokens x vocabulary) would otherwise be held twice at the peak.
+                del out, seen_at
+            del reference_out, reference_at
     # Under torch.distributed: damage and counts summed, representations gathered over every rank's shard.
     totals, samples, original_at, ablated_at = ablation_totals(
         totals, samples, *((original_at, ablated_at) if metric == "cka" else (None, None))
