@@ -89,7 +89,7 @@ class BudgetCounter:
     and one forward pass on ``example_input`` is counted, as :func:`pyprune.measure.count` counts it.
 
     Args:
-        work: the planner's working copy; never modified.
+        work: the model being planned; never modified (each count prunes a copy of its module tree).
         groups: Torch-Pruning's groups of all channels of the roots, in plan order.
         units: the attention (MLP) structures, in plan order after the roots.
         before: ``pyprune.measure.count(work, example_input)``.
@@ -106,7 +106,7 @@ class BudgetCounter:
     ) -> None:
         import torch_pruning as tp
 
-        from pyprune.measure import PROPORTIONAL_TYPES
+        from pyprune.measure import flops_follow_weights
 
         self.work = work
         self.units = list(units)
@@ -135,11 +135,7 @@ class BudgetCounter:
             self._cuts.append(found)
         self._roots = [names[group[0].dep.target.module] for group in groups]
         self._sizes = [int(group[0].dep.target.module.weight.shape[0]) for group in groups]
-        modules = dict(work.named_modules())
-        self._proportional = all(
-            type(modules.get(name)) in PROPORTIONAL_TYPES and flops % modules[name].weight.numel() == 0
-            for name, flops in before.per_module_flops.items()
-        )
+        self._proportional = flops_follow_weights(before, work)
         shared = itertools.chain(work.parameters(), work.buffers())
         if self._proportional:
             self._memo = {
